@@ -1,0 +1,96 @@
+"""Wiring and lifecycle: one TaskGroup owns every long-running task; signals steer it."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from .catalog.store import Store
+from .config import Config
+from .dns.handler import DnsHandler, RecursionPolicy
+from .dns.resolver import ResolverOptions
+from .dns.server import DnsServer
+from .sources.zones import ZonesSource
+
+log = logging.getLogger("meshdns")
+
+
+def resolver_options(cfg: Config) -> ResolverOptions:
+    host = cfg.dns.listen[0]
+    ns = () if host in ("0.0.0.0", "::", "") else (host,)
+    return ResolverOptions(domains=cfg.domains, only_passing=cfg.dns.only_passing,
+                           a_record_limit=cfg.dns.a_record_limit, node_ttl=int(cfg.dns.node_ttl),
+                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns)
+
+
+@dataclass
+class App:
+    """The running server. Built by `build`, run by `run` until `stop` is set."""
+
+    cfg: Config
+    store: Store
+    zones: ZonesSource
+    handler: DnsHandler
+    dns: DnsServer
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    reloaders: list[Callable[[], None]] = field(default_factory=list)
+    tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    http_port: int = 0
+
+    @property
+    def dns_port(self) -> int:
+        return self.dns.port
+
+    def reload(self) -> None:
+        log.info("reload requested")
+        for reload in self.reloaders:
+            try:
+                reload()
+            except Exception:
+                log.exception("reload failed; previous state kept")
+
+
+def build(cfg: Config) -> App:
+    store = Store(datacenter=cfg.datacenter)
+    zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter)
+    handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
+                         enable_truncate=cfg.dns.enable_truncate,
+                         recursion=RecursionPolicy(cfg.forwarding.allow_recursion))
+    dns = DnsServer(handler, idle_timeout=cfg.dns.tcp_idle_timeout, max_connections=cfg.dns.tcp_max_connections)
+    app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
+    app.reloaders.append(lambda: zones.reload(force=True))
+    app.tasks.append(zones.run)
+    return app
+
+
+async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signals: bool = True) -> None:
+    cfg = app.cfg
+    app.zones.reload()
+    await app.dns.start(*cfg.dns.listen, reuse_port=cfg.dns.workers > 1)
+    loop = asyncio.get_running_loop()
+    if signals:
+        loop.add_signal_handler(signal.SIGHUP, app.reload)
+        loop.add_signal_handler(signal.SIGTERM, app.stop.set)
+        loop.add_signal_handler(signal.SIGINT, app.stop.set)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            running = [tg.create_task(t()) for t in app.tasks]
+            log.info("dns listening on %s:%d (udp+tcp), domain %s, datacenter %s",
+                     cfg.dns.listen[0], app.dns.port, cfg.domain, cfg.datacenter)
+            if on_ready is not None:
+                on_ready(app)
+            await app.stop.wait()
+            log.info("stopping: draining in-flight queries")
+            await app.dns.close()
+            for close in reversed(app.closers):
+                await close()
+            for task in running:
+                task.cancel()
+    finally:
+        if signals:
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    log.info("stopped")

@@ -1,0 +1,193 @@
+"""Holds each source's last state and publishes merged snapshots.
+
+Merge rules: a service key's instances are the concatenation over sources
+(that is how one name spans VMs and pods); a node or zone comes from the first
+source (by name) that has it; a split is the one with the newest revision
+(last write wins). Only keys that changed are rebuilt.
+"""
+from __future__ import annotations
+
+import logging
+from types import MappingProxyType
+from typing import Callable, Iterable
+
+from .model import Instance, NodeKey, ServiceKey, SourceState
+from .snapshot import Snapshot, ZoneIndex
+
+log = logging.getLogger("meshdns.catalog")
+
+Listener = Callable[[Snapshot], None]
+
+
+def _changed_keys(old: dict, new: dict) -> set:
+    keys = set()
+    for k, v in new.items():
+        o = old.get(k)
+        if o is not v and o != v:
+            keys.add(k)
+    keys.update(k for k in old if k not in new)
+    return keys
+
+
+def _address_of(inst: Instance, nodes) -> str:
+    if inst.address:
+        return inst.address
+    node = nodes.get((inst.datacenter, inst.node.lower())) if inst.node else None
+    return node.address if node else ""
+
+
+class Store:
+    def __init__(self, *, datacenter: str):
+        self._states: dict[str, SourceState] = {}
+        self._listeners: list[Listener] = []
+        self._dc_refs: dict[str, int] = {}
+        self.snapshot = Snapshot(datacenter=datacenter, datacenters=frozenset({datacenter}))
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def state(self, source: str) -> SourceState | None:
+        return self._states.get(source)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(sorted(self._states))
+
+    def publish(self, source: str, state: SourceState, *,
+                changed: Iterable[ServiceKey] | None = None) -> Snapshot:
+        """Replace one source's state; `changed` (service keys) skips the diff when known."""
+        old = self._states.get(source, SourceState())
+        self._states[source] = state
+        svc_keys = set(changed) if changed is not None else _changed_keys(old.services, state.services)
+        node_keys = _changed_keys(old.nodes, state.nodes)
+        split_names = _changed_keys(old.splits, state.splits)
+        zone_names = _changed_keys(old.zones, state.zones)
+        if not (svc_keys or node_keys or split_names or zone_names):
+            return self.snapshot
+        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names)
+        for listener in list(self._listeners):
+            try:
+                listener(snap)
+            except Exception:  # a broken listener must not stop the catalog
+                log.exception("snapshot listener failed")
+        return snap
+
+    def remove(self, source: str) -> Snapshot:
+        return self.publish(source, SourceState())
+
+    # -- rebuild ---------------------------------------------------------
+
+    def _ordered_states(self) -> list[SourceState]:
+        return [self._states[name] for name in sorted(self._states)]
+
+    def _rebuild(self, svc_keys, node_keys, split_names, zone_names) -> Snapshot:
+        prev = self.snapshot
+        states = self._ordered_states()
+        services = dict(prev.services)
+        nodes = dict(prev.nodes)
+        ip_services = dict(prev.ip_services)
+        ip_nodes = dict(prev.ip_nodes)
+
+        touched_ips: dict[str, tuple[set, set]] = {}
+
+        def note(mapping_index: int, ip: str, key, add: bool) -> None:
+            if not ip:
+                return
+            adds, removes = touched_ips.setdefault((mapping_index, ip), (set(), set()))
+            (adds if add else removes).add(key)
+
+        for key in node_keys:
+            old = nodes.get(key)
+            new = next((st.nodes[key] for st in states if key in st.nodes), None)
+            if old is not None:
+                note(1, old.address, key, False)
+                self._dc_ref(key[0], -1)
+            if new is None:
+                nodes.pop(key, None)
+            else:
+                nodes[key] = new
+                note(1, new.address, key, True)
+                self._dc_ref(key[0], +1)
+        # instances that rely on a changed node's address move with it
+        if node_keys:
+            node_names = {k for k in node_keys}
+            for skey, insts in prev.services.items():
+                if any(not i.address and (i.datacenter, i.node.lower()) in node_names for i in insts):
+                    svc_keys.add(skey)
+
+        for key in svc_keys:
+            old = prev.services.get(key, ())
+            merged: tuple[Instance, ...] = ()
+            for st in states:
+                part = st.services.get(key)
+                if part:
+                    merged = merged + tuple(part)
+            for inst in old:
+                note(0, _address_of(inst, prev.nodes), key, False)
+            if old:
+                self._dc_ref(key[0], -1)
+            if merged:
+                services[key] = merged
+                self._dc_ref(key[0], +1)
+                for inst in merged:
+                    note(0, _address_of(inst, nodes), key, True)
+            else:
+                services.pop(key, None)
+
+        for (which, ip), (adds, removes) in touched_ips.items():
+            index = ip_services if which == 0 else ip_nodes
+            current = set(index.get(ip, ()))
+            current -= removes - adds
+            current |= adds
+            # a key removed here may still hold that IP through another instance
+            if which == 0:
+                current = {k for k in current if any(_address_of(i, nodes) == ip for i in services.get(k, ()))}
+            else:
+                current = {k for k in current if k in nodes and nodes[k].address == ip}
+            if current:
+                index[ip] = frozenset(current)
+            else:
+                index.pop(ip, None)
+
+        splits = prev.splits
+        if split_names:
+            splits = dict(prev.splits)
+            for name in split_names:
+                candidates = [st.splits[name] for st in states if name in st.splits]
+                if candidates:
+                    splits[name] = max(candidates, key=lambda s: s.revision)
+                else:
+                    splits.pop(name, None)
+            splits = MappingProxyType(splits)
+
+        zones = prev.zones
+        if zone_names:
+            zones = dict(prev.zones)
+            for origin in zone_names:
+                zone = next((st.zones[origin] for st in states if origin in st.zones), None)
+                if zone is None:
+                    zones.pop(origin, None)
+                else:
+                    zones[origin] = ZoneIndex.build(zone)
+            zones = MappingProxyType(zones)
+
+        dcs = frozenset(dc for dc, n in self._dc_refs.items() if n > 0) | {prev.datacenter}
+        self.snapshot = Snapshot(
+            version=prev.version + 1,
+            datacenter=prev.datacenter,
+            services=MappingProxyType(services),
+            nodes=MappingProxyType(nodes),
+            splits=splits,
+            zones=zones,
+            ip_services=MappingProxyType(ip_services),
+            ip_nodes=MappingProxyType(ip_nodes),
+            datacenters=dcs if dcs != prev.datacenters else prev.datacenters,
+        )
+        return self.snapshot
+
+    def _dc_ref(self, dc: str, delta: int) -> None:
+        self._dc_refs[dc] = self._dc_refs.get(dc, 0) + delta

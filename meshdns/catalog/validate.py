@@ -1,0 +1,151 @@
+"""Field checks shared by every way a service enters the catalog (zone files, API, Kubernetes).
+
+Each check raises FieldError naming the field, so a zone file can report
+file:line and the API can answer 400 with the same words.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Mapping
+
+from .model import Split, SplitTarget, Weights
+
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+_HOST = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+                   r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?")
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def dns_label(value: Any, field: str) -> str:
+    """A service/node/datacenter name that must be one DNS label."""
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
+        raise FieldError(field, f"{value!r} is not a valid DNS label (letters, digits, '-', at most 63)")
+    return value
+
+
+def node_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _HOST.fullmatch(value) or value.endswith("."):
+        raise FieldError(field, f"{value!r} is not a valid node name")
+    return value
+
+
+def ip_address(value: Any, field: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except (ValueError, TypeError):
+        raise FieldError(field, f"{value!r} is not an IP address") from None
+
+
+def address(value: Any, field: str) -> str:
+    """An IP address or a hostname (hostname instances are answered with a CNAME)."""
+    if value in ("", None):
+        return ""
+    if not isinstance(value, str):
+        raise FieldError(field, f"{value!r} is not an address")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _HOST.fullmatch(value) or value.replace(".", "").isdigit():
+        raise FieldError(field, f"{value!r} is neither an IP address nor a hostname")
+    return value.lower()
+
+
+def port(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise FieldError(field, f"{value!r} is not a port (0-65535)")
+    return value
+
+
+def tags(value: Any, field: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise FieldError(field, "expected a list of non-empty strings")
+    return tuple(value)
+
+
+def meta(value: Any, field: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise FieldError(field, "expected an object of string values")
+    out = []
+    for k, v in value.items():
+        if not isinstance(k, str) or not k or len(k) > 128:
+            raise FieldError(field, f"bad key {k!r}")
+        if not isinstance(v, str):
+            raise FieldError(f"{field}.{k}", "expected a string")
+        out.append((k, v))
+    return tuple(sorted(out))
+
+
+def weights(value: Any, field: str) -> Weights:
+    if value is None:
+        return Weights()
+    if not isinstance(value, Mapping):
+        raise FieldError(field, "expected {passing = N, warning = N}")
+    lower = {str(k).lower(): v for k, v in value.items()}
+    unknown = set(lower) - {"passing", "warning"}
+    if unknown:
+        raise FieldError(f"{field}.{sorted(unknown)[0]}", "unknown key")
+    out = {}
+    for key in ("passing", "warning"):
+        v = lower.get(key, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+            raise FieldError(f"{field}.{key}", f"{v!r} is not a weight (0-65535)")
+        out[key] = v
+    if out["passing"] < 1:
+        raise FieldError(f"{field}.passing", "must be at least 1")
+    return Weights(**out)
+
+
+def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
+          on_all_unhealthy: str = "nxdomain", source: str = "", revision: int = 0,
+          percent: bool = False) -> Split:
+    """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter)."""
+    name = dns_label(name, f"{field}.name").lower()
+    if not isinstance(targets, list) or not targets:
+        raise FieldError(f"{field}.targets", "expected a non-empty list of targets")
+    out = []
+    for i, t in enumerate(targets):
+        f = f"{field}.targets[{i}]"
+        if not isinstance(t, Mapping):
+            raise FieldError(f, "expected {service = ..., weight = ...}")
+        service = dns_label(t.get("service"), f"{f}.service").lower()
+        weight = t.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise FieldError(f"{f}.weight", f"{weight!r} is not a non-negative number")
+        if percent and (weight > 100 or round(weight * 100) != weight * 100):
+            raise FieldError(f"{f}.weight", f"{weight!r} must be 0-100 with at most 0.01 resolution")
+        tag = t.get("tag", "") or ""
+        if not isinstance(tag, str):
+            raise FieldError(f"{f}.tag", "expected a string")
+        if service == name and not tag:
+            raise FieldError(f"{f}.service", "a split may not target itself without a tag")
+        out.append(SplitTarget(service=service, weight=float(weight), tag=tag.lower()))
+    total = sum(t.weight for t in out)
+    if total <= 0:
+        raise FieldError(f"{field}.targets", "at least one target needs a positive weight")
+    if percent and abs(total - 100.0) > 1e-6:
+        raise FieldError(f"{field}.targets", f"weights sum to {total:g}, not 100")
+    if on_all_unhealthy not in ("nxdomain", "all"):
+        raise FieldError(f"{field}.on_all_unhealthy", f"{on_all_unhealthy!r} is not nxdomain or all")
+    return Split(name=name, targets=tuple(out), ttl=ttl, on_all_unhealthy=on_all_unhealthy,
+                 source=source, revision=revision)
+
+
+def split_loops(splits: Mapping[str, Split]) -> str | None:
+    """A message when a split targets another split (we do not chain them), else None."""
+    for s in splits.values():
+        for t in s.targets:
+            if t.service in splits and not (t.service == s.name and t.tag):
+                return f"split {s.name!r} targets {t.service!r}, which is itself a split"
+    return None

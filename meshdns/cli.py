@@ -1,0 +1,95 @@
+"""Command line: `meshdns serve` and friends. argv -> Config -> app."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config, with_overrides
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the DNS server and HTTP API")
+    p.add_argument("--config", help="TOML config file (every key optional)")
+    p.add_argument("--dns", help="DNS listen address host:port, UDP and TCP (default 127.0.0.1:8600)")
+    p.add_argument("--http", help="HTTP API listen address host:port (default 127.0.0.1:8500)")
+    p.add_argument("--http-insecure", action="store_true", default=None,
+                   help="allow the API on a non-loopback address without ACL tokens")
+    p.add_argument("--http-tls-cert", help="TLS certificate (PEM) for the HTTP API")
+    p.add_argument("--http-tls-key", help="TLS private key (PEM) for the HTTP API")
+    p.add_argument("--data-dir", help="where registrations are stored (default .meshdns)")
+    p.add_argument("--zones", help="zones directory (default zones)")
+    p.add_argument("--domain", help="DNS domain (default consul.)")
+    p.add_argument("--alt-domain", help="a second domain answered the same way")
+    p.add_argument("--datacenter", help="our datacenter name (default dc1)")
+    p.add_argument("--recursor", action="append", help="upstream DNS server ip[:port], repeatable")
+    p.add_argument("--kubeconfig", help="kubeconfig for a single Kubernetes cluster")
+    p.add_argument("--kube-context", help="kubeconfig context")
+    p.add_argument("--workers", type=_workers, help="DNS worker processes (SO_REUSEPORT), or 'auto'")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        import os
+        return os.cpu_count() or 1
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = with_overrides(load_config(args.config), **{k: v for k, v in vars(args).items()
+                                                           if k not in ("config", "command")})
+    except ConfigError as exc:
+        print(f"meshdns: config error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    from . import app as app_module
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+
+    def ready(app) -> None:
+        print(f"meshdns ready dns={cfg.dns.listen[0]}:{app.dns_port} http={cfg.http.listen[0]}:{app.http_port}",
+              flush=True)
+
+    async def main() -> None:
+        application = app_module.build(cfg)
+        await app_module.run(application, on_ready=ready)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        logging.getLogger("meshdns").error("cannot start: %s", exc)
+        return 1
+    except ConfigError as exc:
+        logging.getLogger("meshdns").error("config error: %s", exc)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meshdns", description="service directory and DNS for Kubernetes + VMs")
+    parser.add_argument("--version", action="version", version=f"meshdns {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""TOML + flags -> one frozen Config. The only place that reads configuration.
+
+Every key is optional; unknown keys are an error naming the key, because a
+typo that silently falls back to a default is worse than a refusal to start.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value a user must fix; the message names the key."""
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any, *, key: str) -> float:
+    """Go-style durations ("10s", "1m30s", "250ms") or plain seconds, as Consul takes them."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like \"10s\", got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ConfigError(f"{key}: duration must not be negative")
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: expected a duration like \"10s\", got {value!r}")
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or pos == 0:
+        raise ConfigError(f"{key}: cannot parse duration {value!r} (use e.g. \"500ms\", \"10s\", \"1m\")")
+    return total
+
+
+def parse_hostport(value: str, *, key: str, default_port: int) -> tuple[str, int]:
+    """"1.2.3.4", "1.2.3.4:53", "[::1]:53", "::1" -> (host, port)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected \"host:port\", got {value!r}")
+    host, port = value, default_port
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise ConfigError(f"{key}: unbalanced '[' in {value!r}")
+        host = value[1:end]
+        rest = value[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{key}: bad address {value!r}")
+            port = _port(rest[1:], key=key)
+    elif value.count(":") == 1:
+        host, p = value.split(":")
+        port = _port(p, key=key)
+    if not host:
+        raise ConfigError(f"{key}: missing host in {value!r}")
+    return host, port
+
+
+def _port(text: str, *, key: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(f"{key}: bad port {text!r}")
+    return int(text)
+
+
+def normalize_domain(value: str, *, key: str) -> str:
+    """Lower-case, fully qualified ("consul" -> "consul.")."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a domain name, got {value!r}")
+    value = value.strip().lower()
+    if not value:
+        return ""
+    if not value.endswith("."):
+        value += "."
+    if not all(_LABEL.fullmatch(label) for label in value[:-1].split(".")):
+        raise ConfigError(f"{key}: {value!r} is not a valid domain name")
+    return value
+
+
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+@dataclass(frozen=True, slots=True)
+class SoaConfig:
+    min_ttl: int = 0
+    refresh: int = 3600
+    retry: int = 600
+    expire: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 8600)
+    only_passing: bool = False
+    a_record_limit: int = 0
+    enable_truncate: bool = True
+    node_ttl: float = 0.0
+    service_ttl: tuple[tuple[str, float], ...] = (("*", 0.0),)
+    soa: SoaConfig = field(default_factory=SoaConfig)
+    udp_payload: int = 1232
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1024
+    workers: int = 1
+    rrl_responses_per_second: int = 0
+    rrl_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True, slots=True)
+class AclToken:
+    secret: str
+    write: tuple[str, ...] = ()
+    management: bool = False
+    read: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 8500)
+    insecure: bool = False
+    anonymous_read: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_body: int = 1 << 20
+    max_blocking_queries: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardZone:
+    name: str
+    servers: tuple[tuple[str, int], ...]
+
+
+DEFAULT_ALLOW_RECURSION = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
+                           "192.168.0.0/16", "fc00::/7")
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingConfig:
+    recursors: tuple[tuple[str, int], ...] = ()
+    strategy: str = "sequential"
+    timeout: float = 2.0
+    allow_recursion: tuple[str, ...] = DEFAULT_ALLOW_RECURSION
+    zones: tuple[ForwardZone, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    max_entries: int = 100_000
+    min_ttl: float = 0.0
+    max_ttl: float = 3600.0
+    serve_stale: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    name: str = "default"
+    kubeconfig: str = ""
+    context: str = ""
+    in_cluster: bool = False
+    datacenter: str = ""
+    address_mode: str = "auto"
+    nodeport_address: str = "internal"
+    allow_namespaces: tuple[str, ...] = ("*",)
+    deny_namespaces: tuple[str, ...] = ("kube-system", "kube-public")
+    namespace_suffix: bool = False
+    sync_to_kubernetes: str = "off"
+    write_namespace: str = "default"
+    watch_timeout: float = 300.0
+    request_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    domain: str = "consul."
+    alt_domain: str = ""
+    datacenter: str = "dc1"
+    data_dir: str = ".meshdns"
+    zones: str = "zones"
+    log_level: str = "info"
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    acl_tokens: tuple[AclToken, ...] = ()
+    forwarding: ForwardingConfig = field(default_factory=ForwardingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    kubernetes: tuple[KubernetesConfig, ...] = ()
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return (self.domain,) + ((self.alt_domain,) if self.alt_domain else ())
+
+
+# ---------------------------------------------------------------------------
+# parsing
+
+
+class _Table:
+    """Reads typed keys out of one TOML table and rejects the keys nobody read."""
+
+    def __init__(self, data: Any, path: str):
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path or 'config'}: expected a table")
+        self.data, self.path, self.seen = data, path, set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(f"{self.key(name)}: expected {want}, got {value!r}")
+        return value
+
+    def duration(self, name: str, default: float) -> float:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        return parse_duration(self.data[name], key=self.key(name))
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(name, list, None)
+        if value is None:
+            return default
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self.key(name)}: expected a list of strings")
+        return tuple(value)
+
+    def sub(self, name: str) -> "_Table":
+        return _Table(self.get(name, dict, {}), self.key(name))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(f"unknown key {self.key(unknown[0])!r}")
+
+
+def _cidrs(values: tuple[str, ...], *, key: str) -> tuple[str, ...]:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}: {v!r} is not a CIDR") from None
+    return values
+
+
+def _servers(values: tuple[str, ...], *, key: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for v in values:
+        host, port = parse_hostport(v, key=key, default_port=53)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{key}: {host!r} is not an IP address") from None
+        out.append((host, port))
+    return tuple(out)
+
+
+def _choice(value: str, choices: tuple[str, ...], *, key: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _nonneg(value: int, *, key: str) -> int:
+    if value < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    return value
+
+
+def _parse_dns(t: _Table) -> DnsConfig:
+    d = DnsConfig()
+    listen = parse_hostport(t.get("listen", str, "127.0.0.1:8600"), key=t.key("listen"), default_port=8600)
+    ttl_map = t.get("service_ttl", dict, None)
+    service_ttl = d.service_ttl
+    if ttl_map is not None:
+        service_ttl = tuple((str(k).lower(), parse_duration(v, key=f"{t.key('service_ttl')}.{k}"))
+                            for k, v in ttl_map.items())
+    soa_t = t.sub("soa")
+    soa = SoaConfig(**{k: _nonneg(soa_t.get(k, int, getattr(SoaConfig(), k)), key=soa_t.key(k))
+                       for k in ("min_ttl", "refresh", "retry", "expire")})
+    soa_t.done()
+    cfg = DnsConfig(
+        listen=listen,
+        only_passing=t.get("only_passing", bool, d.only_passing),
+        a_record_limit=_nonneg(t.get("a_record_limit", int, d.a_record_limit), key=t.key("a_record_limit")),
+        enable_truncate=t.get("enable_truncate", bool, d.enable_truncate),
+        node_ttl=t.duration("node_ttl", d.node_ttl),
+        service_ttl=service_ttl,
+        soa=soa,
+        udp_payload=t.get("udp_payload", int, d.udp_payload),
+        tcp_idle_timeout=t.duration("tcp_idle_timeout", d.tcp_idle_timeout),
+        tcp_max_connections=t.get("tcp_max_connections", int, d.tcp_max_connections),
+        workers=t.get("workers", int, d.workers),
+        rrl_responses_per_second=_nonneg(t.get("rrl_responses_per_second", int, 0),
+                                         key=t.key("rrl_responses_per_second")),
+        rrl_exempt=_cidrs(t.strings("rrl_exempt", d.rrl_exempt), key=t.key("rrl_exempt")),
+    )
+    if not 512 <= cfg.udp_payload <= 65535:
+        raise ConfigError(f"{t.key('udp_payload')}: must be between 512 and 65535")
+    t.done()
+    return cfg
+
+
+def _parse_http(t: _Table) -> HttpConfig:
+    d = HttpConfig()
+    cfg = HttpConfig(
+        listen=parse_hostport(t.get("listen", str, "127.0.0.1:8500"), key=t.key("listen"), default_port=8500),
+        insecure=t.get("insecure", bool, d.insecure),
+        anonymous_read=t.get("anonymous_read", bool, d.anonymous_read),
+        tls_cert=t.get("tls_cert", str, ""),
+        tls_key=t.get("tls_key", str, ""),
+        max_body=t.get("max_body", int, d.max_body),
+        max_blocking_queries=t.get("max_blocking_queries", int, d.max_blocking_queries),
+    )
+    t.done()
+    return cfg
+
+
+def _parse_acl(t: _Table) -> tuple[AclToken, ...]:
+    tokens = []
+    for i, raw in enumerate(t.get("tokens", list, [])):
+        tt = _Table(raw, f"{t.key('tokens')}[{i}]")
+        secret = tt.get("secret", str, "")
+        if not secret:
+            raise ConfigError(f"{tt.key('secret')}: required and must not be empty")
+        tokens.append(AclToken(secret=secret, write=tt.strings("write", ()),
+                               management=tt.get("management", bool, False),
+                               read=tt.get("read", bool, True)))
+        tt.done()
+    t.done()
+    return tuple(tokens)
+
+
+def _parse_forwarding(t: _Table) -> ForwardingConfig:
+    d = ForwardingConfig()
+    zones = []
+    for i, raw in enumerate(t.get("zone", list, [])):
+        zt = _Table(raw, f"{t.key('zone')}[{i}]")
+        name = normalize_domain(zt.get("name", str, ""), key=zt.key("name"))
+        if not name:
+            raise ConfigError(f"{zt.key('name')}: required")
+        servers = _servers(zt.strings("servers", ()), key=zt.key("servers"))
+        if not servers:
+            raise ConfigError(f"{zt.key('servers')}: at least one server is required")
+        zones.append(ForwardZone(name=name, servers=servers))
+        zt.done()
+    timeout = t.duration("timeout", d.timeout)
+    if timeout <= 0:
+        raise ConfigError(f"{t.key('timeout')}: must be positive")
+    cfg = ForwardingConfig(
+        recursors=_servers(t.strings("recursors", ()), key=t.key("recursors")),
+        strategy=_choice(t.get("strategy", str, d.strategy), ("sequential", "random"), key=t.key("strategy")),
+        timeout=timeout,
+        allow_recursion=_cidrs(t.strings("allow_recursion", d.allow_recursion), key=t.key("allow_recursion")),
+        zones=tuple(zones),
+    )
+    t.done()
+    return cfg
+
+
+def _parse_cache(t: _Table) -> CacheConfig:
+    d = CacheConfig()
+    cfg = CacheConfig(
+        max_entries=_nonneg(t.get("max_entries", int, d.max_entries), key=t.key("max_entries")),
+        min_ttl=t.duration("min_ttl", d.min_ttl),
+        max_ttl=t.duration("max_ttl", d.max_ttl),
+        serve_stale=t.duration("serve_stale", d.serve_stale),
+    )
+    t.done()
+    return cfg
+
+
+ADDRESS_MODES = ("auto", "endpoints", "clusterip", "nodeport", "loadbalancer")
+
+
+def _parse_kubernetes(raw: Any, index: int) -> KubernetesConfig:
+    t = _Table(raw, f"kubernetes[{index}]")
+    d = KubernetesConfig()
+    cfg = KubernetesConfig(
+        name=t.get("name", str, f"cluster{index}"),
+        kubeconfig=t.get("kubeconfig", str, ""),
+        context=t.get("context", str, ""),
+        in_cluster=t.get("in_cluster", bool, False),
+        datacenter=t.get("datacenter", str, ""),
+        address_mode=_choice(t.get("address_mode", str, d.address_mode), ADDRESS_MODES, key=t.key("address_mode")),
+        nodeport_address=_choice(t.get("nodeport_address", str, d.nodeport_address),
+                                 ("internal", "external", "external-first"), key=t.key("nodeport_address")),
+        allow_namespaces=t.strings("allow_namespaces", d.allow_namespaces),
+        deny_namespaces=t.strings("deny_namespaces", d.deny_namespaces),
+        namespace_suffix=t.get("namespace_suffix", bool, d.namespace_suffix),
+        sync_to_kubernetes=_choice(t.get("sync_to_kubernetes", str, d.sync_to_kubernetes),
+                                   ("off", "externalname", "endpoints"), key=t.key("sync_to_kubernetes")),
+        write_namespace=t.get("write_namespace", str, d.write_namespace),
+        watch_timeout=t.duration("watch_timeout", d.watch_timeout),
+        request_timeout=t.duration("request_timeout", d.request_timeout),
+    )
+    t.done()
+    return cfg
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    t = _Table(data, "")
+    d = Config()
+    domain = normalize_domain(t.get("domain", str, d.domain), key="domain")
+    if not domain:
+        raise ConfigError("domain: must not be empty")
+    datacenter = t.get("datacenter", str, d.datacenter).lower()
+    if not _LABEL.fullmatch(datacenter):
+        raise ConfigError(f"datacenter: {datacenter!r} is not a DNS label")
+    cfg = Config(
+        domain=domain,
+        alt_domain=normalize_domain(t.get("alt_domain", str, ""), key="alt_domain"),
+        datacenter=datacenter,
+        data_dir=t.get("data_dir", str, d.data_dir),
+        zones=t.get("zones", str, d.zones),
+        log_level=_choice(t.get("log_level", str, d.log_level).lower(),
+                          ("debug", "info", "warning", "error"), key="log_level"),
+        dns=_parse_dns(t.sub("dns")),
+        http=_parse_http(t.sub("http")),
+        acl_tokens=_parse_acl(t.sub("acl")),
+        forwarding=_parse_forwarding(t.sub("forwarding")),
+        cache=_parse_cache(t.sub("cache")),
+        kubernetes=tuple(_parse_kubernetes(raw, i) for i, raw in enumerate(t.get("kubernetes", list, []))),
+    )
+    t.done()
+    return cfg
+
+
+def load_config(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def with_overrides(cfg: Config, **flags: Any) -> Config:
+    """Apply command-line flags (None = not given) on top of the file."""
+    top: dict[str, Any] = {}
+    for name in ("data_dir", "zones", "log_level"):
+        if flags.get(name) is not None:
+            top[name] = flags[name]
+    for name in ("domain", "alt_domain"):
+        if flags.get(name) is not None:
+            top[name] = normalize_domain(flags[name], key=f"--{name.replace('_', '-')}")
+    if flags.get("datacenter") is not None:
+        top["datacenter"] = flags["datacenter"].lower()
+    dns, http, fwd = cfg.dns, cfg.http, cfg.forwarding
+    if flags.get("dns") is not None:
+        dns = replace(dns, listen=parse_hostport(flags["dns"], key="--dns", default_port=8600))
+    if flags.get("workers") is not None:
+        dns = replace(dns, workers=flags["workers"])
+    if flags.get("http") is not None:
+        http = replace(http, listen=parse_hostport(flags["http"], key="--http", default_port=8500))
+    if flags.get("http_insecure"):
+        http = replace(http, insecure=True)
+    if flags.get("http_tls_cert") is not None:
+        http = replace(http, tls_cert=flags["http_tls_cert"])
+    if flags.get("http_tls_key") is not None:
+        http = replace(http, tls_key=flags["http_tls_key"])
+    if flags.get("recursor"):
+        fwd = replace(fwd, recursors=_servers(tuple(flags["recursor"]), key="--recursor"))
+    kube = cfg.kubernetes
+    if flags.get("kubeconfig") is not None or flags.get("kube_context") is not None:
+        base = kube[0] if kube else KubernetesConfig(name="default")
+        base = replace(base, kubeconfig=flags.get("kubeconfig") or base.kubeconfig,
+                       context=flags.get("kube_context") or base.context)
+        kube = (base,) + kube[1:]
+    return replace(cfg, dns=dns, http=http, forwarding=fwd, kubernetes=kube, **top)

@@ -1,0 +1,148 @@
+"""Bytes in, bytes out: parse, resolve against the current snapshot, encode.
+
+This is the one place where errors become rcodes: WireError carries the
+client's mistake (FORMERR, NOTIMP, BADVERS, REFUSED or drop); anything else is
+ours and becomes SERVFAIL. The server protocols around it only move bytes.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+from collections import Counter
+from typing import Awaitable, Callable, Protocol
+
+from ..catalog.store import Store
+from . import rdata
+from .resolver import REFUSED, SERVFAIL, Answer, ResolverOptions, plan, realize
+from .wire import MAX_TCP, Query, WireError, encode_response, error_response, parse_query, response_limit
+
+log = logging.getLogger("meshdns.dns")
+
+Reply = bytes | None | Awaitable[bytes | None]
+
+
+class Forwarder(Protocol):
+    def handles(self, qname: str) -> bool: ...
+    async def forward(self, query: Query, packet: bytes, *, tcp: bool) -> bytes | None: ...
+
+
+class RecursionPolicy:
+    """Which clients may have non-catalog names forwarded for them."""
+
+    def __init__(self, cidrs: tuple[str, ...]):
+        self._nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self._cache: dict[str, bool] = {}
+
+    def allows(self, ip: str) -> bool:
+        ok = self._cache.get(ip)
+        if ok is None:
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                ok = False
+            else:
+                if addr.version == 6 and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                ok = any(addr in n for n in self._nets)
+            if len(self._cache) > 65536:
+                self._cache.clear()
+            self._cache[ip] = ok
+        return ok
+
+
+class DnsHandler:
+    def __init__(self, store: Store, opts: ResolverOptions, *, udp_payload: int = 1232,
+                 enable_truncate: bool = True, rng: random.Random | None = None,
+                 forwarder: Forwarder | None = None, recursion: RecursionPolicy | None = None,
+                 on_answer: Callable[[Answer], None] | None = None):
+        self.store = store
+        self.opts = opts
+        self.udp_payload = udp_payload
+        self.enable_truncate = enable_truncate
+        self.rng = rng or random.Random()
+        self.forwarder = forwarder
+        self.recursion = recursion or RecursionPolicy(())
+        self.on_answer = on_answer
+        self.counts: Counter = Counter()      # (qtype, rcode) -> n; folded into metrics
+        self.split_counts: Counter = Counter()  # (split, target) -> n
+        self._plans: dict = {}
+        self._plans_version = -1
+
+    def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
+        query = None
+        try:
+            query = parse_query(data)
+            return self._answer(query, data, client, tcp)
+        except WireError as exc:
+            if exc.rcode is None or exc.query is None:
+                self.counts[(0, "dropped")] += 1
+                return None
+            self.counts[(exc.query.qtype, exc.rcode)] += 1
+            return error_response(exc.query, exc.rcode, our_payload=self.udp_payload)
+        except Exception:
+            log.exception("internal error answering %s", query.qname if query else "a query")
+            if query is None:
+                return None
+            self.counts[(query.qtype, SERVFAIL)] += 1
+            return error_response(query, SERVFAIL, our_payload=self.udp_payload)
+
+    def plan_for(self, query: Query):
+        snap = self.store.snapshot
+        if snap.version != self._plans_version:
+            self._plans = {}
+            self._plans_version = snap.version
+        key = (query.qname_lower, query.qtype)
+        p = self._plans.get(key)
+        if p is None:
+            p = plan(query.qname_lower, query.qtype, snap, self.opts)
+            if len(self._plans) >= 100_000:
+                self._plans.clear()
+            self._plans[key] = p
+        return p
+
+    def _answer(self, query: Query, data: bytes, client: tuple, tcp: bool) -> Reply:
+        p = self.plan_for(query)
+        may_recurse = self.forwarder is not None and self.recursion.allows(client[0])
+        if p.forward:
+            if may_recurse and self.forwarder.handles(query.qname_lower):
+                return self._forward(query, data, tcp)
+            self.counts[(query.qtype, REFUSED)] += 1
+            return error_response(query, REFUSED, our_payload=self.udp_payload)
+        ans = realize(p, self.rng)
+        self.counts[(query.qtype, ans.rcode)] += 1
+        if ans.split:
+            self.split_counts[(ans.split, ans.target)] += 1
+        if self.on_answer is not None:
+            self.on_answer(ans)
+        limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
+        return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,
+                               recursion_available=may_recurse, set_tc=self.enable_truncate)
+
+    async def _forward(self, query: Query, data: bytes, tcp: bool) -> bytes | None:
+        try:
+            reply = await self.forwarder.forward(query, data, tcp=tcp)
+        except Exception:
+            log.exception("forwarding %s failed", query.qname)
+            reply = None
+        if reply is None:
+            self.counts[(query.qtype, SERVFAIL)] += 1
+            return error_response(query, SERVFAIL, our_payload=self.udp_payload)
+        rcode = reply[3] & 0xF if len(reply) >= 4 else SERVFAIL
+        self.counts[(query.qtype, rcode)] += 1
+        if not tcp:
+            limit = response_limit(query, tcp=False, our_payload=self.udp_payload)
+            if len(reply) > limit:
+                return truncated(reply, query, limit)
+        return reply[:MAX_TCP]
+
+
+def truncated(reply: bytes, query: Query, limit: int) -> bytes:
+    """An upstream reply too big for this client's UDP: header + question with TC."""
+    flags = int.from_bytes(reply[2:4], "big") | 0x0200
+    header = reply[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    return header + query.question
+
+
+QTYPE_NAMES = {rdata.A: "A", rdata.NS: "NS", rdata.CNAME: "CNAME", rdata.SOA: "SOA", rdata.PTR: "PTR",
+               rdata.TXT: "TXT", rdata.AAAA: "AAAA", rdata.SRV: "SRV", rdata.ANY: "ANY", rdata.HINFO: "HINFO"}

@@ -1,0 +1,421 @@
+"""The resolver: (qname, qtype, Snapshot, options, rng) -> Answer. Pure.
+
+It works in two steps. `plan` is deterministic: it turns a question and a
+snapshot into a Plan whose records are already in wire form and grouped into
+units that move together when shuffled (an SRV record and its target's A
+record). `realize` applies the only randomness: choosing a split target and the
+weighted shuffle. The fast path caches plans and realizes them per query.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ..catalog.model import Health, Instance, Split
+from ..catalog.snapshot import Snapshot
+from ..config import SoaConfig
+from . import names, rdata
+from .names import AddrLookup, ApexLookup, NodeLookup, ReverseLookup, ServiceLookup, UnknownLookup
+from .weighting import scale_shares, weighted_order, weighted_pick
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One RR. name None = the question name (echoed as asked, compressed to it)."""
+
+    name: str | None
+    rtype: int
+    ttl: int
+    rdata: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    weight: float
+    answer: tuple[Record, ...]
+    additional: tuple[Record, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A set of units answered together; a split A answer picks one group."""
+
+    weight: float
+    units: tuple[Unit, ...]
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    rcode: int = NOERROR
+    groups: tuple[Group, ...] = ()
+    authority: tuple[Record, ...] = ()
+    limit: int = 0
+    authoritative: bool = True
+    forward: bool = False       # not ours: hand to the forwarder
+    split: str = ""             # split name, for the answers-by-target counter
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    rcode: int = NOERROR
+    answer: tuple[Record, ...] = ()
+    authority: tuple[Record, ...] = ()
+    additional: tuple[Record, ...] = ()
+    authoritative: bool = True
+    forward: bool = False
+    split: str = ""
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverOptions:
+    domains: tuple[str, ...] = ("consul.",)
+    only_passing: bool = False
+    a_record_limit: int = 0
+    node_ttl: int = 0
+    service_ttl: tuple[tuple[str, float], ...] = (("*", 0.0),)
+    soa: SoaConfig = field(default_factory=SoaConfig)
+    ns_addresses: tuple[str, ...] = ()
+
+    def ttl_for_service(self, service: str) -> int:
+        """Exact name, then the longest matching "prefix*", then "*" (Consul's rule)."""
+        best, best_len = None, -1
+        for pattern, ttl in self.service_ttl:
+            if pattern == service:
+                return int(ttl)
+            if pattern.endswith("*") and service.startswith(pattern[:-1]) and len(pattern) > best_len:
+                best, best_len = ttl, len(pattern)
+        return int(best) if best is not None else 0
+
+
+# ---------------------------------------------------------------------------
+# realize
+
+
+def realize(plan: Plan, rng: random.Random) -> Answer:
+    groups = plan.groups
+    label = ""
+    if not groups:
+        units: tuple[Unit, ...] | list[Unit] = ()
+    elif len(groups) == 1:
+        units, label = groups[0].units, groups[0].label
+    else:
+        chosen = groups[weighted_pick([g.weight for g in groups], rng)]
+        units, label = chosen.units, chosen.label
+    if len(units) > 1:
+        order = weighted_order([u.weight for u in units], rng)
+        units = [units[i] for i in order]
+    if plan.limit and len(units) > plan.limit:
+        units = units[: plan.limit]
+    answer = tuple(r for u in units for r in u.answer)
+    additional = tuple(r for u in units for r in u.additional)
+    return Answer(plan.rcode, answer, plan.authority, additional, plan.authoritative,
+                  plan.forward, plan.split, label)
+
+
+def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: random.Random) -> Answer:
+    return realize(plan(qname, qtype, snap, opts), rng)
+
+
+# ---------------------------------------------------------------------------
+# plan
+
+
+def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+    """qname: lower-case FQDN with trailing dot."""
+    domain = names.own_domain(qname, opts.domains)
+    zone = snap.zone_for(qname) if snap.zones else None
+    if zone is not None and (domain is None or len(zone.zone.origin) > len(domain)):
+        return _zone(qname, qtype, zone)
+    if domain is None:
+        rev = names.parse_reverse(qname)
+        if rev is not None and rev.ip is not None:
+            found = _reverse(rev, qtype, snap, opts)
+            if found is not None:
+                return found
+        return Plan(forward=True, authoritative=False)
+    lookup = names.parse_own(qname, domain)
+    if isinstance(lookup, ServiceLookup):
+        return _service(lookup, qtype, snap, opts)
+    if isinstance(lookup, NodeLookup):
+        return _node(lookup, qtype, snap, opts)
+    if isinstance(lookup, AddrLookup):
+        return _addr(lookup, qtype, snap, opts)
+    if isinstance(lookup, ApexLookup):
+        return _apex(lookup, qtype, snap, opts)
+    assert isinstance(lookup, UnknownLookup)
+    return _negative(NXDOMAIN, domain, snap, opts)
+
+
+def _soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
+    s = opts.soa
+    return Record(domain, rdata.SOA, s.min_ttl,
+                  rdata.soa("ns." + domain, "hostmaster." + domain, snap.version,
+                            s.refresh, s.retry, s.expire, s.min_ttl))
+
+
+def _negative(rcode: int, domain: str, snap: Snapshot, opts: ResolverOptions) -> Plan:
+    return Plan(rcode=rcode, authority=(_soa_record(domain, snap, opts),))
+
+
+def _single(records: list[Record], *, limit: int = 0) -> tuple[Group, ...]:
+    return (Group(1.0, tuple(Unit(1.0, (r,)) for r in records)),) if records else ()
+
+
+def _known_dc(dc: str | None, snap: Snapshot) -> str | None:
+    """The datacenter to search, or None when the label names one we do not know."""
+    if dc is None:
+        return snap.datacenter
+    return dc if dc in snap.datacenters else None
+
+
+# -- services ---------------------------------------------------------------
+
+
+def healthy(instances: tuple[Instance, ...], *, only_passing: bool, tag: str = "") -> list[Instance]:
+    limit = Health.PASSING if only_passing else Health.WARNING
+    out = [i for i in instances if i.health <= limit]
+    if tag:
+        out = [i for i in out if any(t.lower() == tag for t in i.tags)]
+    return out
+
+
+def _service(lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+    dc = _known_dc(lk.datacenter, snap)
+    if dc is None:
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
+    split = snap.splits.get(lk.service) if dc == snap.datacenter and not lk.tag else None
+    if split is not None:
+        return _split(split, lk, qtype, snap, opts, dc)
+    insts = healthy(snap.services.get((dc, lk.service), ()), only_passing=opts.only_passing, tag=lk.tag)
+    if not insts:
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
+    ttl = opts.ttl_for_service(lk.service)
+    units = _instance_units(insts, qtype, snap, opts, lk.domain, ttl, [float(_weight(i)) for i in insts])
+    if not units:
+        return _negative(NOERROR, lk.domain, snap, opts)
+    return Plan(groups=(Group(1.0, tuple(units)),), limit=_limit(qtype, opts))
+
+
+def _weight(inst: Instance) -> int:
+    return inst.weights.for_health(inst.health)
+
+
+def _limit(qtype: int, opts: ResolverOptions) -> int:
+    return opts.a_record_limit if qtype in (rdata.A, rdata.AAAA, rdata.ANY) else 0
+
+
+def _address_records(owner: str | None, address: str, qtype: int, ttl: int) -> list[Record]:
+    """A/AAAA (or CNAME for a hostname) for one address, as qtype asks."""
+    version = names.ip_version(address) if address else -1
+    if version == 4 and qtype in (rdata.A, rdata.ANY):
+        return [Record(owner, rdata.A, ttl, rdata.a(address))]
+    if version == 6 and qtype in (rdata.AAAA, rdata.ANY):
+        return [Record(owner, rdata.AAAA, ttl, rdata.aaaa(address))]
+    if version == 0 and qtype in (rdata.A, rdata.AAAA, rdata.ANY, rdata.CNAME):
+        try:
+            return [Record(owner, rdata.CNAME, ttl, rdata.name(address))]
+        except (ValueError, UnicodeEncodeError):
+            return []
+    return []
+
+
+def _instance_units(insts, qtype, snap, opts, domain, ttl, weights, srv_weights=None) -> list[Unit]:
+    units = []
+    for n, inst in enumerate(insts):
+        address = snap.instance_address(inst)
+        if qtype == rdata.SRV:
+            unit = _srv_unit(inst, address, snap, domain, ttl, weights[n],
+                             srv_weights[n] if srv_weights else _weight(inst))
+        else:
+            recs = _address_records(None, address, qtype, ttl)
+            unit = Unit(weights[n], tuple(recs)) if recs else None
+        if unit is not None:
+            units.append(unit)
+    if qtype not in (rdata.SRV, rdata.CNAME) and len({u.answer for u in units}) < len(units):
+        units = _dedupe(units)
+    return units
+
+
+def _dedupe(units: list[Unit]) -> list[Unit]:
+    """Two instances on one IP give one A record, carrying both weights."""
+    merged: dict[tuple, Unit] = {}
+    for u in units:
+        prev = merged.get(u.answer)
+        merged[u.answer] = u if prev is None else Unit(prev.weight + u.weight, u.answer)
+    return list(merged.values())
+
+
+def _srv_unit(inst, address, snap, domain, ttl, shuffle_weight, srv_weight) -> Unit | None:
+    version = names.ip_version(address) if address else -1
+    additional: tuple[Record, ...] = ()
+    if version in (4, 6):
+        target = f"{names.encode_addr(address)}.addr.{inst.datacenter}.{domain}"
+        additional = tuple(_address_records(target, address, rdata.ANY, ttl))
+    elif version == 0:
+        target = address if address.endswith(".") else address + "."
+    elif inst.node:
+        target = f"{inst.node.lower()}.node.{inst.datacenter}.{domain}"
+    else:
+        return None
+    try:
+        rec = Record(None, rdata.SRV, ttl, rdata.srv(1, max(0, min(65535, int(srv_weight))), inst.port, target))
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return Unit(shuffle_weight, (rec,), additional)
+
+
+# -- splits -----------------------------------------------------------------
+
+
+def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, dc: str) -> Plan:
+    ttl = int(split.ttl) if split.ttl is not None else opts.ttl_for_service(split.name)
+    sides = []
+    for target in split.targets:
+        if target.weight <= 0:
+            continue
+        insts = healthy(snap.services.get((dc, target.service.lower()), ()),
+                        only_passing=opts.only_passing, tag=target.tag.lower())
+        if insts:
+            sides.append((target, insts))
+    if not sides:
+        if split.on_all_unhealthy != "all":
+            return _negative(NXDOMAIN, lk.domain, snap, opts)
+        sides = [(t, list(snap.services.get((dc, t.service.lower()), ()))) for t in split.targets]
+        sides = [(t, [i for i in insts if i.health is not Health.MAINTENANCE]) for t, insts in sides]
+        sides = [(t, insts) for t, insts in sides if insts]
+        if not sides:
+            return _negative(NXDOMAIN, lk.domain, snap, opts)
+    if qtype == rdata.SRV:
+        shares, insts_all = [], []
+        total_target = sum(t.weight for t, _ in sides) or 1.0
+        for target, insts in sides:
+            inst_w = [max(_weight(i), 0) for i in insts]
+            denom = sum(inst_w) or len(insts)
+            for inst, w in zip(insts, inst_w):
+                shares.append(target.weight / total_target * (w or 1) / denom)
+                insts_all.append(inst)
+        units = _instance_units(insts_all, qtype, snap, opts, lk.domain, ttl, shares, scale_shares(shares))
+        if not units:
+            return _negative(NOERROR, lk.domain, snap, opts)
+        return Plan(groups=(Group(1.0, tuple(units), "*"),), split=split.name)
+    groups = []
+    for target, insts in sides:
+        units = _instance_units(insts, qtype, snap, opts, lk.domain, ttl, [float(_weight(i)) for i in insts])
+        if units:
+            groups.append(Group(target.weight, tuple(units), _target_label(target)))
+    if not groups:
+        return _negative(NOERROR, lk.domain, snap, opts)
+    return Plan(groups=tuple(groups), limit=_limit(qtype, opts), split=split.name)
+
+
+def _target_label(target) -> str:
+    return f"{target.service}:{target.tag}" if target.tag else target.service
+
+
+# -- nodes, addr, apex, reverse ---------------------------------------------
+
+
+def _node(lk: NodeLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+    dc = _known_dc(lk.datacenter, snap)
+    node = snap.nodes.get((dc, lk.node)) if dc else None
+    if node is None:
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
+    records = _address_records(None, node.address, qtype, opts.node_ttl)
+    if qtype in (rdata.TXT, rdata.ANY) and node.meta:
+        records += [Record(None, rdata.TXT, opts.node_ttl, rdata.txt(f"{k}={v}")) for k, v in node.meta]
+    if not records:
+        return _negative(NOERROR, lk.domain, snap, opts)
+    return Plan(groups=_single(records))
+
+
+def _addr(lk: AddrLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+    if lk.ip is None or _known_dc(lk.datacenter, snap) is None:
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
+    records = _address_records(None, lk.ip, qtype, 0)
+    if not records:
+        return _negative(NOERROR, lk.domain, snap, opts)
+    return Plan(groups=_single(records))
+
+
+def _apex(lk: ApexLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+    ttl = opts.soa.min_ttl
+    if lk.ns:
+        records = [r for ip in opts.ns_addresses for r in _address_records(None, ip, qtype, ttl)]
+        return Plan(groups=_single(records)) if records else _negative(NOERROR, lk.domain, snap, opts)
+    records = []
+    if qtype in (rdata.SOA, rdata.ANY):
+        soa = _soa_record(lk.domain, snap, opts)
+        records.append(Record(None, rdata.SOA, soa.ttl, soa.rdata))
+    if qtype in (rdata.NS, rdata.ANY):
+        records.append(Record(None, rdata.NS, ttl, rdata.name("ns." + lk.domain)))
+    if not records:
+        return _negative(NOERROR, lk.domain, snap, opts)
+    # the record order at the apex is fixed (SOA before NS), so no shuffle group
+    return Plan(groups=(Group(1.0, (Unit(1.0, tuple(records)),)),))
+
+
+def _reverse(rev: ReverseLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan | None:
+    """PTR for a catalog IP; None (forward) when the IP is not ours."""
+    domain = opts.domains[0]
+    targets = [f"{n}.node.{dc}.{domain}" for dc, n in sorted(snap.ip_nodes.get(rev.ip, ()))]
+    targets += [f"{s}.service.{dc}.{domain}" for dc, s in sorted(snap.ip_services.get(rev.ip, ()))]
+    if not targets:
+        return None
+    if qtype not in (rdata.PTR, rdata.ANY):
+        return Plan()  # NODATA; no SOA of ours covers arpa names
+    ttl = opts.node_ttl if snap.ip_nodes.get(rev.ip) else opts.ttl_for_service(targets[0].split(".", 1)[0])
+    records = []
+    for t in targets:
+        try:
+            records.append(Record(None, rdata.PTR, ttl, rdata.name(t)))
+        except (ValueError, UnicodeEncodeError):
+            continue
+    return Plan(groups=(Group(1.0, (Unit(1.0, tuple(records)),)),))
+
+
+# -- authoritative zones from master files -----------------------------------
+
+
+def _zone(qname: str, qtype: int, zi) -> Plan:
+    soa = tuple(Record(r.name, r.rtype, min(r.ttl, _soa_minimum(r.rdata)), r.rdata)
+                for r in zi.by_name.get(zi.zone.origin, ()) if r.rtype == rdata.SOA)
+    records = zi.by_name.get(qname)
+    owner_is_qname = True
+    if records is None and qname not in zi.names:
+        wildcard = "*." + qname.split(".", 1)[1] if "." in qname[:-1] else None
+        records = zi.by_name.get(wildcard) if wildcard else None
+        if records is None:
+            return Plan(rcode=NXDOMAIN, authority=soa)
+    answer: list[Record] = []
+    if records:
+        matching = [r for r in records if r.rtype == qtype or qtype == rdata.ANY]
+        if not matching:
+            matching = [r for r in records if r.rtype == rdata.CNAME]
+            if matching:
+                # chase the CNAME inside this zone once, as an authoritative server does
+                target = _wire_to_text(matching[0].rdata)
+                answer.extend(Record(None if owner_is_qname else qname, r.rtype, r.ttl, r.rdata) for r in matching)
+                answer.extend(Record(r.name, r.rtype, r.ttl, r.rdata)
+                              for r in zi.by_name.get(target, ()) if r.rtype == qtype)
+        else:
+            answer.extend(Record(None, r.rtype, r.ttl, r.rdata) for r in matching)
+    if not answer:
+        return Plan(authority=soa)
+    return Plan(groups=(Group(1.0, (Unit(1.0, tuple(answer)),)),))
+
+
+def _soa_minimum(raw: bytes) -> int:
+    return int.from_bytes(raw[-4:], "big") if len(raw) >= 4 else 0
+
+
+def _wire_to_text(raw: bytes) -> str:
+    labels, i = [], 0
+    while i < len(raw) and raw[i]:
+        n = raw[i]
+        labels.append(raw[i + 1:i + 1 + n].decode("latin-1").lower())
+        i += 1 + n
+    return ".".join(labels) + "."

@@ -1,0 +1,176 @@
+"""Thin asyncio protocols: move bytes between sockets and the DnsHandler."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+
+from .handler import DnsHandler
+
+log = logging.getLogger("meshdns.dns.server")
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, handler: DnsHandler, pending: set):
+        self.handler = handler
+        self.pending = pending
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        reply = self.handler.handle(data, addr, tcp=False)
+        if reply is None:
+            return
+        if isinstance(reply, bytes):
+            self.transport.sendto(reply, addr)
+            return
+        task = asyncio.ensure_future(reply)
+        self.pending.add(task)
+        task.add_done_callback(lambda t: self._sent(t, addr))
+
+    def _sent(self, task: asyncio.Task, addr) -> None:
+        self.pending.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            return
+        reply = task.result()
+        if reply is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.
+        log.debug("udp error: %s", exc)
+
+
+class TcpProtocol(asyncio.Protocol):
+    """Length-prefixed queries, several per connection, closed when idle."""
+
+    def __init__(self, server: "DnsServer"):
+        self.server = server
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ("", 0)
+        self.idle: asyncio.TimerHandle | None = None
+        self.inflight = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername") or ("", 0)
+        if len(self.server.connections) >= self.server.max_connections:
+            transport.abort()
+            return
+        self.server.connections.add(self)
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self.server.connections.discard(self)
+        if self.idle:
+            self.idle.cancel()
+
+    def _arm(self) -> None:
+        if self.idle:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(self.server.idle_timeout, self._timeout)
+
+    def _timeout(self) -> None:
+        if self.inflight == 0 and self.transport is not None:
+            self.transport.close()
+        else:
+            self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) > 2 * 65537:  # a client that will not wait for answers
+            self.transport.abort()
+            return
+        self._arm()
+        while len(self.buffer) >= 2:
+            (length,) = struct.unpack_from("!H", self.buffer)
+            if len(self.buffer) < 2 + length:
+                break
+            packet = bytes(self.buffer[2:2 + length])
+            del self.buffer[:2 + length]
+            reply = self.server.handler.handle(packet, self.peer, tcp=True)
+            if reply is None:
+                continue
+            if isinstance(reply, bytes):
+                self._write(reply)
+            else:
+                self.inflight += 1
+                task = asyncio.ensure_future(reply)
+                self.server.pending.add(task)
+                task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        self.server.pending.discard(task)
+        self.inflight -= 1
+        if not task.cancelled() and task.exception() is None and task.result() is not None:
+            self._write(task.result())
+
+    def _write(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(struct.pack("!H", len(reply)) + reply)
+
+
+class DnsServer:
+    def __init__(self, handler: DnsHandler, *, idle_timeout: float = 10.0, max_connections: int = 1024):
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.connections: set[TcpProtocol] = set()
+        self.pending: set[asyncio.Task] = set()
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for attempt in range(20):
+            udp_sock = _udp_socket(host, port, family, reuse_port)
+            bound = udp_sock.getsockname()[1]
+            try:
+                self.tcp = await loop.create_server(lambda: TcpProtocol(self), host=host, port=bound,
+                                                    family=family, reuse_address=True,
+                                                    reuse_port=reuse_port or None, backlog=1024)
+            except OSError:
+                udp_sock.close()
+                if port != 0 or attempt == 19:
+                    raise
+                continue
+            break
+        self.udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.handler, self.pending),
+                                                          sock=udp_sock)
+        self.port = bound
+
+    async def close(self, *, drain: float = 2.0) -> None:
+        """Stop accepting, let in-flight answers finish (bounded), then close connections."""
+        if self.tcp is not None:
+            self.tcp.close()
+        if self.pending:
+            await asyncio.wait(list(self.pending), timeout=drain)
+        deadline = asyncio.get_running_loop().time() + drain
+        while any(c.inflight for c in self.connections) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            await self.tcp.wait_closed()
+
+
+def _udp_socket(host: str, port: int, family: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

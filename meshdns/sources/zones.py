@@ -1,0 +1,173 @@
+"""The zones/ directory as a catalog source.
+
+Each file is parsed on its own and remembered with its mtime; a file that
+fails to parse keeps its last good content (stale beats empty) and the error,
+with file:line, is logged and shown on /readyz until the file is fixed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ..catalog.model import Health, Instance, SourceState, Zone
+from ..catalog.store import Store
+from ..catalog.validate import split_loops
+from ..health.spec import CheckSpec
+from .zonefiles import TomlContent, ZoneFileError, parse_master, parse_toml
+
+log = logging.getLogger("meshdns.sources.zones")
+
+SOURCE = "zones"
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    stamp: tuple[int, int]
+    content: TomlContent | Zone
+
+
+class ZonesSource:
+    name = SOURCE
+
+    def __init__(self, directory: str | os.PathLike, store: Store, *, datacenter: str,
+                 poll_interval: float = 1.0,
+                 health_status: Callable[[str, CheckSpec], Health] | None = None):
+        self.directory = Path(directory)
+        self.store = store
+        self.datacenter = datacenter
+        self.poll_interval = poll_interval
+        self.health_status = health_status
+        self._files: dict[Path, _Parsed] = {}
+        self.errors: dict[str, str] = {}
+        self.synced = False
+
+    # -- loading ------------------------------------------------------------
+
+    def _scan(self) -> dict[Path, tuple[int, int]]:
+        found = {}
+        if not self.directory.is_dir():
+            return found
+        for path in sorted(self.directory.iterdir()):
+            if path.suffix in (".toml", ".zone") and path.is_file():
+                st = path.stat()
+                found[path] = (st.st_mtime_ns, st.st_size)
+        return found
+
+    def _parse(self, path: Path, stamp: tuple[int, int]) -> TomlContent | Zone:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".toml":
+            return parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE, revision=stamp[0])
+        origin = path.name[: -len(".zone")] + "."
+        return parse_master(str(path), text, default_origin=origin, source=SOURCE)
+
+    def reload(self, *, force: bool = False) -> bool:
+        """Re-read changed files and publish. True when the catalog changed."""
+        files = self._scan()
+        changed = force or set(files) != set(self._files)
+        for path, stamp in files.items():
+            known = self._files.get(path)
+            if known is not None and known.stamp == stamp and not force:
+                continue
+            try:
+                self._files[path] = _Parsed(stamp, self._parse(path, stamp))
+            except ZoneFileError as exc:
+                self._failed(path, str(exc), keep=known)
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                self._failed(path, f"{path}:1: cannot read: {exc}", keep=known)
+                continue
+            if self.errors.pop(str(path), None):
+                log.info("zone file %s is good again", path)
+            changed = True
+        for path in set(self._files) - set(files):
+            del self._files[path]
+            self.errors.pop(str(path), None)
+            changed = True
+        if changed or not self.synced:
+            self._publish()
+        self.synced = True
+        return changed
+
+    def _failed(self, path: Path, message: str, *, keep: _Parsed | None) -> None:
+        if self.errors.get(str(path)) != message:
+            log.error("zone file rejected, previous content kept: %s", message)
+        self.errors[str(path)] = message
+        if keep is None:
+            self._files.pop(path, None)
+
+    def state(self) -> SourceState:
+        """Merge the files; cross-file problems (unknown node, split loop) reject the offending file."""
+        while True:
+            state, bad = self._build()
+            if bad is None:
+                return state
+            path, message = bad
+            self._failed(path, message, keep=None)
+            self._files.pop(path, None)
+
+    def _build(self):
+        services: dict = {}
+        nodes: dict = {}
+        splits: dict = {}
+        zones: dict = {}
+        for path, parsed in sorted(self._files.items()):
+            c = parsed.content
+            if isinstance(c, Zone):
+                zones.setdefault(c.origin, c)
+                continue
+            for node in c.nodes:
+                nodes[(node.datacenter, node.name.lower())] = node
+            for s in c.splits:
+                splits[s.name] = s
+        for path, parsed in sorted(self._files.items()):
+            c = parsed.content
+            if isinstance(c, Zone):
+                continue
+            checks = dict(c.checks)
+            for inst in c.instances:
+                if inst.node and (inst.datacenter, inst.node.lower()) not in nodes:
+                    line = c.lines.get(inst.id, 1)
+                    return None, (path, f"{path}:{line}: service {inst.service!r}: unknown node {inst.node!r}")
+                if inst.id in checks and self.health_status is not None:
+                    inst = _with_health(inst, self.health_status(inst.id, checks[inst.id]))
+                services.setdefault((inst.datacenter, inst.service.lower()), []).append(inst)
+        loop = split_loops(splits)
+        if loop:
+            name = loop.split("'")[1]
+            for path, parsed in self._files.items():
+                if isinstance(parsed.content, TomlContent) and any(s.name == name for s in parsed.content.splits):
+                    line = parsed.content.lines.get("split:" + name, 1)
+                    return None, (path, f"{path}:{line}: {loop}")
+        return SourceState(services={k: tuple(v) for k, v in services.items()}, nodes=nodes,
+                           splits=splits, zones=zones), None
+
+    def checks(self) -> dict[str, CheckSpec]:
+        out = {}
+        for parsed in self._files.values():
+            if isinstance(parsed.content, TomlContent):
+                out.update(parsed.content.checks)
+        return out
+
+    def _publish(self) -> None:
+        self.store.publish(SOURCE, self.state())
+
+    # -- running ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Poll for changes; cheap (one stat per file) and works on every filesystem and in ConfigMaps."""
+        if not self.synced:
+            self.reload()
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                self.reload()
+            except Exception:
+                log.exception("reloading %s failed; previous content kept", self.directory)
+
+
+def _with_health(inst: Instance, health: Health) -> Instance:
+    return inst if inst.health is health else replace(inst, health=health)

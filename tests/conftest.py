@@ -1,0 +1,26 @@
+import pytest
+
+from harness import ServerThread, make_config
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The real server on the shipped zones/, 127.0.0.1 port 0."""
+    srv = ServerThread(make_config(tmp_path)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start servers with config overrides; all are stopped at the end."""
+    started = []
+
+    def start(overrides=None, *, zones=None):
+        srv = ServerThread(make_config(tmp_path, overrides, zones=zones)).start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()

@@ -1,0 +1,185 @@
+"""Start the real meshdns on 127.0.0.1 port 0 and talk to it over sockets.
+
+`ServerThread` runs the app in a thread with its own event loop, so tests can
+use blocking clients (dnspython, dig, urllib). `ServerProcess` runs
+`python -m meshdns serve` for tests that need signals or kill -9.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from meshdns import app as app_module
+from meshdns.config import Config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+ZONES = ROOT / "zones"
+
+
+def make_config(tmp_path: Path, overrides: dict[str, Any] | None = None, *, zones: Path | None = None) -> Config:
+    data: dict[str, Any] = {"zones": str(zones or ZONES), "data_dir": str(tmp_path / "data"),
+                            "dns": {"listen": "127.0.0.1:0"}, "http": {"listen": "127.0.0.1:0"}}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_config(data)
+
+
+class ServerThread:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.app: app_module.App | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="meshdns-test-server", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.app = app_module.build(self.cfg)
+            await app_module.run(self.app, on_ready=lambda _: self._ready.set(), signals=False)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced to the test by start()
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> "ServerThread":
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("meshdns did not start within 20 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def dns_port(self) -> int:
+        return self.app.dns_port
+
+    @property
+    def http_port(self) -> int:
+        return self.app.http_port
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the server's loop and wait for it (sync or coroutine function)."""
+        async def wrapper():
+            result = fn(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(30)
+
+    def stop(self) -> None:
+        if self.loop is not None and self.app is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.app.stop.set)
+        self._thread.join(15)
+
+
+class ServerProcess:
+    """meshdns as a separate process; `kill()` is kill -9."""
+
+    READY = re.compile(r"meshdns ready dns=[^:]+:(\d+) http=[^:]+:(\d+)")
+
+    def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None):
+        self.args = [sys.executable, "-m", "meshdns", "serve", "--dns", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                     *args]
+        self.cwd = cwd
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.dns_port = self.http_port = 0
+        self.stderr_path: Path | None = None
+
+    def start(self, timeout: float = 20) -> "ServerProcess":
+        import tempfile
+        fd, name = tempfile.mkstemp(prefix="meshdns-stderr-")
+        self.stderr_path = Path(name)
+        self.proc = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=fd, text=True, start_new_session=True)
+        os.close(fd)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"meshdns exited early:\n{self.stderr()}")
+            m = self.READY.search(line)
+            if m:
+                self.dns_port, self.http_port = int(m.group(1)), int(m.group(2))
+                return self
+        raise RuntimeError(f"meshdns did not become ready:\n{self.stderr()}")
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path and self.stderr_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+# -- DNS clients -------------------------------------------------------------
+
+
+def query(port: int, name: str, rdtype: str = "A", *, tcp: bool = False, edns: int | None = 0,
+          payload: int = 1232, timeout: float = 3.0, source: str = "127.0.0.1") -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, use_edns=edns, payload=payload)
+    q.flags &= ~dns.flags.RD
+    if tcp:
+        return dns.query.tcp(q, "127.0.0.1", port=port, timeout=timeout, source=source)
+    return dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout, ignore_trailing=False, source=source)
+
+
+def rrset_values(msg: dns.message.Message, section: str = "answer") -> list[str]:
+    return [rd.to_text() for rrset in getattr(msg, section) for rd in rrset]
+
+
+def dig_path() -> str:
+    path = shutil.which("dig")
+    if path is None:
+        raise RuntimeError("dig is not installed (apt-get install bind9-dnsutils)")
+    return path
+
+
+def dig(port: int, *args: str) -> str:
+    out = subprocess.run([dig_path(), "@127.0.0.1", "-p", str(port), "+time=3", "+tries=1", *args],
+                         capture_output=True, text=True, timeout=20)
+    return out.stdout
