@@ -1,0 +1,80 @@
+"""The config file: every key optional, typos refused by name, durations as Consul writes them."""
+import subprocess
+import sys
+
+import pytest
+
+from meshdns.config import ConfigError, load_config, parse_config, parse_duration
+
+
+def test_defaults():
+    cfg = parse_config({})
+    assert cfg.domain == "consul." and cfg.datacenter == "dc1"
+    assert cfg.dns.listen == ("127.0.0.1", 8600) and cfg.http.listen == ("127.0.0.1", 8500)
+    assert cfg.forwarding.recursors == () and "10.0.0.0/8" in cfg.forwarding.allow_recursion
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"domian": "x"}, "unknown key 'domian'"),
+    ({"dns": {"only_pasing": True}}, "unknown key 'dns.only_pasing'"),
+    ({"dns": {"node_ttl": "ten"}}, "dns.node_ttl"),
+    ({"dns": {"listen": "127.0.0.1:99999"}}, "dns.listen"),
+    ({"forwarding": {"recursors": ["not-an-ip"]}}, "forwarding.recursors"),
+    ({"forwarding": {"strategy": "roundrobin"}}, "forwarding.strategy"),
+    ({"forwarding": {"zone": [{"name": "cluster.local"}]}}, "forwarding.zone[0].servers"),
+    ({"kubernetes": [{"address_mode": "pods"}]}, "kubernetes[0].address_mode"),
+    ({"acl": {"tokens": [{"write": ["x"]}]}}, "acl.tokens[0].secret"),
+    ({"dns": {"a_record_limit": -1}}, "dns.a_record_limit"),
+])
+def test_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(data)
+
+
+@pytest.mark.parametrize("text,seconds", [("10s", 10), ("1m30s", 90), ("250ms", 0.25), ("2h", 7200), ("5", 5), (3, 3)])
+def test_durations(text, seconds):
+    assert parse_duration(text, key="k") == pytest.approx(seconds)
+
+
+def test_full_example_from_design_parses(tmp_path):
+    p = tmp_path / "meshdns.toml"
+    p.write_text('''
+domain = "consul."
+alt_domain = "mesh.internal."
+datacenter = "dc1"
+[dns]
+listen = "127.0.0.1:8600"
+service_ttl = { "*" = "0s", "web*" = "5s", "billing" = "10s" }
+soa = { min_ttl = 0, refresh = 3600, retry = 600, expire = 86400 }
+[[acl.tokens]]
+secret = "s3cr3t"
+write = ["billing", "legacy-"]
+[forwarding]
+recursors = ["10.0.0.2", "10.0.0.3:53"]
+timeout = "2s"
+[[forwarding.zone]]
+name = "cluster.local"
+servers = ["10.96.0.10"]
+[cache]
+serve_stale = "1h"
+[[kubernetes]]
+name = "prod"
+kubeconfig = "~/.kube/config"
+context = "prod"
+datacenter = "dc1"
+''')
+    cfg = load_config(p)
+    assert cfg.domains == ("consul.", "mesh.internal.")
+    assert cfg.forwarding.recursors == (("10.0.0.2", 53), ("10.0.0.3", 53))
+    assert cfg.forwarding.zones[0].name == "cluster.local."
+    assert dict(cfg.dns.service_ttl) == {"*": 0, "web*": 5, "billing": 10}
+    assert cfg.kubernetes[0].context == "prod"
+
+
+def test_cli_reports_config_error_and_exits_2(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[dns]\nlisten = 8600\n")
+    out = subprocess.run([sys.executable, "-m", "meshdns", "serve", "--config", str(p)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "dns.listen: expected str" in out.stderr and str(p) in out.stderr

@@ -1,0 +1,207 @@
+"""Resolver table tests: (question, catalog) -> answer, no sockets, no clock, seeded RNG.
+
+Records are turned into text with dnspython, not with meshdns code, so the
+expected values are independent of our encoder.
+"""
+import random
+
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import pytest
+
+from meshdns.catalog.model import Health, Instance, Node, SourceState, Split, SplitTarget, Weights
+from meshdns.catalog.store import Store
+from meshdns.config import SoaConfig
+from meshdns.dns.resolver import NOERROR, NXDOMAIN, ResolverOptions, plan, resolve
+
+DC = "dc1"
+
+
+def inst(service, address="", *, id=None, node="", port=80, tags=(), health=Health.PASSING, dc=DC,
+         weights=Weights()):
+    return Instance(id=id or f"{service}-{address or node}", service=service, datacenter=dc, address=address,
+                    port=port, node=node, tags=tuple(tags), weights=weights, health=health, source="t")
+
+
+def catalog(*instances, nodes=(), splits=()):
+    store = Store(datacenter=DC)
+    services = {}
+    for i in instances:
+        services.setdefault((i.datacenter, i.service.lower()), []).append(i)
+    store.publish("t", SourceState(services={k: tuple(v) for k, v in services.items()},
+                                   nodes={(n.datacenter, n.name.lower()): n for n in nodes},
+                                   splits={s.name: s for s in splits}))
+    return store.snapshot
+
+
+SNAP = catalog(
+    inst("web", "10.0.0.1", tags=["v1"]),
+    inst("web", "10.0.0.2", tags=["v2"]),
+    inst("web", "10.0.0.3", health=Health.WARNING),
+    inst("web", "10.0.0.4", health=Health.CRITICAL),
+    inst("web", "10.0.0.5", health=Health.MAINTENANCE),
+    inst("v6", "fd00::1"),
+    inst("db", node="db-1", port=5432),
+    inst("ext", "api.example.com", port=443),
+    inst("down", "10.0.1.1", health=Health.CRITICAL),
+    inst("east-svc", "10.1.0.1", dc="east"),
+    nodes=[Node("db-1", "10.0.9.9", DC, meta=(("rack", "r1"),)), Node("edge", "fd00::9", DC)],
+)
+OPTS = ResolverOptions(domains=("consul.", "mesh.internal."), soa=SoaConfig(min_ttl=5))
+
+
+def texts(records, qtype_filter=None):
+    out = []
+    for r in records:
+        rd = dns.rdata.from_wire(dns.rdataclass.IN, r.rtype, r.rdata, 0, len(r.rdata))
+        out.append(f"{r.name or '@'} {dns.rdatatype.to_text(r.rtype)} {rd.to_text()}")
+    return sorted(out)
+
+
+def ask(name, qtype, snap=SNAP, opts=OPTS, seed=1):
+    return resolve(name, dns.rdatatype.from_text(qtype), snap, opts, random.Random(seed))
+
+
+CASES = [
+    # (qname, qtype, rcode, sorted answer texts)
+    ("web.service.consul.", "A", NOERROR, ["@ A 10.0.0.1", "@ A 10.0.0.2", "@ A 10.0.0.3"]),
+    ("v1.web.service.consul.", "A", NOERROR, ["@ A 10.0.0.1"]),
+    ("web.service.dc1.consul.", "A", NOERROR, ["@ A 10.0.0.1", "@ A 10.0.0.2", "@ A 10.0.0.3"]),
+    ("web.service.mesh.internal.", "A", NOERROR, ["@ A 10.0.0.1", "@ A 10.0.0.2", "@ A 10.0.0.3"]),
+    ("_web._v2.service.consul.", "SRV", NOERROR, ["@ SRV 1 1 80 0a000002.addr.dc1.consul."]),
+    ("_web._tcp.service.consul.", "SRV", NOERROR,
+     ["@ SRV 1 1 80 0a000001.addr.dc1.consul.", "@ SRV 1 1 80 0a000002.addr.dc1.consul.",
+      "@ SRV 1 1 80 0a000003.addr.dc1.consul."]),
+    ("web.service.consul.", "AAAA", NOERROR, []),           # NODATA: exists, no IPv6
+    ("web.service.consul.", "TXT", NOERROR, []),
+    ("v6.service.consul.", "AAAA", NOERROR, ["@ AAAA fd00::1"]),
+    ("db.service.consul.", "A", NOERROR, ["@ A 10.0.9.9"]),  # node address fallback
+    ("db.service.consul.", "SRV", NOERROR, ["@ SRV 1 1 5432 0a000909.addr.dc1.consul."]),
+    ("ext.service.consul.", "A", NOERROR, ["@ CNAME api.example.com."]),
+    ("ext.service.consul.", "SRV", NOERROR, ["@ SRV 1 1 443 api.example.com."]),
+    ("down.service.consul.", "A", NXDOMAIN, []),            # no healthy instance
+    ("nope.service.consul.", "A", NXDOMAIN, []),
+    ("east-svc.service.consul.", "A", NXDOMAIN, []),        # other datacenter needs its label
+    ("east-svc.service.east.consul.", "A", NOERROR, ["@ A 10.1.0.1"]),
+    ("web.service.nowhere.consul.", "A", NXDOMAIN, []),
+    ("db-1.node.consul.", "A", NOERROR, ["@ A 10.0.9.9"]),
+    ("db-1.node.dc1.consul.", "TXT", NOERROR, ['@ TXT "rack=r1"']),
+    ("edge.node.consul.", "AAAA", NOERROR, ["@ AAAA fd00::9"]),
+    ("edge.node.consul.", "A", NOERROR, []),
+    ("ghost.node.consul.", "A", NXDOMAIN, []),
+    ("0a000001.addr.dc1.consul.", "A", NOERROR, ["@ A 10.0.0.1"]),
+    ("fd000000000000000000000000000001.addr.consul.", "AAAA", NOERROR, ["@ AAAA fd00::1"]),
+    ("0a000001.addr.consul.", "AAAA", NOERROR, []),
+    ("zz.addr.consul.", "A", NXDOMAIN, []),
+    ("consul.", "SOA", NOERROR, ["@ SOA ns.consul. hostmaster.consul. 1 3600 600 86400 5"]),
+    ("consul.", "NS", NOERROR, ["@ NS ns.consul."]),
+    ("mesh.internal.", "NS", NOERROR, ["@ NS ns.mesh.internal."]),
+    ("consul.", "A", NOERROR, []),
+    ("a.b.c.service.consul.", "A", NXDOMAIN, []),
+    ("random.junk.consul.", "HINFO", NXDOMAIN, []),         # CoreDNS loop-detect probe
+    ("1.0.0.10.in-addr.arpa.", "PTR", NOERROR, ["@ PTR web.service.dc1.consul."]),
+    ("9.9.0.10.in-addr.arpa.", "PTR", NOERROR, ["@ PTR db-1.node.dc1.consul.", "@ PTR db.service.dc1.consul."]),
+]
+
+
+@pytest.mark.parametrize("qname,qtype,rcode,answer", CASES, ids=[f"{c[0]}{c[1]}" for c in CASES])
+def test_table(qname, qtype, rcode, answer):
+    ans = ask(qname, qtype)
+    assert ans.rcode == rcode
+    assert texts(ans.answer) == answer
+    if not answer and rcode in (NOERROR, NXDOMAIN) and not qname.endswith("arpa."):
+        # negative answers carry the SOA of the domain asked, TTL = soa.min_ttl (RFC 2308)
+        assert [(r.rtype, r.ttl) for r in ans.authority] == [(6, 5)]
+        assert ans.authority[0].name in ("consul.", "mesh.internal.")
+
+
+def test_srv_additional_has_target_addresses():
+    ans = ask("web.service.consul.", "SRV")
+    assert texts(ans.additional) == ["0a000001.addr.dc1.consul. A 10.0.0.1", "0a000002.addr.dc1.consul. A 10.0.0.2",
+                                     "0a000003.addr.dc1.consul. A 10.0.0.3"]
+
+
+def test_unknown_names_are_forwarded_not_answered():
+    assert plan("example.com.", 1, SNAP, OPTS).forward
+    assert plan("5.5.5.5.in-addr.arpa.", 12, SNAP, OPTS).forward
+
+
+def test_only_passing_hides_warning():
+    opts = ResolverOptions(only_passing=True)
+    assert texts(ask("web.service.consul.", "A", opts=opts).answer) == ["@ A 10.0.0.1", "@ A 10.0.0.2"]
+
+
+def test_a_record_limit_caps_answers_but_not_which():
+    opts = ResolverOptions(a_record_limit=1)
+    seen = {texts(ask("web.service.consul.", "A", opts=opts, seed=s).answer)[0] for s in range(60)}
+    assert seen == {"@ A 10.0.0.1", "@ A 10.0.0.2", "@ A 10.0.0.3"}
+
+
+@pytest.mark.parametrize("name,ttl", [("web", 30), ("webapp", 10), ("db", 99), ("other", 1)])
+def test_service_ttl_exact_then_longest_prefix_then_star(name, ttl):
+    opts = ResolverOptions(service_ttl=(("*", 1), ("w*", 5), ("web*", 10), ("web", 30), ("db", 99)))
+    assert opts.ttl_for_service(name) == ttl
+
+
+def test_ttls_applied():
+    snap = catalog(inst("web", "10.0.0.1"), nodes=[Node("n1", "10.0.0.9", DC)])
+    opts = ResolverOptions(node_ttl=7, service_ttl=(("web", 30.0),))
+    assert [r.ttl for r in ask("web.service.consul.", "A", snap, opts).answer] == [30]
+    assert [r.ttl for r in ask("n1.node.consul.", "A", snap, opts).answer] == [7]
+
+
+def test_weighted_shuffle_puts_heavier_first_in_proportion():
+    snap = catalog(inst("w", "10.0.0.1", weights=Weights(3, 1)), inst("w", "10.0.0.2", weights=Weights(1, 1)))
+    rng = random.Random(7)
+    p = plan("w.service.consul.", 1, snap, OPTS)
+    from meshdns.dns.resolver import realize
+    first = [realize(p, rng).answer[0].rdata for _ in range(4000)]
+    share = first.count(bytes([10, 0, 0, 1])) / len(first)
+    assert 0.72 < share < 0.78
+
+
+def test_warning_weight_used_in_srv():
+    snap = catalog(inst("w", "10.0.0.1", weights=Weights(10, 2), health=Health.WARNING))
+    assert texts(ask("w.service.consul.", "SRV", snap).answer) == ["@ SRV 1 2 80 0a000001.addr.dc1.consul."]
+
+
+def test_split_a_answers_one_side_srv_all_with_shares():
+    snap = catalog(inst("legacy", "10.0.0.1"), inst("legacy", "10.0.0.2"), inst("billing", "10.0.1.1", tags=["v2"]),
+                   splits=[Split("billing", (SplitTarget("legacy", 75), SplitTarget("billing", 25, "v2")))])
+    sides = [texts(ask("billing.service.consul.", "A", snap, seed=s).answer) for s in range(400)]
+    legacy = [s for s in sides if s == ["@ A 10.0.0.1", "@ A 10.0.0.2"]]
+    new = [s for s in sides if s == ["@ A 10.0.1.1"]]
+    assert len(legacy) + len(new) == 400 and 0.68 < len(legacy) / 400 < 0.82
+    srv = texts(ask("billing.service.consul.", "SRV", snap).answer)
+    # 75% over two instances (37.5% each) vs 25% on one: weights 65535 * 37.5/37.5 and 65535 * 25/37.5
+    assert srv == ["@ SRV 1 43690 80 0a000101.addr.dc1.consul.", "@ SRV 1 65535 80 0a000001.addr.dc1.consul.",
+                   "@ SRV 1 65535 80 0a000002.addr.dc1.consul."]
+
+
+def test_split_side_without_healthy_instances_drops_out():
+    snap = catalog(inst("legacy", "10.0.0.1", health=Health.CRITICAL), inst("new", "10.0.1.1"),
+                   splits=[Split("billing", (SplitTarget("legacy", 99), SplitTarget("new", 1)))])
+    assert {tuple(texts(ask("billing.service.consul.", "A", snap, seed=s).answer)) for s in range(50)} == \
+        {("@ A 10.0.1.1",)}
+
+
+def test_split_all_down_nxdomain_or_fail_open():
+    insts = (inst("a", "10.0.0.1", health=Health.CRITICAL), inst("b", "10.0.1.1", health=Health.CRITICAL))
+    targets = (SplitTarget("a", 50), SplitTarget("b", 50))
+    closed = catalog(*insts, splits=[Split("s", targets)])
+    assert ask("s.service.consul.", "A", closed).rcode == NXDOMAIN
+    open_ = catalog(*insts, splits=[Split("s", targets, on_all_unhealthy="all")])
+    assert len(ask("s.service.consul.", "A", open_).answer) == 1
+    assert len(ask("s.service.consul.", "SRV", open_).answer) == 2
+
+
+def test_split_ttl_overrides_service_ttl():
+    snap = catalog(inst("a", "10.0.0.1"), splits=[Split("s", (SplitTarget("a", 100),), ttl=12)])
+    assert [r.ttl for r in ask("s.service.consul.", "A", snap).answer] == [12]
+
+
+def test_soa_serial_is_catalog_version():
+    snap = catalog(inst("a", "10.0.0.1"))
+    serial = ask("consul.", "SOA", snap).answer[0].rdata[-20:-16]
+    assert int.from_bytes(serial, "big") == snap.version
