@@ -10,11 +10,12 @@ import ipaddress
 import logging
 import random
 from collections import Counter
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Protocol
 
 from ..catalog.store import Store
 from . import rdata
-from .resolver import REFUSED, SERVFAIL, Answer, ResolverOptions, plan, realize
+from .fastpath import FastPath
+from .resolver import REFUSED, SERVFAIL, ResolverOptions, plan, realize
 from .wire import MAX_TCP, Query, WireError, encode_response, error_response, parse_query, response_limit
 
 log = logging.getLogger("meshdns.dns")
@@ -54,8 +55,7 @@ class RecursionPolicy:
 class DnsHandler:
     def __init__(self, store: Store, opts: ResolverOptions, *, udp_payload: int = 1232,
                  enable_truncate: bool = True, rng: random.Random | None = None,
-                 forwarder: Forwarder | None = None, recursion: RecursionPolicy | None = None,
-                 on_answer: Callable[[Answer], None] | None = None):
+                 forwarder: Forwarder | None = None, recursion: RecursionPolicy | None = None):
         self.store = store
         self.opts = opts
         self.udp_payload = udp_payload
@@ -63,13 +63,27 @@ class DnsHandler:
         self.rng = rng or random.Random()
         self.forwarder = forwarder
         self.recursion = recursion or RecursionPolicy(())
-        self.on_answer = on_answer
         self.counts: Counter = Counter()      # (qtype, rcode) -> n; folded into metrics
         self.split_counts: Counter = Counter()  # (split, target) -> n
-        self._plans: dict = {}
-        self._plans_version = -1
+        self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
 
     def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
+        ra = self.forwarder is not None and self.recursion.allows(client[0])
+        try:
+            done = self.fast.answer(data, self.store.snapshot, self.rng, tcp=tcp, ra=ra)
+        except Exception:  # the general path below decides what the client gets
+            log.debug("fast path declined a packet", exc_info=True)
+            done = None
+        if done is not None:
+            reply, qtype, p, target = done
+            self.counts[(qtype, p.rcode)] += 1
+            if p.split:
+                self.split_counts[(p.split, target)] += 1
+            return reply
+        return self.handle_general(data, client, tcp=tcp)
+
+    def handle_general(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
+        """Every query shape, no caches: parse strictly, plan, realize, encode."""
         query = None
         try:
             query = parse_query(data)
@@ -87,22 +101,8 @@ class DnsHandler:
             self.counts[(query.qtype, SERVFAIL)] += 1
             return error_response(query, SERVFAIL, our_payload=self.udp_payload)
 
-    def plan_for(self, query: Query):
-        snap = self.store.snapshot
-        if snap.version != self._plans_version:
-            self._plans = {}
-            self._plans_version = snap.version
-        key = (query.qname_lower, query.qtype)
-        p = self._plans.get(key)
-        if p is None:
-            p = plan(query.qname_lower, query.qtype, snap, self.opts)
-            if len(self._plans) >= 100_000:
-                self._plans.clear()
-            self._plans[key] = p
-        return p
-
     def _answer(self, query: Query, data: bytes, client: tuple, tcp: bool) -> Reply:
-        p = self.plan_for(query)
+        p = plan(query.qname_lower, query.qtype, self.store.snapshot, self.opts)
         may_recurse = self.forwarder is not None and self.recursion.allows(client[0])
         if p.forward:
             if may_recurse and self.forwarder.handles(query.qname_lower):
@@ -113,8 +113,6 @@ class DnsHandler:
         self.counts[(query.qtype, ans.rcode)] += 1
         if ans.split:
             self.split_counts[(ans.split, ans.target)] += 1
-        if self.on_answer is not None:
-            self.on_answer(ans)
         limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
         return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,
                                recursion_available=may_recurse, set_tc=self.enable_truncate)

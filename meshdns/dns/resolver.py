@@ -9,7 +9,7 @@ weighted shuffle. The fast path caches plans and realizes them per query.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..catalog.model import Health, Instance, Split
 from ..catalog.snapshot import Snapshot
@@ -56,6 +56,10 @@ class Plan:
     authoritative: bool = True
     forward: bool = False       # not ours: hand to the forwarder
     split: str = ""             # split name, for the answers-by-target counter
+    # What the plan was built from: (snapshot attribute, key or None, object seen). A cached
+    # plan stays valid while every entry is still the same object in the current snapshot.
+    deps: tuple[tuple[str, object, object], ...] = ()
+    soa_domain: str = ""        # authority holds our SOA for this domain (serial moves with versions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,20 @@ def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: 
 
 def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
     """qname: lower-case FQDN with trailing dot."""
+    deps: list[tuple[str, object, object]] = [("zones", None, snap.zones)]
+    p = _plan(qname, qtype, snap, opts, deps)
+    return replace(p, deps=tuple(deps))
+
+
+def still_valid(deps, snap: Snapshot) -> bool:
+    for attr, key, seen in deps:
+        current = getattr(snap, attr) if key is None else getattr(snap, attr).get(key)
+        if current is not seen and current != seen:
+            return False
+    return True
+
+
+def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list) -> Plan:
     domain = names.own_domain(qname, opts.domains)
     zone = snap.zone_for(qname) if snap.zones else None
     if zone is not None and (domain is None or len(zone.zone.origin) > len(domain)):
@@ -133,18 +151,31 @@ def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
     if domain is None:
         rev = names.parse_reverse(qname)
         if rev is not None and rev.ip is not None:
+            deps += [("ip_nodes", rev.ip, snap.ip_nodes.get(rev.ip)), ("ip_services", rev.ip, snap.ip_services.get(rev.ip))]
             found = _reverse(rev, qtype, snap, opts)
             if found is not None:
                 return found
         return Plan(forward=True, authoritative=False)
     lookup = names.parse_own(qname, domain)
+    if getattr(lookup, "datacenter", None) is not None:
+        deps.append(("datacenters", None, snap.datacenters))
     if isinstance(lookup, ServiceLookup):
+        dc = lookup.datacenter or snap.datacenter
+        deps += [("services", (dc, lookup.service), snap.services.get((dc, lookup.service))),
+                 ("splits", lookup.service, snap.splits.get(lookup.service))]
+        split = snap.splits.get(lookup.service)
+        if split is not None:
+            deps += [("services", (dc, t.service), snap.services.get((dc, t.service))) for t in split.targets]
         return _service(lookup, qtype, snap, opts)
     if isinstance(lookup, NodeLookup):
+        dc = lookup.datacenter or snap.datacenter
+        deps.append(("nodes", (dc, lookup.node), snap.nodes.get((dc, lookup.node))))
         return _node(lookup, qtype, snap, opts)
     if isinstance(lookup, AddrLookup):
         return _addr(lookup, qtype, snap, opts)
     if isinstance(lookup, ApexLookup):
+        if qtype in (rdata.SOA, rdata.ANY) and not lookup.ns:
+            deps.append(("version", None, snap.version))
         return _apex(lookup, qtype, snap, opts)
     assert isinstance(lookup, UnknownLookup)
     return _negative(NXDOMAIN, domain, snap, opts)
@@ -158,7 +189,12 @@ def _soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
 
 
 def _negative(rcode: int, domain: str, snap: Snapshot, opts: ResolverOptions) -> Plan:
-    return Plan(rcode=rcode, authority=(_soa_record(domain, snap, opts),))
+    return Plan(rcode=rcode, authority=(_soa_record(domain, snap, opts),), soa_domain=domain)
+
+
+def soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
+    """Our SOA as it stands in this snapshot (the serial is the catalog version)."""
+    return _soa_record(domain, snap, opts)
 
 
 def _single(records: list[Record], *, limit: int = 0) -> tuple[Group, ...]:

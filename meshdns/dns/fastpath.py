@@ -1,0 +1,204 @@
+"""The per-query hot path: common-shape queries answered from pre-encoded plans.
+
+A query of the usual shape (QUERY, one uncompressed IN question, at most one
+OPT of version 0) is keyed by its lower-cased wire name and type. The first
+time a key is seen its Plan is built by the resolver and encoded once; later
+queries only check that the snapshot objects the plan was built from are still
+the same objects (a change to one service invalidates that service's answers
+only), run the weighted shuffle with the same RNG calls `realize` makes, and
+join bytes. Anything else returns None and goes to the general path, which
+gives byte-identical answers (tests compare the two).
+"""
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import dataclass
+
+from ..catalog.snapshot import Snapshot
+from .resolver import Plan, ResolverOptions, plan, soa_record, still_valid
+from .weighting import weighted_order, weighted_pick
+from .wire import assemble, encode_record, parse_query
+
+_H = struct.Struct("!HHHHHH")
+_QR, _AA, _RA = 0x8000, 0x0400, 0x0080
+
+
+@dataclass(slots=True)
+class Compiled:
+    """A Plan with every record already in wire form."""
+
+    version: int
+    plan: Plan
+    groups: tuple[tuple[float, tuple[tuple[float, bytes, bytes, int, int], ...], str], ...]
+    static: tuple[bytes, bytes, int, int] | None  # (answer, additional, counts) when nothing is shuffled
+    authority: tuple[bytes, ...]
+    forward: bool
+
+
+def compile_plan(p: Plan, version: int) -> Compiled:
+    groups = []
+    for g in p.groups:
+        units = tuple((u.weight, b"".join(encode_record(r) for r in u.answer),
+                       b"".join(encode_record(r) for r in u.additional), len(u.answer), len(u.additional))
+                      for u in g.units)
+        groups.append((g.weight, units, g.label))
+    static = None
+    if not groups:
+        static = (b"", b"", 0, 0)
+    elif len(groups) == 1 and len(groups[0][1]) == 1:
+        static = groups[0][1][0][1:]
+    authority = () if p.soa_domain else tuple(encode_record(r) for r in p.authority)
+    return Compiled(version, p, tuple(groups), static, authority, p.forward)
+
+
+class FastPath:
+    def __init__(self, opts: ResolverOptions, *, udp_payload: int, enable_truncate: bool, max_entries: int = 200_000):
+        self.opts = opts
+        self.udp_payload = udp_payload
+        self.enable_truncate = enable_truncate
+        self.max_entries = max_entries
+        self.cache: dict[bytes, Compiled] = {}
+        self._soa: dict[str, bytes] = {}
+        self._soa_version = -1
+        self._opt = {False: b"\x00\x00\x29" + struct.pack("!HIH", udp_payload, 0, 0),
+                     True: b"\x00\x00\x29" + struct.pack("!HIH", udp_payload, 0x8000, 0)}
+
+    def lookup(self, key: bytes, qname: str, qtype: int, snap: Snapshot) -> Compiled:
+        entry = self.cache.get(key)
+        if entry is not None:
+            if entry.version == snap.version:
+                return entry
+            if still_valid(entry.plan.deps, snap):
+                entry.version = snap.version
+                return entry
+        entry = compile_plan(plan(qname, qtype, snap, self.opts), snap.version)
+        if len(self.cache) >= self.max_entries:
+            self.cache.clear()  # bounded; rebuilt on demand from the current snapshot
+        self.cache[key] = entry
+        return entry
+
+    def soa_bytes(self, domain: str, snap: Snapshot) -> bytes:
+        if self._soa_version != snap.version:
+            self._soa = {}
+            self._soa_version = snap.version
+        raw = self._soa.get(domain)
+        if raw is None:
+            raw = self._soa[domain] = encode_record(soa_record(domain, snap, self.opts))
+        return raw
+
+    def answer(self, data: bytes, snap: Snapshot, rng: random.Random, *, tcp: bool,
+               ra: bool) -> tuple[bytes, int, Plan, str] | None:
+        """(reply, qtype, plan, chosen split target) for a common-shape query, or None for the general path."""
+        n = len(data)
+        if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10]:
+            return None
+        arcount = data[11]
+        pos = 12
+        while True:
+            length = data[pos]
+            if length == 0:
+                break
+            if length > 63:
+                return None
+            pos += length + 1
+            if pos >= n:
+                return None
+        qend = pos + 1
+        if qend + 4 > n or qend - 12 > 255 or data[qend + 2:qend + 4] != b"\x00\x01":
+            return None
+        pos = qend + 4
+        edns_payload = 0
+        do = False
+        if arcount == 0:
+            if pos != n:
+                return None
+        elif arcount == 1:
+            if pos + 11 > n or data[pos] or data[pos + 1:pos + 3] != b"\x00\x29" or data[pos + 6]:
+                return None
+            if pos + 11 + (data[pos + 9] << 8 | data[pos + 10]) != n:
+                return None
+            edns_payload = data[pos + 3] << 8 | data[pos + 4]
+            do = bool(data[pos + 7] & 0x80)
+        else:
+            return None
+        qtype = data[qend] << 8 | data[qend + 1]
+        key = data[12:qend].lower() + data[qend:qend + 2]
+        entry = self.cache.get(key)
+        if entry is None or entry.version != snap.version:
+            try:
+                qname = _text_name(data, qend)
+            except UnicodeDecodeError:
+                return None
+            entry = self.lookup(key, qname, qtype, snap)
+        if entry.forward:
+            return None
+        p = entry.plan
+        flags = _QR | (data[2] << 8 & 0x0100) | (data[3] & 0x10) | p.rcode
+        if p.authoritative:
+            flags |= _AA
+        if ra:
+            flags |= _RA
+        authority = entry.authority
+        if p.soa_domain:
+            authority = (self.soa_bytes(p.soa_domain, snap),)
+        opt = self._opt[do] if arcount else b""
+        target = ""
+        if entry.static is not None:
+            an_part, ar_part, n_an, n_ar = entry.static
+            if entry.groups:
+                target = entry.groups[0][2]
+        else:
+            groups = entry.groups
+            if len(groups) == 1:
+                units, target = groups[0][1], groups[0][2]
+            else:
+                _, units, target = groups[weighted_pick([g[0] for g in groups], rng)]
+            if len(units) > 1:
+                units = [units[i] for i in weighted_order([u[0] for u in units], rng)]
+            if p.limit and len(units) > p.limit:
+                units = units[:p.limit]
+            an_part = b"".join([u[1] for u in units])
+            ar_part = b"".join([u[2] for u in units])
+            n_an = sum(u[3] for u in units)
+            n_ar = sum(u[4] for u in units)
+        size = qend + 4 + len(an_part) + len(ar_part) + sum(map(len, authority)) + len(opt)
+        limit = 65535 if tcp else (max(512, min(edns_payload, self.udp_payload)) if arcount else 512)
+        if size > limit:
+            # rare: cut back into records and trim exactly as the general path does
+            sections = (_split_records(an_part), list(authority), _split_records(ar_part))
+            reply = assemble(parse_query(data), p.rcode, sections, limit=limit, our_payload=self.udp_payload,
+                             aa=p.authoritative, ra=ra, set_tc=self.enable_truncate)
+            return reply, qtype, p, target
+        header = _H.pack(data[0] << 8 | data[1], flags, 1, n_an, len(authority), n_ar + (1 if arcount else 0))
+        return b"".join((header, data[12:qend + 4], an_part, *authority, ar_part, opt)), qtype, p, target
+
+
+def _text_name(data: bytes, qend: int) -> str:
+    labels = []
+    pos = 12
+    while data[pos]:
+        length = data[pos]
+        label = data[pos + 1:pos + 1 + length].decode("ascii").lower()
+        if "." in label or "\\" in label:
+            raise UnicodeDecodeError("ascii", b"", 0, 1, "dot in label")
+        labels.append(label)
+        pos += length + 1
+    return ".".join(labels) + "." if labels else "."
+
+
+def _split_records(raw: bytes) -> list[bytes]:
+    """Cut a run of encoded records back into single records (owner, fixed part, rdata)."""
+    out, pos = [], 0
+    while pos < len(raw):
+        start = pos
+        if raw[pos] & 0xC0 == 0xC0:
+            pos += 2
+        else:
+            while raw[pos]:
+                pos += raw[pos] + 1
+            pos += 1
+        rdlen = raw[pos + 8] << 8 | raw[pos + 9]
+        pos += 10 + rdlen
+        out.append(raw[start:pos])
+    return out
