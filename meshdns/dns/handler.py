@@ -66,6 +66,7 @@ class DnsHandler:
         self.on_answer = on_answer
         self.counts: Counter = Counter()      # (qtype, rcode) -> n; folded into metrics
         self.split_counts: Counter = Counter()  # (split, target) -> n
+        self.refused_recursion: Counter = Counter()  # "client" (not in allow_recursion) | "no_upstream" -> n
         self._plans: dict = {}
         self._plans_version = -1
 
@@ -107,6 +108,7 @@ class DnsHandler:
         if p.forward:
             if may_recurse and self.forwarder.handles(query.qname_lower):
                 return self._forward(query, data, tcp)
+            self.refused_recursion["no_upstream" if may_recurse or self.forwarder is None else "client"] += 1
             self.counts[(query.qtype, REFUSED)] += 1
             return error_response(query, REFUSED, our_payload=self.udp_payload)
         ans = realize(p, self.rng)
