@@ -169,3 +169,41 @@ def test_recursor_flag_on_the_command_line(upstreams, tmp_path):
         assert out.strip() == "10.50.0.1"
     finally:
         assert proc.stop() == 0
+
+
+def test_hostname_instance_gets_cname_and_resolved_records(start_server, upstreams):
+    up = upstreams()
+    up.add("gateway.payments.example.com", "CNAME", "edge.cdn.example.net.", ttl=600)
+    up.add("edge.cdn.example.net", "A", "203.0.113.7", ttl=60)
+    srv = start_server({"forwarding": {"recursors": [up.address], "allow_recursion": ["127.0.0.1/32"]}})
+    out = dig(srv.dns_port, "payments-gateway.service.consul", "+noall", "+answer")
+    lines = [line.split() for line in out.splitlines() if line and not line.startswith(";")]
+    assert [(r[0], r[3], r[4]) for r in lines] == [
+        ("payments-gateway.service.consul.", "CNAME", "gateway.payments.example.com."),
+        ("gateway.payments.example.com.", "CNAME", "edge.cdn.example.net."),
+        ("edge.cdn.example.net.", "A", "203.0.113.7")]
+    # no AAAA upstream: the CNAME chain, no addresses
+    out = dig(srv.dns_port, "payments-gateway.service.consul", "AAAA", "+short")
+    assert out.split() == ["gateway.payments.example.com.", "edge.cdn.example.net."]
+    # a client that may not recurse gets the CNAME only, and nothing is sent upstream for it
+    before = up.count()
+    msg = query(srv.dns_port, "payments-gateway.service.consul", source="127.0.0.2")
+    assert rrset_values(msg) == ["gateway.payments.example.com."]
+    assert up.count() == before
+
+
+def test_hostname_instance_without_forwarding_is_a_bare_cname(server):
+    out = dig(server.dns_port, "payments-gateway.service.consul", "+short")
+    assert out.split() == ["gateway.payments.example.com."]
+
+
+def test_hostname_instance_with_unresolvable_target_is_a_bare_cname(start_server, upstreams):
+    up = upstreams()            # knows nothing: NXDOMAIN for the target
+    srv = start_server({"forwarding": {"recursors": [up.address], "timeout": "300ms"}})
+    msg = query(srv.dns_port, "payments-gateway.service.consul")
+    assert msg.rcode() == dns.rcode.NOERROR and msg.flags & dns.flags.AA
+    assert rrset_values(msg) == ["gateway.payments.example.com."]
+    assert up.count("gateway.payments.example.com", "A") == 1
+    up.mode = "silent"          # and when upstream is down: still the CNAME, after the timeout
+    msg = query(srv.dns_port, "payments-gateway.service.consul", "AAAA", timeout=6)
+    assert rrset_values(msg) == ["gateway.payments.example.com."]

@@ -123,11 +123,20 @@ class Upstream:
         question = q.question[0]
         name = question.name.to_text().lower()
         rdtype = dns.rdatatype.to_text(question.rdtype)
-        found = self.records.get((name, rdtype))
-        if found is not None:
-            ttl, values = found
-            rrset = dns.rrset.from_text_list(question.name, ttl, "IN", rdtype, values)
-            reply.answer.append(rrset)
+        owner = question.name
+        for _ in range(8):  # follow CNAMEs in our own data, as a recursor would
+            found = self.records.get((name, rdtype))
+            if found is not None:
+                ttl, values = found
+                reply.answer.append(dns.rrset.from_text_list(owner, ttl, "IN", rdtype, values))
+                return reply
+            alias = self.records.get((name, "CNAME"))
+            if alias is None or rdtype == "CNAME":
+                break
+            reply.answer.append(dns.rrset.from_text_list(owner, alias[0], "IN", "CNAME", alias[1]))
+            owner = dns.name.from_text(alias[1][0])
+            name = owner.to_text().lower()
+        if reply.answer:
             return reply
         if not any(n == name for n, _ in self.records):
             reply.set_rcode(dns.rcode.NXDOMAIN)

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Awaitable, Callable, Protocol
 
 from ..catalog.store import Store
+from ..forward.chase import chase, cname_target
 from . import rdata
 from .resolver import REFUSED, SERVFAIL, Answer, ResolverOptions, plan, realize
 from .wire import MAX_TCP, Query, WireError, encode_response, error_response, parse_query, response_limit
@@ -117,9 +118,21 @@ class DnsHandler:
             self.split_counts[(ans.split, ans.target)] += 1
         if self.on_answer is not None:
             self.on_answer(ans)
+        if may_recurse and cname_target(query.qtype, ans) is not None:
+            return self._chase(query, ans, tcp)
         limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
         return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,
                                recursion_available=may_recurse, set_tc=self.enable_truncate)
+
+    async def _chase(self, query: Query, ans: Answer, tcp: bool) -> bytes:
+        """A hostname instance's CNAME with the target's records resolved upstream appended."""
+        try:
+            ans = await chase(self.forwarder, query, ans, tcp=tcp)
+        except Exception:
+            log.exception("resolving the CNAME target for %s failed", query.qname)
+        limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
+        return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,
+                               recursion_available=True, set_tc=self.enable_truncate)
 
     async def _forward(self, query: Query, data: bytes, tcp: bool) -> bytes | None:
         try:

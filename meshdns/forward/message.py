@@ -132,3 +132,29 @@ def render(reply: Reply, query: Query, *, ttl: Callable[[int], int], our_payload
         else:
             struct.pack_into("!H", buf, reply.opt_offset + 3, our_payload)
     return bytes(buf)
+
+
+def answer_records(reply: Reply, *, types: frozenset[int], ttl: Callable[[int], int]) -> list[tuple[str, int, int, bytes]]:
+    """(owner, type, ttl, rdata) of the answer records of these types, names decompressed
+    so they can be copied into another message."""
+    data = reply.data
+    out = []
+    _, pos = read_name(data, 12, allow_pointers=False)
+    pos += 4
+    for _ in range(reply.ancount):
+        owner, pos = read_name(data, pos, allow_pointers=True)
+        rtype, _, raw_ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+        start = pos + 10
+        pos = start + rdlen
+        if rtype not in types:
+            continue
+        if raw_ttl & 0x80000000:
+            raw_ttl = 0
+        try:
+            rdata.name(owner)  # only names meshdns can encode again (no escaped or 8-bit labels)
+            value = rdata.name(read_name(data, start, allow_pointers=True)[0]) if rtype == rdata.CNAME \
+                else data[start:pos]
+        except (ValueError, UnicodeEncodeError):
+            continue
+        out.append((owner, rtype, max(0, ttl(raw_ttl)), value))
+    return out
