@@ -3,9 +3,12 @@
 Upstreams are scripted servers on 127.0.0.1 (tests/upstream.py); nothing
 leaves loopback.
 """
+import asyncio
 import re
 
+import dns.asyncquery
 import dns.flags
+import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -207,3 +210,18 @@ def test_hostname_instance_with_unresolvable_target_is_a_bare_cname(start_server
     up.mode = "silent"          # and when upstream is down: still the CNAME, after the timeout
     msg = query(srv.dns_port, "payments-gateway.service.consul", "AAAA", timeout=6)
     assert rrset_values(msg) == ["gateway.payments.example.com."]
+
+
+async def test_hundred_concurrent_clients_one_upstream_query(start_server, upstreams):
+    up = upstreams().add("busy.example.org", "A", "10.70.0.1")
+    up.delay = 0.3          # every client's query arrives while the first is still upstream
+    srv = start_server({"forwarding": {"recursors": [up.address]}})
+
+    async def ask(i):
+        q = dns.message.make_query("busy.example.org", "A", id=i)
+        return await dns.asyncquery.udp(q, "127.0.0.1", port=srv.dns_port, timeout=5)
+
+    replies = await asyncio.gather(*(ask(i) for i in range(100)))
+    assert [r.id for r in replies] == list(range(100))
+    assert all(rrset_values(r) == ["10.70.0.1"] for r in replies)
+    assert up.count() == 1

@@ -2,16 +2,17 @@
 append its records, so a stub resolver gets usable addresses in one answer (DESIGN §1)."""
 from __future__ import annotations
 
-import logging
 import struct
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..dns import rdata
 from ..dns.resolver import NOERROR, Answer, Record
 from ..dns.wire import RD, Query
 from .message import answer_records
 
-log = logging.getLogger("meshdns.forward")
+if TYPE_CHECKING:
+    from .forwarder import Forwarder
 
 _CHASED = frozenset((rdata.A, rdata.AAAA, rdata.CNAME))
 
@@ -30,7 +31,7 @@ def cname_target(qtype: int, answer: Answer) -> str | None:
     return ".".join(labels) + "."
 
 
-async def chase(forwarder, query: Query, answer: Answer, *, tcp: bool) -> Answer:
+async def chase(forwarder: "Forwarder", query: Query, answer: Answer, *, tcp: bool) -> Answer:
     """The answer with the CNAME target's A/AAAA (and CNAME chain) appended, when the forwarder
     can resolve it; the answer unchanged otherwise (the client can still chase the CNAME)."""
     target = cname_target(query.qtype, answer)
