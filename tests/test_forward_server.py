@@ -153,6 +153,17 @@ def test_coredns_health_probe_gets_a_reply(start_server, upstreams, with_recurso
         assert "a.root-servers.net." in out
 
 
+def test_coredns_health_probe_is_answered_within_a_second_when_recursors_hang(start_server, upstreams):
+    """CoreDNS waits 1 s for the probe's reply; a hung recursor must not make meshdns look dead."""
+    up = upstreams()
+    up.mode = "silent"
+    srv = start_server({"forwarding": {"recursors": [up.address], "timeout": "2s"}})
+    for tcp in (False, True):
+        msg = query(srv.dns_port, ".", "NS", timeout=1.0, tcp=tcp)   # dnspython raises if no reply in 1 s
+        assert msg.rcode() == dns.rcode.SERVFAIL
+    assert up.count(".", "NS") >= 1
+
+
 def test_coredns_loop_probe_is_nxdomain(server):
     """The loop plugin sends `<random>.<random>.<zone> HINFO` and must see NXDOMAIN, not itself."""
     for name in ("7395820147.3867194023.consul.", "12.34.consul."):

@@ -278,3 +278,16 @@ def test_from_config(tmp_path):
                                  "forwarding": {"zone": [{"name": "x.mesh.internal", "servers": ["127.0.0.1"]}]}})
     with pytest.raises(ConfigError, match=r"forwarding.zone\[0\].name"):
         from_config(bad)
+
+
+async def test_root_ns_probe_has_a_deadline_and_warms_the_cache(upstreams):
+    up = upstreams().add(".", "NS", "a.root-servers.net.")
+    up.delay = 0.7                                        # slower than the probe deadline
+    fwd = forwarder(up, timeout=2.0)
+    assert await ask(fwd, ".", "NS") is None              # SERVFAIL before CoreDNS gives up (1 s)
+    deadline = time.monotonic() + 5                       # the upstream query goes on...
+    while not fwd.stats.replies[(up.address, "NOERROR")] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    msg = await ask(fwd, ".", "NS")                       # ...and the next probe is a cache hit
+    assert values(msg) == ["a.root-servers.net."]
+    assert up.count() == 1

@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 from ..config import Config, ConfigError
+from ..dns import rdata
 from ..dns.names import own_domain
 from ..dns.wire import Query
 from .cache import Hit, ReplyCache
@@ -28,6 +29,10 @@ from .message import Reply, lower_question, render
 log = logging.getLogger("meshdns.forward")
 
 CacheKey = tuple[str, int, int, bool]
+
+# CoreDNS's forward plugin health-checks with `. IN NS` and waits 1 s for any reply; a slow or
+# dead recursor must not make meshdns look dead to it, so that probe is answered by this deadline.
+PROBE_DEADLINE = 0.4
 
 
 class Forwarder:
@@ -83,7 +88,13 @@ class Forwarder:
             task.add_done_callback(lambda t: self._inflight.pop(key, None) if self._inflight.get(key) is t else None)
         else:
             self.stats.cache["shared"] += 1
-        reply = await asyncio.shield(task)
+        if key[:2] == (".", rdata.NS):
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(task), PROBE_DEADLINE)
+            except TimeoutError:  # the fetch goes on and fills the cache for the next probe
+                reply = None
+        else:
+            reply = await asyncio.shield(task)
         if reply is not None:
             return self.cache.fresh_reply(reply)
         stale = self.cache.get_stale(key)
