@@ -12,6 +12,7 @@ from .config import Config
 from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.server import DnsServer
+from .forward.forwarder import from_config as forwarder_from_config
 from .sources.zones import ZonesSource
 
 log = logging.getLogger("meshdns")
@@ -56,13 +57,16 @@ class App:
 def build(cfg: Config) -> App:
     store = Store(datacenter=cfg.datacenter)
     zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter)
+    forwarder = forwarder_from_config(cfg)
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
-                         enable_truncate=cfg.dns.enable_truncate,
+                         enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder,
                          recursion=RecursionPolicy(cfg.forwarding.allow_recursion))
     dns = DnsServer(handler, idle_timeout=cfg.dns.tcp_idle_timeout, max_connections=cfg.dns.tcp_max_connections)
     app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
     app.reloaders.append(lambda: zones.reload(force=True))
     app.tasks.append(zones.run)
+    if forwarder is not None:
+        app.closers.append(forwarder.close)
     return app
 
 

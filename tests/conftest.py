@@ -24,3 +24,20 @@ def start_server(tmp_path):
     yield start
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture
+def upstreams():
+    """Start scripted upstream DNS servers (tests/upstream.py); all are stopped at the end."""
+    from upstream import Upstream
+
+    started = []
+
+    def start(**kwargs):
+        up = Upstream(**kwargs).start()
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.stop()

@@ -186,3 +186,126 @@ def dig(port: int, *args: str) -> str:
     out = subprocess.run([dig_path(), "@127.0.0.1", "-p", str(port), "+time=3", "+tries=1", *args],
                          capture_output=True, text=True, timeout=20)
     return out.stdout
+
+
+# -- unbound as a client of meshdns ------------------------------------------
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 right now (the caller retries on a race)."""
+    import socket
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+UNBOUND_CONF = """\
+server:
+    interface: 127.0.0.1
+    port: {port}
+    outgoing-interface: 127.0.0.1
+    do-ip6: no
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "{dir}"
+    pidfile: "{dir}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    num-threads: 1
+    outgoing-range: 64
+    so-reuseport: no
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    module-config: "iterator"
+    domain-insecure: "{domain}"
+    qname-minimisation: no
+    prefetch: no
+remote-control:
+    control-enable: no
+{zones}
+"""
+
+
+class Unbound:
+    """Debian's unbound on 127.0.0.1, forwarding zones to loopback servers only.
+
+    `zones` maps a zone ("consul.", ".") to a port on 127.0.0.1; with "." in it
+    no name is ever sent to the root servers (nothing leaves loopback).
+    """
+
+    def __init__(self, tmp_path: Path, zones: dict[str, int], *, kind: str = "forward",
+                 insecure: str = "consul"):
+        if "." not in zones:
+            raise ValueError("give a '.' zone on loopback: unbound must never query the internet")
+        self.dir = tmp_path / "unbound"
+        self.dir.mkdir(exist_ok=True)
+        self.zones, self.kind, self.insecure = zones, kind, insecure
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("unbound") or next((p for p in ("/usr/sbin/unbound", "/usr/local/sbin/unbound")
+                                                if os.path.exists(p)), None)
+
+    def _conf(self, port: int) -> str:
+        blocks = []
+        for zone, zport in self.zones.items():
+            kind = "forward" if zone == "." else self.kind
+            blocks.append(f"{kind}-zone:\n    name: \"{zone}\"\n    {kind}-addr: 127.0.0.1@{zport}\n")
+        return UNBOUND_CONF.format(port=port, dir=self.dir, domain=self.insecure, zones="".join(blocks))
+
+    def start(self, timeout: float = 15) -> "Unbound":
+        binary = self.binary()
+        if binary is None:
+            raise RuntimeError("unbound is not installed (apt-get install unbound)")
+        for _ in range(5):
+            port = free_port()
+            conf = self.dir / "unbound.conf"
+            conf.write_text(self._conf(port))
+            log = open(self.dir / "unbound.log", "w")
+            self.proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+            log.close()
+            if self._wait_ready(port, timeout):
+                self.port = port
+                return self
+            self.stop()
+        raise RuntimeError(f"unbound did not start:\n{(self.dir / 'unbound.log').read_text()}")
+
+    def _wait_ready(self, port: int, timeout: float) -> bool:
+        """Poll until it answers a query it answers itself (CHAOS version.server): no upstream traffic."""
+        deadline = time.monotonic() + timeout
+        q = dns.message.make_query("version.server.", "TXT", rdclass="CH")
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                dns.query.udp(q, "127.0.0.1", port=port, timeout=0.2)
+                return True
+            except Exception:
+                time.sleep(0.05)
+        return False
+
+    def log(self) -> str:
+        path = self.dir / "unbound.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)

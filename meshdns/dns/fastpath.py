@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from ..catalog.snapshot import Snapshot
+from . import rdata
 from .resolver import Plan, ResolverOptions, plan, soa_record, still_valid
 from .weighting import weighted_order, weighted_pick
 from .wire import assemble, encode_record, parse_query
@@ -34,6 +35,7 @@ class Compiled:
     static: tuple[bytes, bytes, int, int] | None  # (answer, additional, counts) when nothing is shuffled
     authority: tuple[bytes, ...]
     forward: bool
+    cname_only: bool  # one CNAME answer: with recursion the general path resolves its target
 
 
 def compile_plan(p: Plan, version: int) -> Compiled:
@@ -49,7 +51,9 @@ def compile_plan(p: Plan, version: int) -> Compiled:
     elif len(groups) == 1 and len(groups[0][1]) == 1:
         static = groups[0][1][0][1:]
     authority = () if p.soa_domain else tuple(encode_record(r) for r in p.authority)
-    return Compiled(version, p, tuple(groups), static, authority, p.forward)
+    cname_only = (len(p.groups) == 1 and len(p.groups[0].units) == 1 and len(p.groups[0].units[0].answer) == 1
+                  and p.groups[0].units[0].answer[0].rtype == rdata.CNAME)
+    return Compiled(version, p, tuple(groups), static, authority, p.forward, cname_only)
 
 
 class FastPath:
@@ -131,7 +135,7 @@ class FastPath:
             except UnicodeDecodeError:
                 return None
             entry = self.lookup(key, qname, qtype, snap)
-        if entry.forward:
+        if entry.forward or (ra and entry.cname_only and qtype in (rdata.A, rdata.AAAA)):
             return None
         p = entry.plan
         flags = _QR | (data[2] << 8 & 0x0100) | (data[3] & 0x10) | p.rcode

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Awaitable, Protocol
 
 from ..catalog.store import Store
+from ..forward.chase import chase, cname_target
 from . import rdata
 from .fastpath import FastPath
 from .resolver import REFUSED, SERVFAIL, ResolverOptions, plan, realize
@@ -65,6 +66,7 @@ class DnsHandler:
         self.recursion = recursion or RecursionPolicy(())
         self.counts: Counter = Counter()      # (qtype, rcode) -> n; folded into metrics
         self.split_counts: Counter = Counter()  # (split, target) -> n
+        self.refused_recursion: Counter = Counter()  # "client" (not in allow_recursion) | "no_upstream" -> n
         self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
 
     def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
@@ -107,15 +109,28 @@ class DnsHandler:
         if p.forward:
             if may_recurse and self.forwarder.handles(query.qname_lower):
                 return self._forward(query, data, tcp)
+            self.refused_recursion["no_upstream" if may_recurse or self.forwarder is None else "client"] += 1
             self.counts[(query.qtype, REFUSED)] += 1
             return error_response(query, REFUSED, our_payload=self.udp_payload)
         ans = realize(p, self.rng)
         self.counts[(query.qtype, ans.rcode)] += 1
         if ans.split:
             self.split_counts[(ans.split, ans.target)] += 1
+        if may_recurse and cname_target(query.qtype, ans) is not None:
+            return self._chase(query, ans, tcp)
         limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
         return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,
                                recursion_available=may_recurse, set_tc=self.enable_truncate)
+
+    async def _chase(self, query: Query, ans: Answer, tcp: bool) -> bytes:
+        """A hostname instance's CNAME with the target's records resolved upstream appended."""
+        try:
+            ans = await chase(self.forwarder, query, ans, tcp=tcp)
+        except Exception:
+            log.exception("resolving the CNAME target for %s failed", query.qname)
+        limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
+        return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,
+                               recursion_available=True, set_tc=self.enable_truncate)
 
     async def _forward(self, query: Query, data: bytes, tcp: bool) -> bytes | None:
         try:

@@ -1,0 +1,137 @@
+"""Forward names that are not ours: rules, cache, single-flight, serve-stale.
+
+Which servers: the `[[forwarding.zone]]` rule with the longest matching suffix,
+else the recursors; a name inside our own domains is never forwarded, whatever
+the rules say. The DnsHandler asks `handles()` first and answers REFUSED when
+it is False, so "nothing applies" and "ours" both end as REFUSED.
+
+Concurrent identical misses (same cache key) share one upstream query. When
+every upstream fails, an expired cached answer still within `serve_stale` is
+served with TTL 30 (RFC 8767); otherwise None, which the handler turns into
+SERVFAIL. Counters for /metrics live in `stats` (see ForwardStats).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Callable
+
+from ..config import Config, ConfigError
+from ..dns import rdata
+from ..dns.names import own_domain
+from ..dns.wire import Query
+from .cache import Hit, ReplyCache
+from .client import ForwardStats, Server, UpstreamClient
+from .message import Reply, lower_question, render
+
+log = logging.getLogger("meshdns.forward")
+
+CacheKey = tuple[str, int, int, bool]
+
+# CoreDNS's forward plugin health-checks with `. IN NS` and waits 1 s for any reply; a slow or
+# dead recursor must not make meshdns look dead to it, so that probe is answered by this deadline.
+PROBE_DEADLINE = 0.4
+
+
+class Forwarder:
+    def __init__(self, *, domains: tuple[str, ...], recursors: tuple[Server, ...] = (),
+                 zones: tuple[tuple[str, tuple[Server, ...]], ...] = (), timeout: float = 2.0,
+                 strategy: str = "sequential", cache: ReplyCache | None = None, udp_payload: int = 1232,
+                 rng: random.Random | None = None):
+        self.domains = domains
+        self.recursors = recursors
+        # longest suffix first, so the first match is the most specific rule
+        self.zones = tuple(sorted(zones, key=lambda z: len(z[0]), reverse=True))
+        self.udp_payload = udp_payload
+        self.stats = ForwardStats()
+        self.client = UpstreamClient(timeout=timeout, strategy=strategy, payload=udp_payload,
+                                     stats=self.stats, rng=rng)
+        self.cache = cache if cache is not None else ReplyCache(max_entries=0)
+        self._inflight: dict[CacheKey, asyncio.Task] = {}
+
+    def servers_for(self, qname: str) -> tuple[Server, ...]:
+        """Upstreams for a lower-case FQDN; () when it must not or cannot be forwarded."""
+        if own_domain(qname, self.domains) is not None:
+            return ()
+        for zone, servers in self.zones:
+            if qname == zone or qname.endswith("." + zone):
+                return servers
+        return self.recursors
+
+    def handles(self, qname: str) -> bool:
+        return bool(self.servers_for(qname))
+
+    async def forward(self, query: Query, packet: bytes = b"", *, tcp: bool = False) -> bytes | None:
+        hit = await self.lookup(query, tcp=tcp)
+        if hit is None:
+            return None
+        return render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
+
+    async def lookup(self, query: Query, *, tcp: bool = False) -> Hit | None:
+        """The reply for this question: cached, fetched (shared with identical misses), or stale."""
+        servers = self.servers_for(query.qname_lower)
+        if not servers:
+            return None
+        do = query.edns is not None and query.edns.do
+        key: CacheKey = (query.qname_lower, query.qtype, query.qclass, do)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats.cache["hit"] += 1
+            return hit
+        task = self._inflight.get(key)
+        if task is None:
+            self.stats.cache["miss"] += 1
+            task = asyncio.ensure_future(self._fetch(key, servers, lower_question(query.question), do, tcp))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._inflight.pop(key, None) if self._inflight.get(key) is t else None)
+        else:
+            self.stats.cache["shared"] += 1
+        if key[:2] == (".", rdata.NS):
+            try:
+                reply = await asyncio.wait_for(asyncio.shield(task), PROBE_DEADLINE)
+            except TimeoutError:  # the fetch goes on and fills the cache for the next probe
+                reply = None
+        else:
+            reply = await asyncio.shield(task)
+        if reply is not None:
+            return self.cache.fresh_reply(reply)
+        stale = self.cache.get_stale(key)
+        if stale is not None:
+            self.stats.cache["stale"] += 1
+            log.info("serving a stale answer for %s: every upstream failed", query.qname)
+        return stale
+
+    async def _fetch(self, key: CacheKey, servers: tuple[Server, ...], question: bytes, do: bool,
+                     tcp: bool) -> Reply | None:
+        reply = await self.client.resolve(servers, question, do=do, tcp=tcp)
+        if reply is not None:
+            self.cache.put(key, reply)
+        else:
+            log.debug("every upstream failed for %s", key[0])
+        return reply
+
+    async def close(self) -> None:
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def from_config(cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> Forwarder | None:
+    """The forwarder the config asks for, or None when there are no recursors and no zone rules."""
+    fwd = cfg.forwarding
+    if not fwd.recursors and not fwd.zones:
+        return None
+    for i, zone in enumerate(fwd.zones):
+        ours = own_domain(zone.name, cfg.domains)
+        if ours is not None:
+            raise ConfigError(f"forwarding.zone[{i}].name: {zone.name!r} is inside our own domain {ours!r}, "
+                              f"which meshdns answers itself and never forwards")
+    cache = ReplyCache(max_entries=cfg.cache.max_entries, min_ttl=cfg.cache.min_ttl,
+                       max_ttl=cfg.cache.max_ttl, serve_stale=cfg.cache.serve_stale, clock=clock)
+    return Forwarder(domains=cfg.domains, recursors=fwd.recursors,
+                     zones=tuple((z.name, z.servers) for z in fwd.zones), timeout=fwd.timeout,
+                     strategy=fwd.strategy, cache=cache, udp_payload=cfg.dns.udp_payload)
