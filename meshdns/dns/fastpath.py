@@ -14,12 +14,13 @@ from __future__ import annotations
 import random
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 from ..catalog.snapshot import Snapshot
 from . import rdata
 from .resolver import Plan, ResolverOptions, plan, soa_record, still_valid
 from .weighting import weighted_order, weighted_pick
-from .wire import assemble, encode_record, parse_query
+from .wire import Edns, Query, assemble, encode_record, parse_query
 
 _H = struct.Struct("!HHHHHH")
 _QR, _AA, _RA = 0x8000, 0x0400, 0x0080
@@ -35,7 +36,8 @@ class Compiled:
     static: tuple[bytes, bytes, int, int] | None  # (answer, additional, counts) when nothing is shuffled
     authority: tuple[bytes, ...]
     forward: bool
-    cname_only: bool  # one CNAME answer: with recursion the general path resolves its target
+    cname_only: bool
+    qname: str = ""   # lower-case, for forwarder cache keys  # one CNAME answer: with recursion the general path resolves its target
 
 
 def compile_plan(p: Plan, version: int) -> Compiled:
@@ -65,6 +67,8 @@ class FastPath:
         self.cache: dict[bytes, Compiled] = {}
         self._soa: dict[str, bytes] = {}
         self._soa_version = -1
+        # set by the handler: a cached forwarded reply for a Query, or None (then the general path fetches)
+        self.forward_hit: Callable[[Query], bytes | None] | None = None
         self._opt = {False: b"\x00\x00\x29" + struct.pack("!HIH", udp_payload, 0, 0),
                      True: b"\x00\x00\x29" + struct.pack("!HIH", udp_payload, 0x8000, 0)}
 
@@ -77,6 +81,7 @@ class FastPath:
                 entry.version = snap.version
                 return entry
         entry = compile_plan(plan(qname, qtype, snap, self.opts), snap.version)
+        entry.qname = qname
         if len(self.cache) >= self.max_entries:
             self.cache.clear()  # bounded; rebuilt on demand from the current snapshot
         self.cache[key] = entry
@@ -135,7 +140,18 @@ class FastPath:
             except UnicodeDecodeError:
                 return None
             entry = self.lookup(key, qname, qtype, snap)
-        if entry.forward or (ra and entry.cname_only and qtype in (rdata.A, rdata.AAAA)):
+        if entry.forward:
+            if not ra or self.forward_hit is None:
+                return None
+            edns = Edns(max(512, edns_payload), 0, do) if arcount else None
+            query = Query(data[0] << 8 | data[1], data[2] << 8 | data[3], entry.qname, entry.qname, qtype, 1,
+                          data[12:qend + 4], edns)
+            reply = self.forward_hit(query)
+            limit = 65535 if tcp else (max(512, min(edns_payload, self.udp_payload)) if arcount else 512)
+            if reply is None or len(reply) > limit:
+                return None
+            return reply, qtype, entry.plan, ""
+        if ra and entry.cname_only and qtype in (rdata.A, rdata.AAAA):
             return None
         p = entry.plan
         flags = _QR | (data[2] << 8 & 0x0100) | (data[3] & 0x10) | p.rcode

@@ -68,6 +68,8 @@ class DnsHandler:
         self.split_counts: Counter = Counter()  # (split, target) -> n
         self.refused_recursion: Counter = Counter()  # "client" (not in allow_recursion) | "no_upstream" -> n
         self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
+        if forwarder is not None:
+            self.fast.forward_hit = self._forward_hit
 
     def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
         ra = self.forwarder is not None and self.recursion.allows(client[0])
@@ -78,7 +80,7 @@ class DnsHandler:
             done = None
         if done is not None:
             reply, qtype, p, target = done
-            self.counts[(qtype, p.rcode)] += 1
+            self.counts[(qtype, reply[3] & 0xF if p.forward else p.rcode)] += 1
             if p.split:
                 self.split_counts[(p.split, target)] += 1
             return reply
@@ -108,6 +110,9 @@ class DnsHandler:
         may_recurse = self.forwarder is not None and self.recursion.allows(client[0])
         if p.forward:
             if may_recurse and self.forwarder.handles(query.qname_lower):
+                cached = self.forwarder.cached(query)
+                if cached is not None:
+                    return self._forwarded(query, cached, tcp)
                 return self._forward(query, data, tcp)
             self.refused_recursion["no_upstream" if may_recurse or self.forwarder is None else "client"] += 1
             self.counts[(query.qtype, REFUSED)] += 1
@@ -141,6 +146,14 @@ class DnsHandler:
         if reply is None:
             self.counts[(query.qtype, SERVFAIL)] += 1
             return error_response(query, SERVFAIL, our_payload=self.udp_payload)
+        return self._forwarded(query, reply, tcp)
+
+    def _forward_hit(self, query: Query) -> bytes | None:
+        if not self.forwarder.handles(query.qname_lower):
+            return None
+        return self.forwarder.cached(query)
+
+    def _forwarded(self, query: Query, reply: bytes, tcp: bool) -> bytes:
         rcode = reply[3] & 0xF if len(reply) >= 4 else SERVFAIL
         self.counts[(query.qtype, rcode)] += 1
         if not tcp:

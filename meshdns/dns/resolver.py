@@ -9,7 +9,7 @@ weighted shuffle. The fast path caches plans and realizes them per query.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..catalog.model import Health, Instance, Split
 from ..catalog.snapshot import Snapshot
@@ -132,7 +132,9 @@ def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
     """qname: lower-case FQDN with trailing dot."""
     deps: list[tuple[str, object, object]] = [("zones", None, snap.zones)]
     p = _plan(qname, qtype, snap, opts, deps)
-    return replace(p, deps=tuple(deps))
+    # spelled out: dataclasses.replace costs more than the rest of a cached answer
+    return Plan(p.rcode, p.groups, p.authority, p.limit, p.authoritative, p.forward, p.split,
+                tuple(deps), p.soa_domain)
 
 
 def still_valid(deps, snap: Snapshot) -> bool:

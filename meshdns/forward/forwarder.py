@@ -63,6 +63,15 @@ class Forwarder:
     def handles(self, qname: str) -> bool:
         return bool(self.servers_for(qname))
 
+    def cached(self, query: Query) -> bytes | None:
+        """A fresh cached reply rendered for this client, with nothing scheduled (the common case)."""
+        do = query.edns is not None and query.edns.do
+        hit = self.cache.get((query.qname_lower, query.qtype, query.qclass, do))
+        if hit is None:
+            return None
+        self.stats.cache["hit"] += 1
+        return render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
+
     async def forward(self, query: Query, packet: bytes = b"", *, tcp: bool = False) -> bytes | None:
         hit = await self.lookup(query, tcp=tcp)
         if hit is None:
