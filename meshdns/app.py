@@ -14,6 +14,7 @@ from .dns.resolver import ResolverOptions
 from .dns.server import DnsServer
 from .forward.forwarder import from_config as forwarder_from_config
 from .sources.zones import ZonesSource
+from .workers import WorkerPool
 
 log = logging.getLogger("meshdns")
 
@@ -40,6 +41,7 @@ class App:
     tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     http_port: int = 0
+    workers: "WorkerPool | None" = None
 
     @property
     def dns_port(self) -> int:
@@ -54,13 +56,19 @@ class App:
                 log.exception("reload failed; previous state kept")
 
 
-def build(cfg: Config) -> App:
-    store = Store(datacenter=cfg.datacenter)
-    zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter)
+def make_handler(cfg: Config, store: Store):
+    """The DNS handler (and its forwarder, if any) over a store; the primary and workers share this."""
     forwarder = forwarder_from_config(cfg)
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder,
                          recursion=RecursionPolicy(cfg.forwarding.allow_recursion))
+    return handler, forwarder
+
+
+def build(cfg: Config) -> App:
+    store = Store(datacenter=cfg.datacenter)
+    zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter)
+    handler, forwarder = make_handler(cfg, store)
     dns = DnsServer(handler, idle_timeout=cfg.dns.tcp_idle_timeout, max_connections=cfg.dns.tcp_max_connections)
     app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
     app.reloaders.append(lambda: zones.reload(force=True))
@@ -74,6 +82,10 @@ async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signal
     cfg = app.cfg
     app.zones.reload()
     await app.dns.start(*cfg.dns.listen, reuse_port=cfg.dns.workers > 1)
+    if cfg.dns.workers > 1:
+        app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
+        app.tasks.append(app.workers.run)
+        app.closers.append(app.workers.close)  # closers run in reverse: workers stop first
     loop = asyncio.get_running_loop()
     if signals:
         loop.add_signal_handler(signal.SIGHUP, app.reload)

@@ -8,6 +8,7 @@ source (by name) that has it; a split is the one with the newest revision
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Iterable
 
@@ -17,6 +18,16 @@ from .snapshot import Snapshot, ZoneIndex
 log = logging.getLogger("meshdns.catalog")
 
 Listener = Callable[[Snapshot], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one publish changed, by key (for replicas that copy the merged catalog)."""
+
+    services: frozenset
+    nodes: frozenset
+    splits: frozenset
+    zones: frozenset
 
 
 def _changed_keys(old: dict, new: dict) -> set:
@@ -40,11 +51,15 @@ class Store:
     def __init__(self, *, datacenter: str):
         self._states: dict[str, SourceState] = {}
         self._listeners: list[Listener] = []
+        self._change_listeners: list[Callable[[Snapshot, Change], None]] = []
         self._dc_refs: dict[str, int] = {}
         self.snapshot = Snapshot(datacenter=datacenter, datacenters=frozenset({datacenter}))
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def subscribe_changes(self, listener: Callable[[Snapshot, Change], None]) -> None:
+        self._change_listeners.append(listener)
 
     def unsubscribe(self, listener: Listener) -> None:
         if listener in self._listeners:
@@ -58,8 +73,10 @@ class Store:
         return tuple(sorted(self._states))
 
     def publish(self, source: str, state: SourceState, *,
-                changed: Iterable[ServiceKey] | None = None) -> Snapshot:
-        """Replace one source's state; `changed` (service keys) skips the diff when known."""
+                changed: Iterable[ServiceKey] | None = None, version: int | None = None) -> Snapshot:
+        """Replace one source's state; `changed` (service keys) skips the diff when known.
+
+        `version` is for replicas, whose snapshots must carry the primary's version (SOA serial)."""
         old = self._states.get(source, SourceState())
         self._states[source] = state
         svc_keys = set(changed) if changed is not None else _changed_keys(old.services, state.services)
@@ -68,12 +85,18 @@ class Store:
         zone_names = _changed_keys(old.zones, state.zones)
         if not (svc_keys or node_keys or split_names or zone_names):
             return self.snapshot
-        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names)
+        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version)
+        change = Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names), frozenset(zone_names))
         for listener in list(self._listeners):
             try:
                 listener(snap)
             except Exception:  # a broken listener must not stop the catalog
                 log.exception("snapshot listener failed")
+        for change_listener in list(self._change_listeners):
+            try:
+                change_listener(snap, change)
+            except Exception:
+                log.exception("change listener failed")
         return snap
 
     def remove(self, source: str) -> Snapshot:
@@ -84,7 +107,7 @@ class Store:
     def _ordered_states(self) -> list[SourceState]:
         return [self._states[name] for name in sorted(self._states)]
 
-    def _rebuild(self, svc_keys, node_keys, split_names, zone_names) -> Snapshot:
+    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None) -> Snapshot:
         prev = self.snapshot
         states = self._ordered_states()
         services = dict(prev.services)
@@ -177,7 +200,7 @@ class Store:
 
         dcs = frozenset(dc for dc, n in self._dc_refs.items() if n > 0) | {prev.datacenter}
         self.snapshot = Snapshot(
-            version=prev.version + 1,
+            version=prev.version + 1 if version is None else version,
             datacenter=prev.datacenter,
             services=MappingProxyType(services),
             nodes=MappingProxyType(nodes),

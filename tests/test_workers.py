@@ -1,0 +1,60 @@
+"""--workers: several processes share the DNS port and serve the same, current catalog."""
+import os
+import re
+import socket
+import subprocess
+import time
+
+import dns.message
+
+from harness import ServerProcess
+
+
+def ask_from_many_ports(port, name, n=120):
+    """One query per fresh socket (new source port), so SO_REUSEPORT spreads them over processes."""
+    answers = []
+    for i in range(n):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            s.sendto(dns.message.make_query(name, "A", id=i).to_wire(), ("127.0.0.1", port))
+            msg = dns.message.from_wire(s.recv(4096))
+            answers.append(tuple(sorted(rd.to_text() for rrset in msg.answer for rd in rrset)))
+    return answers
+
+
+def owners_of_port(port):
+    out = subprocess.run(["ss", "-Hulpn", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return set(re.findall(r"pid=(\d+)", out))
+
+
+def test_workers_share_port_and_follow_changes(tmp_path):
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "a.toml").write_text('[[service]]\nname = "app"\naddress = "10.3.0.1"\nport = 80\n')
+    proc = ServerProcess("--zones", str(zones), "--data-dir", str(tmp_path / "d"), "--workers", "3").start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(owners_of_port(proc.dns_port)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(owners_of_port(proc.dns_port)) == 3   # the primary and two workers
+        assert set(ask_from_many_ports(proc.dns_port, "app.service.consul")) == {("10.3.0.1",)}
+        (zones / "a.toml").write_text('[[service]]\nname = "app"\naddress = "10.3.0.2"\nport = 80\n')
+        st = (zones / "a.toml").stat()
+        os.utime(zones / "a.toml", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if set(ask_from_many_ports(proc.dns_port, "app.service.consul", 60)) == {("10.3.0.2",)}:
+                break
+            time.sleep(0.2)
+        # every process answers the new address, and SOA serials agree across processes
+        assert set(ask_from_many_ports(proc.dns_port, "app.service.consul")) == {("10.3.0.2",)}
+        serials = set()
+        for i in range(60):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(2)
+                s.sendto(dns.message.make_query("consul", "SOA", id=i).to_wire(), ("127.0.0.1", proc.dns_port))
+                serials.add(dns.message.from_wire(s.recv(4096)).answer[0][0].serial)
+        assert len(serials) == 1
+    finally:
+        assert proc.stop() == 0
+    assert not owners_of_port(proc.dns_port)  # workers are gone too
