@@ -53,6 +53,9 @@ class Store:
         self._listeners: list[Listener] = []
         self._change_listeners: list[Callable[[Snapshot, Change], None]] = []
         self._dc_refs: dict[str, int] = {}
+        # the plain dicts behind the current snapshot's read-only views: dict.copy() of these is
+        # a fast C copy, copying through a mappingproxy is not
+        self._raw: dict[str, dict] = {"services": {}, "nodes": {}, "ip_services": {}, "ip_nodes": {}}
         self.snapshot = Snapshot(datacenter=datacenter, datacenters=frozenset({datacenter}))
 
     def subscribe(self, listener: Listener) -> None:
@@ -110,10 +113,12 @@ class Store:
     def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None) -> Snapshot:
         prev = self.snapshot
         states = self._ordered_states()
-        services = dict(prev.services)
-        nodes = dict(prev.nodes)
-        ip_services = dict(prev.ip_services)
-        ip_nodes = dict(prev.ip_nodes)
+        raw = self._raw
+        services = raw["services"].copy()
+        nodes = raw["nodes"].copy() if node_keys else raw["nodes"]
+        ip_services = raw["ip_services"].copy()
+        ip_nodes = raw["ip_nodes"].copy() if node_keys else raw["ip_nodes"]
+        self._raw = {"services": services, "nodes": nodes, "ip_services": ip_services, "ip_nodes": ip_nodes}
 
         touched_ips: dict[str, tuple[set, set]] = {}
 
@@ -203,11 +208,11 @@ class Store:
             version=prev.version + 1 if version is None else version,
             datacenter=prev.datacenter,
             services=MappingProxyType(services),
-            nodes=MappingProxyType(nodes),
+            nodes=MappingProxyType(nodes) if node_keys else prev.nodes,
             splits=splits,
             zones=zones,
             ip_services=MappingProxyType(ip_services),
-            ip_nodes=MappingProxyType(ip_nodes),
+            ip_nodes=MappingProxyType(ip_nodes) if node_keys else prev.ip_nodes,
             datacenters=dcs if dcs != prev.datacenters else prev.datacenters,
         )
         return self.snapshot
