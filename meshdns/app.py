@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -11,6 +12,7 @@ from .catalog.store import Store
 from .config import Config
 from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
+from .dns.rrl import RateLimiter
 from .dns.server import DnsServer
 from .forward.forwarder import from_config as forwarder_from_config
 from .sources.zones import ZonesSource
@@ -59,9 +61,12 @@ class App:
 def make_handler(cfg: Config, store: Store):
     """The DNS handler (and its forwarder, if any) over a store; the primary and workers share this."""
     forwarder = forwarder_from_config(cfg)
+    rrl = None
+    if cfg.dns.rrl_responses_per_second:
+        rrl = RateLimiter(rate=cfg.dns.rrl_responses_per_second, exempt=cfg.dns.rrl_exempt, clock=time.monotonic)
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder,
-                         recursion=RecursionPolicy(cfg.forwarding.allow_recursion))
+                         recursion=RecursionPolicy(cfg.forwarding.allow_recursion), rate_limiter=rrl)
     return handler, forwarder
 
 

@@ -16,6 +16,7 @@ from ..catalog.store import Store
 from ..forward.chase import chase, cname_target
 from . import rdata
 from .fastpath import FastPath
+from .rrl import RateLimiter, slipped_reply
 from .resolver import REFUSED, SERVFAIL, ResolverOptions, plan, realize
 from .wire import MAX_TCP, Query, WireError, encode_response, error_response, parse_query, response_limit
 
@@ -56,7 +57,8 @@ class RecursionPolicy:
 class DnsHandler:
     def __init__(self, store: Store, opts: ResolverOptions, *, udp_payload: int = 1232,
                  enable_truncate: bool = True, rng: random.Random | None = None,
-                 forwarder: Forwarder | None = None, recursion: RecursionPolicy | None = None):
+                 forwarder: Forwarder | None = None, recursion: RecursionPolicy | None = None,
+                 rate_limiter: RateLimiter | None = None):
         self.store = store
         self.opts = opts
         self.udp_payload = udp_payload
@@ -68,10 +70,15 @@ class DnsHandler:
         self.split_counts: Counter = Counter()  # (split, target) -> n
         self.refused_recursion: Counter = Counter()  # "client" (not in allow_recursion) | "no_upstream" -> n
         self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
+        self.rrl = rate_limiter
         if forwarder is not None:
             self.fast.forward_hit = self._forward_hit
 
     def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
+        if self.rrl is not None and not tcp:
+            verdict = self.rrl.check(client[0])
+            if verdict != "send":
+                return slipped_reply(data) if verdict == "slip" else None
         ra = self.forwarder is not None and self.recursion.allows(client[0])
         try:
             done = self.fast.answer(data, self.store.snapshot, self.rng, tcp=tcp, ra=ra)

@@ -157,6 +157,10 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
             found = _reverse(rev, qtype, snap, opts)
             if found is not None:
                 return found
+        if qtype == rdata.ANY:
+            # RFC 8482 §4.2: never fan ANY out upstream (amplification); a synthesized HINFO says so
+            return Plan(groups=_single([Record(None, rdata.HINFO, 3600, rdata.txt("RFC8482", ""))]),
+                        authoritative=False)
         return Plan(forward=True, authoritative=False)
     lookup = names.parse_own(qname, domain)
     if getattr(lookup, "datacenter", None) is not None:

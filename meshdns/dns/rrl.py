@@ -1,0 +1,84 @@
+"""Response-rate limiting per client network, so meshdns cannot be used to amplify.
+
+A token bucket per /24 (IPv4) or /56 (IPv6): `rate` responses a second with a
+burst of the same size. Over the limit, every `slip`-th response is sent as
+an empty truncated reply (a real client retries over TCP, which cannot be
+spoofed) and the rest are dropped. Pure apart from the clock it is given.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable
+
+
+class RateLimiter:
+    def __init__(self, *, rate: int, exempt: tuple[str, ...], clock: Callable[[], float], slip: int = 2,
+                 max_buckets: int = 100_000):
+        self.rate = float(rate)
+        self.slip = slip
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self._exempt = [ipaddress.ip_network(c, strict=False) for c in exempt]
+        self._buckets: dict[str, list[float]] = {}   # prefix -> [tokens, last time, over-limit count]
+        self._prefix: dict[str, str | None] = {}     # client IP -> prefix (None: exempt)
+        self.dropped = 0
+        self.slipped = 0
+
+    def _prefix_of(self, ip: str) -> str | None:
+        prefix = self._prefix.get(ip, "")
+        if prefix == "":
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                return None
+            if addr.version == 6 and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            if any(addr in n for n in self._exempt):
+                prefix = None
+            else:
+                bits = 24 if addr.version == 4 else 56
+                prefix = str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
+            if len(self._prefix) > self.max_buckets:
+                self._prefix.clear()
+            self._prefix[ip] = prefix
+        return prefix
+
+    def check(self, ip: str) -> str:
+        """"send", "slip" (send an empty TC reply) or "drop"."""
+        prefix = self._prefix_of(ip)
+        if prefix is None:
+            return "send"
+        now = self.clock()
+        bucket = self._buckets.get(prefix)
+        if bucket is None:
+            if len(self._buckets) > self.max_buckets:
+                self._buckets.clear()
+            bucket = self._buckets[prefix] = [self.rate, now, 0]
+        tokens = min(self.rate, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return "send"
+        bucket[0] = tokens
+        bucket[2] += 1
+        if self.slip and bucket[2] % self.slip == 0:
+            self.slipped += 1
+            return "slip"
+        self.dropped += 1
+        return "drop"
+
+
+def slipped_reply(query: bytes) -> bytes | None:
+    """Header + question with TC set and no records: "ask again over TCP"."""
+    if len(query) < 12:
+        return None
+    pos = 12
+    while pos < len(query) and query[pos]:
+        if query[pos] & 0xC0:
+            return None
+        pos += query[pos] + 1
+    end = pos + 5
+    if end > len(query):
+        return None
+    flags = 0x8000 | 0x0200 | (query[2] << 8 & 0x7900)
+    return query[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:end]
