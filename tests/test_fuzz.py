@@ -93,3 +93,27 @@ def test_server_survives_10000_mutated_packets(server):
                 continue
             data += c.recv(4096)
         assert rrset_values(msg) == ["192.168.30.10"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_\u00b2\u00e9\u0663", min_size=1, max_size=20), min_size=0,
+                max_size=6),
+       st.sampled_from(["service", "node", "addr", "consul", "in-addr", "corp"]),
+       st.sampled_from([1, 2, 5, 6, 12, 13, 16, 28, 33, 255, 65, 999]))
+def test_resolver_entry_point_total_on_any_name(labels, kind, qtype):
+    """Every name, inside our domains or not, gets a plan: the resolver never raises."""
+    from meshdns.catalog.store import Store
+    from meshdns.dns.resolver import ResolverOptions, plan
+    from meshdns.sources.zones import ZonesSource
+    global _STORE
+    try:
+        store = _STORE
+    except NameError:
+        from harness import ZONES
+        store = _STORE = Store(datacenter="dc1")
+        ZonesSource(ZONES, store, datacenter="dc1").reload()
+    tail = {"service": ["service", "consul"], "node": ["node", "dc1", "consul"], "addr": ["addr", "consul"],
+            "consul": ["consul"], "in-addr": ["in-addr", "arpa"], "corp": ["corp", "internal"]}[kind]
+    qname = ".".join(labels + tail) + "."
+    p = plan(qname, qtype, store.snapshot, ResolverOptions())
+    assert p.forward or p.rcode in (0, 3)

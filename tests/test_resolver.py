@@ -122,6 +122,11 @@ def test_srv_additional_has_target_addresses():
                                      "0a000003.addr.dc1.consul. A 10.0.0.3"]
 
 
+def test_reverse_names_with_non_ascii_digits_are_not_ours():
+    # bytes such as 0xb2 decode to "²", which str.isdigit() accepts; they must not reach int()
+    assert plan("1.2.3.\u00b2.in-addr.arpa.", 12, SNAP, OPTS).forward
+
+
 def test_unknown_names_are_forwarded_not_answered():
     assert plan("example.com.", 1, SNAP, OPTS).forward
     assert plan("5.5.5.5.in-addr.arpa.", 12, SNAP, OPTS).forward

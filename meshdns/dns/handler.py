@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+import time
 from collections import Counter
 from typing import Awaitable, Protocol
 
@@ -71,6 +72,8 @@ class DnsHandler:
         self.refused_recursion: Counter = Counter()  # "client" (not in allow_recursion) | "no_upstream" -> n
         self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
         self.rrl = rate_limiter
+        self.internal_errors = 0
+        self._last_error_log = -1e9
         if forwarder is not None:
             self.fast.forward_hit = self._forward_hit
 
@@ -106,11 +109,20 @@ class DnsHandler:
             self.counts[(exc.query.qtype, exc.rcode)] += 1
             return error_response(exc.query, exc.rcode, our_payload=self.udp_payload)
         except Exception:
-            log.exception("internal error answering %s", query.qname if query else "a query")
+            self._log_internal_error(query)
             if query is None:
                 return None
             self.counts[(query.qtype, SERVFAIL)] += 1
             return error_response(query, SERVFAIL, our_payload=self.udp_payload)
+
+    def _log_internal_error(self, query: Query | None) -> None:
+        """A traceback, at most one per 10 s: a flood of bad packets must not become a flood of logs."""
+        now = time.monotonic()
+        self.internal_errors += 1
+        if now - self._last_error_log >= 10.0:
+            self._last_error_log = now
+            log.exception("internal error answering %r (%d internal errors so far)",
+                          query.qname if query else "a query", self.internal_errors)
 
     def _answer(self, query: Query, data: bytes, client: tuple, tcp: bool) -> Reply:
         p = plan(query.qname_lower, query.qtype, self.store.snapshot, self.opts)

@@ -118,7 +118,7 @@ def parse_reverse(qname: str) -> ReverseLookup | None:
     """in-addr.arpa / ip6.arpa names -> the IP; None when qname is not a reverse name."""
     if qname.endswith(".in-addr.arpa."):
         parts = qname[: -len(".in-addr.arpa.")].split(".")
-        if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 and str(int(p)) == p for p in parts):
+        if len(parts) != 4 or not all(p.isascii() and p.isdigit() and int(p) < 256 and str(int(p)) == p for p in parts):
             return ReverseLookup(None)
         return ReverseLookup(".".join(reversed(parts)))
     if qname.endswith(".ip6.arpa."):
