@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -64,8 +65,9 @@ def make_handler(cfg: Config, store: Store):
     rrl = None
     if cfg.dns.rrl_responses_per_second:
         rrl = RateLimiter(rate=cfg.dns.rrl_responses_per_second, exempt=cfg.dns.rrl_exempt, clock=time.monotonic)
+    rng = random.Random(cfg.dns.rng_seed) if cfg.dns.rng_seed is not None else None
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
-                         enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder,
+                         enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder, rng=rng,
                          recursion=RecursionPolicy(cfg.forwarding.allow_recursion), rate_limiter=rrl)
     return handler, forwarder
 

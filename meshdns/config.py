@@ -114,6 +114,7 @@ class DnsConfig:
     workers: int = 1
     rrl_responses_per_second: int = 0
     rrl_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    rng_seed: int | None = None       # reproducible shuffles and split choices (tests, demos)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +309,7 @@ def _parse_dns(t: _Table) -> DnsConfig:
         rrl_responses_per_second=_nonneg(t.get("rrl_responses_per_second", int, 0),
                                          key=t.key("rrl_responses_per_second")),
         rrl_exempt=_cidrs(t.strings("rrl_exempt", d.rrl_exempt), key=t.key("rrl_exempt")),
+        rng_seed=t.get("rng_seed", int, None),
     )
     if not 512 <= cfg.udp_payload <= 65535:
         raise ConfigError(f"{t.key('udp_payload')}: must be between 512 and 65535")
