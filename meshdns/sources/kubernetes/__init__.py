@@ -1,0 +1,1 @@
+"""Kubernetes clusters as catalog sources (DESIGN §3), and the reverse sync into them."""
