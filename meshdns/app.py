@@ -39,6 +39,7 @@ class App:
     tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     http_port: int = 0
+    kubernetes: list = field(default_factory=list)       # KubernetesSource per cluster (status())
 
     @property
     def dns_port(self) -> int:
@@ -63,7 +64,21 @@ def build(cfg: Config) -> App:
     app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
     app.reloaders.append(lambda: zones.reload(force=True))
     app.tasks.append(zones.run)
+    if cfg.kubernetes:
+        _add_kubernetes(app)
     return app
+
+
+def _add_kubernetes(app: App) -> None:
+    """One source per [[kubernetes]] table; imported only when configured."""
+    from .sources.kubernetes import KubernetesSource
+
+    cfg, store = app.cfg, app.store
+    for kc in cfg.kubernetes:
+        source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter)
+        app.kubernetes.append(source)
+        app.tasks.append(source.run)
+        app.closers.append(source.close)
 
 
 async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signals: bool = True) -> None:
