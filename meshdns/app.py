@@ -40,6 +40,7 @@ class App:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     http_port: int = 0
     kubernetes: list = field(default_factory=list)       # KubernetesSource per cluster (status())
+    reverse_syncs: list = field(default_factory=list)    # ReverseSync per cluster that has it (status())
 
     @property
     def dns_port(self) -> int:
@@ -70,8 +71,9 @@ def build(cfg: Config) -> App:
 
 
 def _add_kubernetes(app: App) -> None:
-    """One source per [[kubernetes]] table; imported only when configured."""
+    """One source per [[kubernetes]] table (+ its reverse sync); imported only when configured."""
     from .sources.kubernetes import KubernetesSource
+    from .sources.kubernetes.reverse import ReverseSync
 
     cfg, store = app.cfg, app.store
     for kc in cfg.kubernetes:
@@ -79,6 +81,12 @@ def _add_kubernetes(app: App) -> None:
         app.kubernetes.append(source)
         app.tasks.append(source.run)
         app.closers.append(source.close)
+        if kc.sync_to_kubernetes != "off":
+            reverse = ReverseSync(source, store, domain=cfg.domain, local_datacenter=cfg.datacenter,
+                                  only_passing=cfg.dns.only_passing)
+            app.reverse_syncs.append(reverse)
+            app.tasks.append(reverse.run)
+            app.closers.append(reverse.close)
 
 
 async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signals: bool = True) -> None:
