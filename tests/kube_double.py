@@ -89,8 +89,11 @@ class _Stream:
 
 
 class KubeDouble:
-    def __init__(self, *, token: str = TOKEN, bookmark_interval: float | None = None):
+    def __init__(self, *, token: str = TOKEN, bookmark_interval: float | None = None,
+                 rbac: Path | None = None):
         self.token = token
+        self.rbac = _load_rbac(rbac) if rbac is not None else None   # enforce these rules (403 otherwise)
+        self.denied: list[tuple[str, str, str, str]] = []             # (verb, group, resource, namespace)
         self.bookmark_interval = bookmark_interval
         self.gone_as_status = False          # 410 on a too-old watch as HTTP status instead of an ERROR event
         self.port = 0
@@ -375,6 +378,14 @@ class KubeDouble:
             return _json(status_object(404, "NotFound", "the server could not find the requested resource"), 404)
         plural, namespace, name = route
         q = request.query
+        verb = _verb(request.method, name, q)
+        if self.rbac is not None and not _allowed(self.rbac, verb, plural, namespace):
+            group = KINDS[plural].prefix.split("/")[1] if KINDS[plural].prefix.startswith("apis/") else ""
+            self.denied.append((verb, group, plural, namespace or ""))
+            return _json(status_object(403, "Forbidden", f'{plural} is forbidden: User "system:serviceaccount:'
+                                       f'meshdns:meshdns" cannot {verb} resource "{plural}" in API group '
+                                       f'"{group}"' + (f' in the namespace "{namespace}"' if namespace else
+                                                       " at the cluster scope")), 403)
         if request.method == "GET" and name is None:
             if q.get("watch") in ("1", "true"):
                 return await self._watch(request, plural, namespace)
@@ -514,6 +525,37 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _not_found(plural: str, name: str) -> web.Response:
     return _json(status_object(404, "NotFound", f'{plural} "{name}" not found', name=name, kind=plural), 404)
+
+
+def _verb(method: str, name: str | None, q) -> str:
+    if method == "GET":
+        if name is not None:
+            return "get"
+        return "watch" if q.get("watch") in ("1", "true") else "list"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+
+
+def _load_rbac(path: Path) -> list[tuple[str | None, dict]]:
+    """(namespace or None for a ClusterRole, rule) for every rule of the Roles/ClusterRoles in a manifest."""
+    import yaml
+    rules = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") in ("ClusterRole", "Role"):
+            ns = doc["metadata"].get("namespace") if doc["kind"] == "Role" else None
+            rules.extend((ns, rule) for rule in doc.get("rules") or ())
+    return rules
+
+
+def _allowed(rules, verb: str, plural: str, namespace: str | None) -> bool:
+    prefix = KINDS[plural].prefix
+    group = prefix.split("/")[1] if prefix.startswith("apis/") else ""
+    for ns, rule in rules:
+        if ns is not None and ns != namespace:
+            continue
+        if group in rule.get("apiGroups", ()) and plural in rule.get("resources", ()) \
+                and verb in rule.get("verbs", ()):
+            return True
+    return False
 
 
 def _plural_of(obj: dict) -> str:

@@ -8,7 +8,7 @@ from kube_double import KubeDouble, endpoint_slice, eventually, service
 from meshdns.catalog.model import Health, Instance, Node, SourceState
 from meshdns.catalog.store import Store
 from meshdns.sources.kubernetes.reverse import desired_objects
-from test_k8s_source import cluster, start, web
+from test_k8s_source import RBAC, cluster, start, web
 
 NS = "meshdns"
 MANAGED = {"app.kubernetes.io/managed-by": "meshdns"}
@@ -99,8 +99,10 @@ def publish(srv, source, *instances):
 
 @pytest.fixture
 def double():
-    with KubeDouble() as d:
+    """An API server that enforces deploy/kubernetes/rbac.yaml: a verb meshdns is not granted is a 403."""
+    with KubeDouble(rbac=RBAC) as d:
         yield d
+    assert d.denied == []
 
 
 def test_endpoints_mode_creates_updates_and_deletes_and_leaves_foreign_objects_alone(
@@ -192,3 +194,19 @@ def test_externalname_mode_and_restart_cleans_up(double, tmp_path, start_server)
     eventually(lambda: sorted(ns_objects(double, "services")) == ["legacy-billing"], what="stale object removed")
     # pods resolve the ExternalName through meshdns: the name it points at answers
     assert rrset_values(query(srv.dns_port, "legacy-billing.service.consul", "A")) == ["192.168.28.213"]
+
+
+def test_rbac_bounds_the_reverse_sync_to_its_namespace(tmp_path, start_server):
+    """With the shipped RBAC, a write_namespace other than the Role's is refused and reported, not half-done."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "vm.toml").write_text('[[service]]\nname = "ledger"\naddress = "192.168.28.215"\nport = 8080\n')
+    with KubeDouble(rbac=RBAC) as d:
+        srv = start(start_server, zones, cluster(d, tmp_path, sync_to_kubernetes="externalname",
+                                                 write_namespace="default"))
+        reverse = srv.app.reverse_syncs[0]
+        eventually(lambda: reverse.errors > 0)
+        assert "403" in reverse.status()["last_error"]
+        assert {(verb, ns) for verb, _, _, ns in d.denied} == {("get", "default")}   # list is cluster-wide
+        assert d.list("services", "default") == [] and d.writes == []
+        assert srv.app.kubernetes[0].status()["errors"] == 0     # the forward sync is unaffected

@@ -6,18 +6,21 @@ import time
 import dns.rcode
 import pytest
 
-from harness import dig, query, rrset_values
+from harness import ROOT, ServerProcess, dig, query, rrset_values
 from kube_double import KubeDouble, endpoint_slice, eventually, node, service
 from meshdns.app import build
 from meshdns.config import ConfigError, parse_config
 
+RBAC = ROOT / "deploy" / "kubernetes" / "rbac.yaml"
 FAST = {"watch_timeout": "2s", "request_timeout": "1s", "backoff": "50ms", "max_backoff": "250ms"}
 
 
 @pytest.fixture
 def double():
-    with KubeDouble() as d:
+    """An API server that enforces deploy/kubernetes/rbac.yaml: a verb meshdns is not granted is a 403."""
+    with KubeDouble(rbac=RBAC) as d:
         yield d
+    assert d.denied == []
 
 
 @pytest.fixture
@@ -198,7 +201,7 @@ def test_silent_partition_is_noticed_by_the_client_timeout(double, tmp_path, zon
 
 
 def test_two_clusters_are_two_datacenters(tmp_path, zones, start_server):
-    with KubeDouble() as east, KubeDouble() as west:
+    with KubeDouble(rbac=RBAC) as east, KubeDouble(rbac=RBAC) as west:
         web(east, ("10.1.0.5", True))
         web(west, ("10.2.0.5", True), ("10.2.0.6", True))
         srv = start(start_server, zones, cluster(east, tmp_path, "east", datacenter="east"),
@@ -263,3 +266,19 @@ def test_unreadable_kubeconfig_is_a_config_error_naming_the_cluster(tmp_path):
                                                                 "context": "missing"}]})
     with pytest.raises(ConfigError, match="'prod'"):
         build(cfg)
+
+
+def test_cli_kubeconfig_flag_runs_the_first_cluster(double, tmp_path, zones):
+    """`meshdns serve --kubeconfig` in a real process: pods answer, SIGTERM stops the watch threads cleanly."""
+    web(double, ("10.244.1.5", True))
+    kc = double.kubeconfig(tmp_path / "config", context="kind-dev")
+    proc = ServerProcess("--zones", str(zones), "--data-dir", str(tmp_path / "data"),
+                         "--kubeconfig", str(kc), "--kube-context", "kind-dev").start()
+    try:
+        eventually(lambda: rrset_values(query(proc.dns_port, "web.service.consul", "A")) == ["10.244.1.5"])
+        double.apply(endpoint_slice("web", endpoints=[("10.244.1.6", True)]))
+        eventually(lambda: rrset_values(query(proc.dns_port, "web.service.consul", "A")) == ["10.244.1.6"])
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.stderr()
+    assert "kubernetes cluster default synced" in proc.stderr()

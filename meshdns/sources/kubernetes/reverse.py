@@ -181,6 +181,7 @@ class ReverseSync:
         self._known: dict[tuple[str, str], dict] = {}   # (kind, name) -> our object as last seen
         self._dirty = threading.Event()
         self._stop = threading.Event()
+        self._closed = asyncio.Event()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(initial=self.cluster.backoff, cap=self.cluster.max_backoff)
         # status, read by /readyz and /metrics
@@ -208,12 +209,12 @@ class ReverseSync:
             self._thread = threading.Thread(target=self._main, name=f"meshdns-reverse-{self.cluster.name}",
                                             daemon=True)
             self._thread.start()
-            while not self._stop.is_set():
-                await asyncio.sleep(0.2)
+            await self._closed.wait()
         finally:
             await self.close()
 
     async def close(self) -> None:
+        self._closed.set()
         self.store.unsubscribe(self._on_snapshot)
         if self._stop.is_set():
             return

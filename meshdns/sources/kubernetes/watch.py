@@ -189,7 +189,7 @@ class Watcher:
             finally:
                 self._resp = None
                 resp.release_conn()
-            items.extend(body.get("items") or ())
+            items.extend(_slim(obj) for obj in body.get("items") or ())
             meta = body.get("metadata") or {}
             token = meta.get("continue")
             if not token:
@@ -224,7 +224,7 @@ class Watcher:
                 if etype == "BOOKMARK":
                     self._emit(self.sink.bookmark, kind, received)
                 elif etype in ("ADDED", "MODIFIED", "DELETED"):
-                    self._emit(self.sink.event, kind, etype, obj, received)
+                    self._emit(self.sink.event, kind, etype, _slim(obj), received)
                 else:
                     continue
                 if rv:
@@ -237,6 +237,21 @@ class Watcher:
             resp.close()  # a watch body is never reused: do not return a half-read connection
             resp.release_conn()
         return count
+
+
+_BULKY_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def _slim(obj: dict) -> dict:
+    """Drop what is large and never read (managedFields, last-applied copies) before it is kept."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        ann = meta.get("annotations")
+        if ann:
+            for key in _BULKY_ANNOTATIONS:
+                ann.pop(key, None)
+    return obj
 
 
 def _describe(exc: BaseException) -> str:
