@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from .catalog.store import Store
-from .config import Config
+from .config import Config, ConfigError
 from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.server import DnsServer
@@ -76,6 +76,10 @@ def _add_kubernetes(app: App) -> None:
     from .sources.kubernetes.reverse import ReverseSync
 
     cfg, store = app.cfg, app.store
+    names = [kc.name for kc in cfg.kubernetes]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"kubernetes[{i}].name: {name!r} names two clusters (each needs its own name)")
     for kc in cfg.kubernetes:
         source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter)
         app.kubernetes.append(source)

@@ -10,6 +10,7 @@ from harness import ROOT, ServerProcess, dig, query, rrset_values
 from kube_double import KubeDouble, endpoint_slice, eventually, node, service
 from meshdns.app import build
 from meshdns.config import ConfigError, parse_config
+from meshdns.sources.kubernetes.watch import Backoff
 
 RBAC = ROOT / "deploy" / "kubernetes" / "rbac.yaml"
 FAST = {"watch_timeout": "2s", "request_timeout": "1s", "backoff": "50ms", "max_backoff": "250ms"}
@@ -282,3 +283,65 @@ def test_cli_kubeconfig_flag_runs_the_first_cluster(double, tmp_path, zones):
         code = proc.stop()
     assert code == 0, proc.stderr()
     assert "kubernetes cluster default synced" in proc.stderr()
+
+
+def test_an_event_rebuilds_only_the_service_it_touches(double, tmp_path, zones, start_server):
+    web(double, ("10.244.1.5", True))
+    web(double, ("10.244.3.1", True), name="api")
+    srv = start(start_server, zones, cluster(double, tmp_path))
+    before = srv.app.store.snapshot
+    double.apply(endpoint_slice("web", endpoints=[("10.244.1.6", True)]))
+    eventually(lambda: a(srv, "web.service.consul") == ["10.244.1.6"])
+    after = srv.app.store.snapshot
+    assert after.services[("dc1", "api")] is before.services[("dc1", "api")]
+    assert after.services[("dc1", "web")] is not before.services[("dc1", "web")]
+
+
+def test_bookmarks_move_the_resource_version(double, tmp_path, zones, start_server):
+    web(double, ("10.244.1.5", True))
+    srv = start(start_server, zones, cluster(double, tmp_path))
+    source = srv.app.kubernetes[0]
+    eventually(lambda: double.open_streams("services") == 1)
+    double.apply(node("kind-worker", "172.18.0.2"))      # moves the global resourceVersion, not a Service
+    rv = double.call(lambda: double.rv)
+    double.bookmark()
+    eventually(lambda: source.bookmarks >= 3)
+    double.close_streams()
+    eventually(lambda: any(m == "GET" and "/api/v1/services?" in p and "watch=true" in p
+                           and f"resourceVersion={rv}&" in p for m, p in double.requests),
+               what="services watch resumed from the bookmark's resourceVersion")
+
+
+def test_threads_stop_with_the_server(double, tmp_path, zones, start_server):
+    import threading
+    web(double, ("10.244.1.5", True))
+    srv = start(start_server, zones, cluster(double, tmp_path, "stopping", sync_to_kubernetes="externalname",
+                                             write_namespace="meshdns"))
+    eventually(lambda: srv.app.reverse_syncs[0].synced)
+    mine = lambda: [t.name for t in threading.enumerate() if t.name.startswith(("meshdns-watch-stopping",
+                                                                                "meshdns-reverse-stopping"))]
+    assert len(mine()) == 4
+    srv.stop()
+    assert mine() == []
+
+
+def test_backoff_is_capped_exponential_with_jitter():
+    import random
+    b = Backoff(initial=0.5, cap=4.0, rng=random.Random(7))
+    steps = [b.next() for _ in range(7)]
+    for got, nominal in zip(steps, [0.5, 1, 2, 4, 4, 4, 4]):
+        assert 0.8 * nominal <= got <= nominal
+    assert len(set(steps[3:])) > 1           # jittered, not lock-step
+    b.reset()
+    assert b.next() <= 0.5
+
+
+@pytest.mark.parametrize("clusters, message", [
+    ([{"name": "a", "datacenter": "not a label"}], "'a'.*datacenter"),
+    ([{"name": "a"}, {"name": "a"}], r"kubernetes\[1\].name: 'a' names two clusters"),
+])
+def test_cluster_settings_errors_name_the_cluster(tmp_path, double, clusters, message):
+    kc = str(double.kubeconfig(tmp_path / "kc"))
+    cfg = parse_config({"zones": str(tmp_path), "kubernetes": [{**c, "kubeconfig": kc} for c in clusters]})
+    with pytest.raises(ConfigError, match=message):
+        build(cfg)

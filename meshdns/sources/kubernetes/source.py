@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 from ...catalog.model import Instance, ServiceKey, SourceState, Split
 from ...catalog.store import Store
-from ...catalog.validate import FieldError, split_loops
-from ...config import KubernetesConfig
+from ...catalog.validate import FieldError, dns_label, split_loops
+from ...config import ConfigError, KubernetesConfig
 from .mapping import ClusterSettings, Mapped, map_service, node_view, object_key, slice_service
 from .watch import ENDPOINTSLICES, NODES, SERVICES, Backoff, Timeouts, Watcher
 
@@ -34,6 +34,10 @@ class KubernetesSource:
                  api_client: Any = None, api_client_factory: Callable[[KubernetesConfig], Any] | None = None):
         self.cluster = cluster
         self.settings = ClusterSettings.from_config(cluster, default_datacenter=default_datacenter)
+        try:
+            dns_label(self.settings.datacenter, "datacenter")
+        except FieldError as exc:
+            raise ConfigError(f"kubernetes cluster {cluster.name!r}: {exc}") from None
         self.name = self.settings.source
         self.store = store
         if api_client is None:

@@ -203,9 +203,11 @@ class Watcher:
                           timeout_seconds=seconds,
                           _request_timeout=self._request_timeout(seconds + self.timeouts.request))
         self._resp = resp
-        self._emit(self.sink.watch_started, kind)
         count = 0
         try:
+            if self._stop.is_set():  # stopped while connecting: interrupt() could not see this response
+                return count
+            self._emit(self.sink.watch_started, kind)
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
                     break
