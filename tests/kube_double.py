@@ -476,6 +476,7 @@ class KubeDouble:
                     break
                 await self._thawed.wait()
                 await resp.write(json.dumps(item).encode() + b"\n")
+            await self._thawed.wait()   # frozen: not even the end of the stream gets through
             await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             pass
