@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from .catalog.store import Store
-from .config import Config
+from .config import Config, ConfigError
 from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.rrl import RateLimiter
@@ -45,6 +45,8 @@ class App:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     http_port: int = 0
     workers: "WorkerPool | None" = None
+    kubernetes: list = field(default_factory=list)       # KubernetesSource per cluster (status())
+    reverse_syncs: list = field(default_factory=list)    # ReverseSync per cluster that has it (status())
 
     @property
     def dns_port(self) -> int:
@@ -82,7 +84,32 @@ def build(cfg: Config) -> App:
     app.tasks.append(zones.run)
     if forwarder is not None:
         app.closers.append(forwarder.close)
+    if cfg.kubernetes:
+        _add_kubernetes(app)
     return app
+
+
+def _add_kubernetes(app: App) -> None:
+    """One source per [[kubernetes]] table (+ its reverse sync); imported only when configured."""
+    from .sources.kubernetes import KubernetesSource
+    from .sources.kubernetes.reverse import ReverseSync
+
+    cfg, store = app.cfg, app.store
+    names = [kc.name for kc in cfg.kubernetes]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"kubernetes[{i}].name: {name!r} names two clusters (each needs its own name)")
+    for kc in cfg.kubernetes:
+        source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter)
+        app.kubernetes.append(source)
+        app.tasks.append(source.run)
+        app.closers.append(source.close)
+        if kc.sync_to_kubernetes != "off":
+            reverse = ReverseSync(source, store, domain=cfg.domain, local_datacenter=cfg.datacenter,
+                                  only_passing=cfg.dns.only_passing)
+            app.reverse_syncs.append(reverse)
+            app.tasks.append(reverse.run)
+            app.closers.append(reverse.close)
 
 
 async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signals: bool = True) -> None:

@@ -179,6 +179,8 @@ class KubernetesConfig:
     write_namespace: str = "default"
     watch_timeout: float = 300.0
     request_timeout: float = 30.0
+    backoff: float = 0.5
+    max_backoff: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +411,8 @@ def _parse_kubernetes(raw: Any, index: int) -> KubernetesConfig:
         write_namespace=t.get("write_namespace", str, d.write_namespace),
         watch_timeout=t.duration("watch_timeout", d.watch_timeout),
         request_timeout=t.duration("request_timeout", d.request_timeout),
+        backoff=t.duration("backoff", d.backoff),
+        max_backoff=t.duration("max_backoff", d.max_backoff),
     )
     t.done()
     return cfg
