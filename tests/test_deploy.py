@@ -210,3 +210,200 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else():
     for f in (".git/HEAD", ".meshdns/registrations.db", "tests/test_deploy.py",
               "meshdns/__pycache__/app.cpython-311.pyc", "deploy/kubernetes/deployment.yaml"):
         assert dockerignore_excludes(f), f
+
+
+# -- Kubernetes --------------------------------------------------------------------
+
+
+def manifests(directory: Path) -> dict[str, list[dict]]:
+    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d]
+            for p in sorted(directory.glob("*.yaml")) if p.name != "kustomization.yaml"}
+
+
+def objects() -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for docs in manifests(KUBE).values() for d in docs}
+
+
+SCHEMA_VERSIONS = ("1.27.0", None)  # oldest Kubernetes still commonly run, and the newest known
+
+
+@pytest.mark.parametrize("path", sorted(p for p in [*KUBE.glob("*.yaml"), *COREDNS.glob("*.yaml")]
+                                         if p.name != "kustomization.yaml"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_manifest_validates_against_kubernetes_schemas(path):
+    import kubernetes_validate
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for version in SCHEMA_VERSIONS:
+        version = version or kubernetes_validate.latest_version()
+        for doc in docs:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']} (v{version}): "
+                            f"{'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(manifests(KUBE))
+    assert kustomization["namespace"] == objects()[("Namespace", "meshdns")]["metadata"]["name"]
+    for kind_name, obj in objects().items():
+        if kind_name[0] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"]["namespace"] == kustomization["namespace"], kind_name
+    image = objects()[("Deployment", "meshdns")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert [i["name"] for i in kustomization["images"]] == [image]
+
+
+def test_kustomize_build_output_validates():
+    import kubernetes_validate
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    out = subprocess.run([kubectl, "kustomize", str(KUBE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(objects())
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def cluster_config() -> Config:
+    return load_toml(objects()[("ConfigMap", "meshdns-config")]["data"]["meshdns.toml"])
+
+
+def pod_spec() -> dict:
+    return objects()[("Deployment", "meshdns")]["spec"]["template"]["spec"]
+
+
+def container() -> dict:
+    return pod_spec()["containers"][0]
+
+
+def mount_of(path: str) -> dict:
+    """The volume mounted at path or at a parent of it."""
+    mounts = [m for m in container()["volumeMounts"]
+              if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mounts, f"{path} is on no volume"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    return next(v for v in pod_spec()["volumes"] if v["name"] == mount["name"])
+
+
+def test_cluster_config_parses_and_uses_the_in_cluster_api():
+    cfg = cluster_config()
+    assert cfg.dns.listen == ("0.0.0.0", 8600)
+    (kube,) = cfg.kubernetes
+    assert kube.in_cluster and kube.datacenter == cfg.datacenter
+    assert [(z.name, z.servers) for z in cfg.forwarding.zones] == [("cluster.local.", (("10.96.0.10", 53),))]
+    # The kubelet probes the pod IP: the API must be allowed off loopback.
+    assert not is_loopback(cfg.http.listen[0]) and (cfg.http.insecure or cfg.acl_tokens)
+
+
+def test_deployment_files_are_where_the_cluster_config_says():
+    cfg = cluster_config()
+    args = container()["args"]
+    config_path = args[args.index("--config") + 1]
+    volume = mount_of(config_path)
+    assert volume["configMap"]["name"] == "meshdns-config"
+    assert Path(config_path).name in objects()[("ConfigMap", "meshdns-config")]["data"]
+    assert mount_of(cfg.zones + "/x.toml")["configMap"]["name"] == "meshdns-zones"
+    assert "emptyDir" in mount_of(cfg.data_dir + "/registrations.db")
+    assert "emptyDir" in mount_of("/tmp/x"), "a writable /tmp under a read-only root"
+
+
+def test_ports_probes_and_service_agree_with_the_config():
+    cfg = cluster_config()
+    ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in container()["ports"]}
+    assert ports["dns"] == (cfg.dns.listen[1], "UDP") and ports["dns-tcp"] == (cfg.dns.listen[1], "TCP")
+    assert ports["http"] == (cfg.http.listen[1], "TCP")
+    ready, live = container()["readinessProbe"]["httpGet"], container()["livenessProbe"]["httpGet"]
+    assert (ready["path"], ready["port"]) == ("/readyz", "http")
+    assert (live["path"], live["port"]) == ("/healthz", "http")
+    service = objects()[("Service", "meshdns")]["spec"]
+    assert sorted((p["port"], p["protocol"], ports[p["targetPort"]][1]) for p in service["ports"]) == [
+        (53, "TCP", "TCP"), (53, "UDP", "UDP")]
+    ipaddress.ip_address(service["clusterIP"])
+    labels = objects()[("Deployment", "meshdns")]["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= labels.items()
+    pdb = objects()[("PodDisruptionBudget", "meshdns")]["spec"]
+    assert pdb["minAvailable"] == 1 and pdb["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_pods_are_locked_down_and_spread():
+    deployment = objects()[("Deployment", "meshdns")]
+    assert deployment["spec"]["replicas"] == 2
+    pod, sc = pod_spec(), container()["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert sc == {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                  "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    uid = [args for instr, args in final_stage() if instr == "USER"][-1].split(":")[0]
+    assert pod["securityContext"]["runAsUser"] == int(uid), "the image's user"
+    resources = container()["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"] and resources["limits"]["memory"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= \
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def rules(role: dict) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_rbac_reads_cluster_wide_and_writes_only_in_the_write_namespace():
+    objs = objects()
+    assert rules(objs[("ClusterRole", "meshdns")]) == {
+        (group, resource, verb) for group, resource in (("", "services"), ("", "nodes"),
+                                                         ("discovery.k8s.io", "endpointslices"))
+        for verb in ("list", "watch")}
+    role = objs[("Role", "meshdns-sync")]
+    assert rules(role) == {(group, resource, verb)
+                           for group, resource in (("", "services"), ("discovery.k8s.io", "endpointslices"))
+                           for verb in ("create", "update", "patch", "delete")}
+    assert role["metadata"]["namespace"] == cluster_config().kubernetes[0].write_namespace
+    account = objs[("ServiceAccount", "meshdns")]["metadata"]
+    assert pod_spec()["serviceAccountName"] == account["name"]
+    for kind, name, role_kind in (("ClusterRoleBinding", "meshdns", "ClusterRole"),
+                                  ("RoleBinding", "meshdns-sync", "Role")):
+        binding = objs[(kind, name)]
+        assert (binding["roleRef"]["kind"], binding["roleRef"]["name"]) in {
+            (k, n) for k, n in objs if k == role_kind}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
+                                        "namespace": account["namespace"]}]
+
+
+def write_configmap_volume(directory: Path, data: dict[str, str], generation: int) -> None:
+    """Lay out files the way the kubelet does: name -> ..data/name, ..data -> a timestamped dir."""
+    directory.mkdir(exist_ok=True)
+    target = directory / f"..gen_{generation}"
+    target.mkdir()
+    for name, text in data.items():
+        (target / name).write_text(text)
+    tmp_link = directory / "..data_tmp"
+    tmp_link.symlink_to(target.name)
+    os.replace(tmp_link, directory / "..data")
+    for name in data:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+
+
+def test_zones_configmap_is_served_and_its_updates_are_picked_up_live(tmp_path):
+    from harness import query, rrset_values
+    zones = objects()[("ConfigMap", "meshdns-zones")]["data"]
+    volume = tmp_path / "zones"
+    write_configmap_volume(volume, zones, 1)
+    srv = ServerThread(make_config(tmp_path, zones=volume)).start()
+    try:
+        assert rrset_values(query(srv.dns_port, "legacy-billing.service.consul", "A")) == ["192.168.28.213"]
+        updated = {name: text.replace("192.168.28.213", "192.168.28.99") for name, text in zones.items()}
+        write_configmap_volume(volume, updated, 2)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            answer = rrset_values(query(srv.dns_port, "legacy-billing.service.consul", "A"))
+            if answer == ["192.168.28.99"]:
+                break
+            time.sleep(0.1)
+        assert answer == ["192.168.28.99"]
+    finally:
+        srv.stop()
