@@ -407,3 +407,38 @@ def test_zones_configmap_is_served_and_its_updates_are_picked_up_live(tmp_path):
         assert answer == ["192.168.28.99"]
     finally:
         srv.stop()
+
+
+# -- CoreDNS -----------------------------------------------------------------------
+
+
+def service_cluster_ip() -> str:
+    return objects()[("Service", "meshdns")]["spec"]["clusterIP"]
+
+
+def corefile_block(text: str, zone: str) -> list[str]:
+    """The active (uncommented) lines of one server block."""
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    start = lines.index(f"{zone} {{")
+    depth, block = 0, []
+    for line in lines[start:]:
+        depth += line.count("{") - line.count("}")
+        block.append(line)
+        if depth == 0:
+            return block
+    raise AssertionError(f"unbalanced block {zone}")
+
+
+def test_corefile_forwards_consul_to_meshdns_without_caching():
+    block = corefile_block((COREDNS / "Corefile.consul").read_text(), "consul:53")
+    forwards = [line.split() for line in block if line.startswith("forward ")]
+    assert [f[:3] for f in forwards] == [["forward", ".", service_cluster_ip()]]
+    assert not [line for line in block if line.split()[0] == "cache"], \
+        "a cache holds one side of a split for its TTL"
+
+
+def test_kube_dns_stub_domain_points_at_meshdns():
+    (cm,) = manifests(COREDNS)["kube-dns-stubdomains.yaml"]
+    assert (cm["metadata"]["namespace"], cm["metadata"]["name"]) == ("kube-system", "kube-dns")
+    assert json.loads(cm["data"]["stubDomains"]) == {"consul": [service_cluster_ip()]}
