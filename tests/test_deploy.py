@@ -442,3 +442,242 @@ def test_kube_dns_stub_domain_points_at_meshdns():
     (cm,) = manifests(COREDNS)["kube-dns-stubdomains.yaml"]
     assert (cm["metadata"]["namespace"], cm["metadata"]["name"]) == ("kube-system", "kube-dns")
     assert json.loads(cm["data"]["stubDomains"]) == {"consul": [service_cluster_ip()]}
+
+
+# -- VMs -------------------------------------------------------------------------------
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str
+    parser.read_string((VM / name).read_text())
+    return parser
+
+
+def test_vm_config_parses_and_its_token_example_works_when_uncommented():
+    text = (VM / "meshdns.toml").read_text()
+    cfg = load_toml(text)
+    assert cfg.dns.listen == ("0.0.0.0", 53)
+    assert is_loopback(cfg.http.listen[0]) and not cfg.acl_tokens
+    opened = re.sub(r"^# (\[\[acl\.tokens\]\]|secret|write)", r"\1", text, flags=re.M)
+    opened = opened.replace('listen = "127.0.0.1:8500"', 'listen = "0.0.0.0:8500"')
+    cfg = load_toml(opened)
+    assert cfg.http.listen == ("0.0.0.0", 8500)
+    assert [(t.secret, t.write) for t in cfg.acl_tokens] == [("<64 hex characters>", ("legacy-billing",))]
+
+
+def test_meshdns_unit_binds_53_unprivileged_and_hardened():
+    service = unit("meshdns.service")["Service"]
+    assert service["AmbientCapabilities"] == service["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
+    for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("DynamicUser", "yes"),
+                       ("ProtectHome", "yes"), ("PrivateTmp", "yes")):
+        assert service[key] == value, key
+    argv = service["ExecStart"].split()
+    assert argv[1:3] == ["serve", "--config"]
+    cfg = load_toml((VM / "meshdns.toml").read_text())
+    assert argv[3] == f"/etc/{service['ConfigurationDirectory']}/meshdns.toml"
+    assert cfg.data_dir == f"/var/lib/{service['StateDirectory']}"
+    register = unit("meshdns-register.service")["Service"]
+    assert register["ExecStart"].split()[1] == "run" and register["EnvironmentFile"].startswith("/etc/meshdns/")
+
+
+@pytest.mark.parametrize("name", ["meshdns.service", "meshdns-register.service"])
+def test_systemd_unit_verifies(name, tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    # verify insists that ExecStart exists: point it at a stand-in executable.
+    stand_in = tmp_path / "stand-in"
+    stand_in.write_text("#!/bin/sh\n")
+    stand_in.chmod(0o755)
+    text = (VM / name).read_text()
+    exec_start = unit(name)["Service"]["ExecStart"].split()[0]
+    (tmp_path / name).write_text(text.replace(f"ExecStart={exec_start}", f"ExecStart={stand_in}"))
+    out = subprocess.run([analyze, "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+    # Exposure score at most 2.5 of 10 ("OK"); the threshold is given in tenths.
+    security = subprocess.run([analyze, "security", "--offline=yes", "--threshold=25", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=60)
+    if "--offline" in security.stderr:  # systemd older than 250
+        return
+    assert security.returncode == 0, (security.stdout + security.stderr)[-3000:]
+
+
+def test_resolver_snippets_send_consul_names_to_meshdns():
+    resolv = [line.split() for line in (VM / "resolv.conf").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ["search", "service.consul"] in resolv
+    assert [w[0] for w in resolv].count("nameserver") >= 1
+    resolved = unit("resolved-meshdns.conf")["Resolve"]
+    assert resolved["DNS"].split() and "~consul" in resolved["Domains"].split()
+    assert "service.consul" in resolved["Domains"].split()
+
+
+def test_resolv_conf_search_domain_resolves_bare_names_through_meshdns(server, tmp_path):
+    text = (VM / "resolv.conf").read_text()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(re.sub(r"^nameserver .*$", "nameserver 127.0.0.1", text, flags=re.M))
+    resolver = dns.resolver.Resolver(filename=str(resolv))
+    resolver.port = server.dns_port
+    resolver.lifetime = 5
+    answer = resolver.resolve("legacy-billing", "A", search=True)
+    assert answer.qname.to_text() == "legacy-billing.service.consul."
+    assert sorted(r.address for r in answer) == ["192.168.28.213", "192.168.28.214"]
+
+
+# -- the register script -----------------------------------------------------------------
+
+SCRIPT = VM / "meshdns-register.sh"
+
+
+def test_register_script_passes_bash_n_and_shellcheck():
+    out = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stderr) == (0, "")
+    out = subprocess.run([tool("shellcheck"), "--severity=style", str(SCRIPT)],
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+    assert os.access(SCRIPT, os.X_OK)
+
+
+class AgentStub:
+    """The agent endpoints the script uses, in Consul's shapes, recording each request."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.services: dict[str, dict] = {}
+        self.lock = threading.RLock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with stub.lock:
+                    stub.requests.append(("PUT", self.path, dict(self.headers), body))
+                    status = stub.handle(self.path, body)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def handle(self, path: str, body: bytes) -> int:
+        if path == "/v1/agent/service/register":
+            service = json.loads(body)
+            self.services[service.get("ID") or service["Name"]] = service
+            return 200
+        if m := re.fullmatch(r"/v1/agent/check/pass/service%3A(.+)", path):
+            return 200 if m.group(1) in self.services else 404
+        if m := re.fullmatch(r"/v1/agent/service/deregister/(.+)", path):
+            return 200 if self.services.pop(m.group(1), None) else 404
+        return 400
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [p for _, p, _, _ in self.requests]
+
+    def wait_for(self, predicate, what: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate():
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; requests: {self.paths()}")
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def agents():
+    stubs = [AgentStub(), AgentStub()]
+    yield stubs
+    for stub in stubs:
+        stub.close()
+
+
+def script_env(servers: list[AgentStub], **extra: str) -> dict[str, str]:
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed (apt-get install curl)")
+    return {**os.environ, "MESHDNS_ADDR": " ".join(s.url for s in servers), "MESHDNS_TOKEN": 's3"cr\\3t',
+            "SERVICE_FILE": str(VM / "service.json"), "HEARTBEAT_INTERVAL": "0.2", "RETRY_INTERVAL": "0.2",
+            **extra}
+
+
+def test_register_script_registers_keeps_passing_reregisters_and_deregisters_on_stop(agents):
+    hostname = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    service_id = f"legacy-billing-{hostname}"
+    pass_path = f"/v1/agent/check/pass/service%3A{service_id}"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "run"], env=script_env(agents),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for stub in agents:
+            stub.wait_for(lambda: stub.paths().count(pass_path) >= 3, "three passes")
+        first = agents[0]
+        _, _, headers, body = first.requests[0]
+        assert first.paths()[0] == "/v1/agent/service/register"
+        assert headers["X-Consul-Token"] == 's3"cr\\3t'
+        registered = json.loads(body)
+        template = json.loads((VM / "service.json").read_text())
+        # @ADDRESS@ becomes the address this host uses towards meshdns (loopback here).
+        assert registered == {**template, "ID": service_id, "Address": "127.0.0.1"}
+        # The server loses the registration (say its data dir was wiped): it comes back.
+        with first.lock:
+            first.services.clear()
+            seen = len(first.requests)
+        first.wait_for(lambda: "/v1/agent/service/register" in [p for _, p, _, _ in first.requests[seen:]]
+                       and first.services, "registering again")
+        first.wait_for(lambda: [p for _, p, _, _ in first.requests[-1:]] == [pass_path], "passing again")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for stub in agents:
+        assert stub.paths()[-1] == f"/v1/agent/service/deregister/{service_id}"
+        assert stub.services == {}
+    log = proc.stderr.read()
+    assert "s3" not in log, "the token is never logged"
+    assert f"registered {service_id} at {agents[0].url}" in log
+
+
+def test_register_script_keeps_trying_a_server_that_is_down_at_boot(agents):
+    down, up = agents
+    down_url = down.url
+    down.close()
+    env = script_env([up], SERVICE_ADDRESS="10.1.2.3", SERVICE_ID="billing-vm-7", HEARTBEAT_INTERVAL="0")
+    env["MESHDNS_ADDR"] = f"{down_url} {up.url}"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        up.wait_for(lambda: up.services, "registration at the server that is up")
+        # HEARTBEAT_INTERVAL=0: no TTL to pass (e.g. an HTTP check run by meshdns).
+        assert [s["Address"] for s in up.services.values()] == ["10.1.2.3"]
+        time.sleep(0.5)
+        assert "/v1/agent/check/pass/service%3Abilling-vm-7" not in up.paths()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = proc.stderr.read()
+    assert f"register billing-vm-7 at {down_url} failed: HTTP 000" in log
+    assert up.paths()[-1] == "/v1/agent/service/deregister/billing-vm-7"
+
+
+def test_register_script_one_shot_commands_report_failure(agents):
+    stub = agents[0]
+    env = script_env([stub], SERVICE_ADDRESS="10.1.2.3")
+    out = subprocess.run(["bash", str(SCRIPT), "pass"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "HTTP 404" in out.stderr
+    out = subprocess.run(["bash", str(SCRIPT), "register"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and len(stub.services) == 1
+    out = subprocess.run(["bash", str(SCRIPT), "bogus"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "usage" in out.stderr
