@@ -570,7 +570,7 @@ class AgentStub:
             service = json.loads(body)
             self.services[service.get("ID") or service["Name"]] = service
             return 200
-        if m := re.fullmatch(r"/v1/agent/check/pass/service%3A(.+)", path):
+        if m := re.fullmatch(r"/v1/agent/check/pass/service:(.+)", path):
             return 200 if m.group(1) in self.services else 404
         if m := re.fullmatch(r"/v1/agent/service/deregister/(.+)", path):
             return 200 if self.services.pop(m.group(1), None) else 404
@@ -613,7 +613,7 @@ def script_env(servers: list[AgentStub], **extra: str) -> dict[str, str]:
 def test_register_script_registers_keeps_passing_reregisters_and_deregisters_on_stop(agents):
     hostname = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
     service_id = f"legacy-billing-{hostname}"
-    pass_path = f"/v1/agent/check/pass/service%3A{service_id}"
+    pass_path = f"/v1/agent/check/pass/service:{service_id}"
     proc = subprocess.Popen(["bash", str(SCRIPT), "run"], env=script_env(agents),
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -660,7 +660,7 @@ def test_register_script_keeps_trying_a_server_that_is_down_at_boot(agents):
         # HEARTBEAT_INTERVAL=0: no TTL to pass (e.g. an HTTP check run by meshdns).
         assert [s["Address"] for s in up.services.values()] == ["10.1.2.3"]
         time.sleep(0.5)
-        assert "/v1/agent/check/pass/service%3Abilling-vm-7" not in up.paths()
+        assert "/v1/agent/check/pass/service:billing-vm-7" not in up.paths()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:

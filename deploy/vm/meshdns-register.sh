@@ -170,7 +170,7 @@ urlencode() {
     for ((i = 0; i < ${#s}; i++)); do
         c=${s:i:1}
         case $c in
-            [a-zA-Z0-9._~-]) out+=$c ;;
+            [a-zA-Z0-9._~:@-]) out+=$c ;;
             *) out+=$(printf '%%%02X' "'$c") ;;
         esac
     done
