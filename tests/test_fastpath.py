@@ -99,3 +99,16 @@ def test_unusual_shapes_take_the_general_path(handler):
     assert handler.fast.answer(two_opts.to_wire(), handler.store.snapshot, handler.rng, tcp=False, ra=False) is None
     reply = dns.message.from_wire(handler.handle(two_opts.to_wire(), CLIENT, tcp=False))
     assert reply.rcode() == 16  # BADVERS from the general path
+
+
+def test_node_address_change_reaches_instances_that_use_it(handler):
+    def ask(name):
+        return dns.message.from_wire(handler.handle(dns.message.make_query(name, "A").to_wire(), CLIENT, tcp=False))
+
+    assert ask("oracle-db.service.consul").answer[0][0].to_text() == "192.168.30.10"
+    zones = handler.store.state("zones")
+    node = zones.nodes[("dc1", "db-node-1")]
+    handler.store.publish("zones", replace(zones, nodes={**zones.nodes, ("dc1", "db-node-1"): replace(
+        node, address="192.168.30.99")}))
+    # the oracle-db instance itself is unchanged (it has no address of its own), its answer is not
+    assert ask("oracle-db.service.consul").answer[0][0].to_text() == "192.168.30.99"

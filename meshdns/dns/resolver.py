@@ -167,11 +167,15 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
         deps.append(("datacenters", None, snap.datacenters))
     if isinstance(lookup, ServiceLookup):
         dc = lookup.datacenter or snap.datacenter
-        deps += [("services", (dc, lookup.service), snap.services.get((dc, lookup.service))),
-                 ("splits", lookup.service, snap.splits.get(lookup.service))]
         split = snap.splits.get(lookup.service)
-        if split is not None:
-            deps += [("services", (dc, t.service), snap.services.get((dc, t.service))) for t in split.targets]
+        names_used = [lookup.service] + ([t.service for t in split.targets] if split is not None else [])
+        deps.append(("splits", lookup.service, split))
+        for name in names_used:
+            insts = snap.services.get((dc, name))
+            deps.append(("services", (dc, name), insts))
+            # an instance without an address answers with its node's: the answer depends on that node too
+            deps += [("nodes", (i.datacenter, i.node.lower()), snap.nodes.get((i.datacenter, i.node.lower())))
+                     for i in insts or () if not i.address and i.node]
         return _service(lookup, qtype, snap, opts)
     if isinstance(lookup, NodeLookup):
         dc = lookup.datacenter or snap.datacenter

@@ -1,0 +1,684 @@
+"""What ships in Dockerfile and deploy/: linted, schema-checked, consistent, and working.
+
+No image is built and no cluster is needed: the Dockerfile goes through hadolint,
+the manifests through the Kubernetes schemas (kubernetes-validate), the systemd
+units through `systemd-analyze verify` where it exists, the register script
+through shellcheck and a run against an API on loopback, and every meshdns
+config that ships is parsed by meshdns itself.
+"""
+from __future__ import annotations
+
+import configparser
+import fnmatch
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dns.resolver
+import pytest
+import yaml
+
+from harness import ROOT, ServerThread, make_config, query, rrset_values
+from meshdns.config import Config, parse_config
+
+DEPLOY = ROOT / "deploy"
+KUBE = DEPLOY / "kubernetes"
+VM = DEPLOY / "vm"
+COREDNS = DEPLOY / "coredns"
+
+
+def tool(name: str) -> str:
+    """A linter from the `test` extra (pip install -e '.[test]')."""
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]'")
+    return path
+
+
+def load_toml(text: str) -> Config:
+    return parse_config(tomllib.loads(text))
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+# -- Dockerfile ----------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, pending = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        line = (pending + line).strip()
+        pending = ""
+        if line:
+            instr, _, args = line.partition(" ")
+            out.append((instr.upper(), args.strip()))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instrs = dockerfile()
+    last_from = max(i for i, (instr, _) in enumerate(instrs) if instr == "FROM")
+    return instrs[last_from:]
+
+
+def image_config() -> Config:
+    return load_toml((DEPLOY / "docker" / "meshdns.toml").read_text())
+
+
+def test_dockerfile_passes_hadolint():
+    out = subprocess.run([tool("hadolint"), "--no-color", "Dockerfile"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+
+
+def test_image_is_multi_stage_slim_and_runs_meshdns_as_non_root():
+    instrs = dockerfile()
+    froms = [args for instr, args in instrs if instr == "FROM"]
+    assert len(froms) == 2 and all(f.split()[0] == "python:3.11-slim" for f in froms)
+    final = final_stage()
+    # Only the runtime reaches the final image: no source tree, no wheel file left behind.
+    copies = [args for instr, args in final if instr == "COPY"]
+    sources = {c.split()[0] for c in copies}
+    assert not sources & {"meshdns", ".", "pyproject.toml"} and not any(s.startswith("--from") for s in sources)
+    runs = " ".join(args for instr, args in final if instr == "RUN")
+    assert "--mount=type=bind,from=build" in runs and "--no-index" in runs
+    user = [args for instr, args in final if instr == "USER"][-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) > 0, "numeric non-root USER (Kubernetes runAsNonRoot needs a number)"
+    entrypoint = json.loads([args for instr, args in final if instr == "ENTRYPOINT"][-1])
+    cmd = json.loads([args for instr, args in final if instr == "CMD"][-1])
+    assert entrypoint == ["meshdns", "serve"]
+    config_path = cmd[cmd.index("--config") + 1]
+    assert f"deploy/docker/meshdns.toml {config_path}" in copies
+    volume = json.loads([args for instr, args in final if instr == "VOLUME"][-1])
+    assert volume == [image_config().data_dir]
+    assert f"zones {image_config().zones}" in copies
+
+
+def test_image_listens_on_8600_and_keeps_the_unauthenticated_api_on_loopback():
+    cfg = image_config()
+    assert cfg.dns.listen == ("0.0.0.0", 8600)
+    assert cfg.http.listen[1] == 8500
+    # meshdns refuses a non-loopback API without tokens; the image must start as shipped.
+    assert is_loopback(cfg.http.listen[0]) and not cfg.acl_tokens and not cfg.http.insecure
+    exposed = set(" ".join(args for instr, args in final_stage() if instr == "EXPOSE").split())
+    assert exposed == {"8600/udp", "8600/tcp", "8500/tcp"}
+
+
+def healthcheck() -> tuple[list[str], str]:
+    """The HEALTHCHECK command (exec form) and the URL it checks by default."""
+    args = [a for instr, a in final_stage() if instr == "HEALTHCHECK"][-1]
+    command = json.loads(args[args.index("CMD") + 3:].strip())
+    env = " ".join(a for instr, a in final_stage() if instr == "ENV")
+    url = re.search(r"HEALTHCHECK_URL=(\S+)", env).group(1)
+    return command, url
+
+
+def test_healthcheck_targets_healthz_on_the_api_address():
+    command, url = healthcheck()
+    assert command[0] == "python" and "urlopen" in command[-1]
+    host, port = image_config().http.listen
+    assert url == f"http://{host}:{port}/healthz"
+
+
+class _StatusServer:
+    """Answers every GET with a fixed status: stands in for /healthz."""
+
+    def __init__(self, status: int):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/healthz"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("status,healthy", [(200, True), (503, False), (None, False)])
+def test_healthcheck_command_fails_unless_healthz_answers_2xx(status, healthy):
+    command, _ = healthcheck()
+    if status is None:  # nothing listening
+        stub = _StatusServer(200)
+        stub.close()
+    else:
+        stub = _StatusServer(status)
+    try:
+        out = subprocess.run([sys.executable, *command[1:]], env={**os.environ, "HEALTHCHECK_URL": stub.url},
+                             capture_output=True, timeout=30)
+    finally:
+        if status is not None:
+            stub.close()
+    assert (out.returncode == 0) is healthy
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    excluded = False
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        pattern = pattern.replace("**/", "*/") if pattern.startswith("**/") else pattern
+        if any(fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.removeprefix("*/"))
+               for p in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else():
+    sources = []
+    for instr, args in dockerfile():
+        if instr == "COPY" and not args.startswith("--from"):
+            sources += args.split()[:-1]
+    assert sources
+    for source in sources:
+        files = [source] if (ROOT / source).is_file() else [
+            str(p.relative_to(ROOT)) for p in (ROOT / source).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts]
+        assert files, source
+        for f in files:
+            assert not dockerignore_excludes(f), f"{f} is copied but excluded by .dockerignore"
+    for f in (".git/HEAD", ".meshdns/registrations.db", "tests/test_deploy.py",
+              "meshdns/__pycache__/app.cpython-311.pyc", "deploy/kubernetes/deployment.yaml"):
+        assert dockerignore_excludes(f), f
+
+
+# -- Kubernetes --------------------------------------------------------------------
+
+
+def manifests(directory: Path) -> dict[str, list[dict]]:
+    return {p.name: [d for d in yaml.safe_load_all(p.read_text()) if d]
+            for p in sorted(directory.glob("*.yaml")) if p.name != "kustomization.yaml"}
+
+
+def objects() -> dict[tuple[str, str], dict]:
+    return {(d["kind"], d["metadata"]["name"]): d for docs in manifests(KUBE).values() for d in docs}
+
+
+SCHEMA_VERSIONS = ("1.27.0", None)  # oldest Kubernetes still commonly run, and the newest known
+
+
+@pytest.mark.parametrize("path", sorted(p for p in [*KUBE.glob("*.yaml"), *COREDNS.glob("*.yaml")]
+                                         if p.name != "kustomization.yaml"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_manifest_validates_against_kubernetes_schemas(path):
+    import kubernetes_validate
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for version in SCHEMA_VERSIONS:
+        version = version or kubernetes_validate.latest_version()
+        for doc in docs:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']} (v{version}): "
+                            f"{'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(manifests(KUBE))
+    assert kustomization["namespace"] == objects()[("Namespace", "meshdns")]["metadata"]["name"]
+    for kind_name, obj in objects().items():
+        if kind_name[0] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"]["namespace"] == kustomization["namespace"], kind_name
+    image = objects()[("Deployment", "meshdns")]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert [i["name"] for i in kustomization["images"]] == [image]
+
+
+def test_kustomize_build_output_validates():
+    import kubernetes_validate
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    out = subprocess.run([kubectl, "kustomize", str(KUBE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(objects())
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def cluster_config() -> Config:
+    return load_toml(objects()[("ConfigMap", "meshdns-config")]["data"]["meshdns.toml"])
+
+
+def pod_spec() -> dict:
+    return objects()[("Deployment", "meshdns")]["spec"]["template"]["spec"]
+
+
+def container() -> dict:
+    return pod_spec()["containers"][0]
+
+
+def mount_of(path: str) -> dict:
+    """The volume mounted at path or at a parent of it."""
+    mounts = [m for m in container()["volumeMounts"]
+              if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mounts, f"{path} is on no volume"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    return next(v for v in pod_spec()["volumes"] if v["name"] == mount["name"])
+
+
+def test_cluster_config_parses_and_uses_the_in_cluster_api():
+    cfg = cluster_config()
+    assert cfg.dns.listen == ("0.0.0.0", 8600)
+    (kube,) = cfg.kubernetes
+    assert kube.in_cluster and kube.datacenter == cfg.datacenter
+    assert [(z.name, z.servers) for z in cfg.forwarding.zones] == [("cluster.local.", (("10.96.0.10", 53),))]
+    # The kubelet probes the pod IP: the API must be allowed off loopback.
+    assert not is_loopback(cfg.http.listen[0]) and (cfg.http.insecure or cfg.acl_tokens)
+
+
+def test_deployment_files_are_where_the_cluster_config_says():
+    cfg = cluster_config()
+    args = container()["args"]
+    config_path = args[args.index("--config") + 1]
+    volume = mount_of(config_path)
+    assert volume["configMap"]["name"] == "meshdns-config"
+    assert Path(config_path).name in objects()[("ConfigMap", "meshdns-config")]["data"]
+    assert mount_of(cfg.zones + "/x.toml")["configMap"]["name"] == "meshdns-zones"
+    assert "emptyDir" in mount_of(cfg.data_dir + "/registrations.db")
+    assert "emptyDir" in mount_of("/tmp/x"), "a writable /tmp under a read-only root"
+
+
+def test_ports_probes_and_service_agree_with_the_config():
+    cfg = cluster_config()
+    ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in container()["ports"]}
+    assert ports["dns"] == (cfg.dns.listen[1], "UDP") and ports["dns-tcp"] == (cfg.dns.listen[1], "TCP")
+    assert ports["http"] == (cfg.http.listen[1], "TCP")
+    ready, live = container()["readinessProbe"]["httpGet"], container()["livenessProbe"]["httpGet"]
+    assert (ready["path"], ready["port"]) == ("/readyz", "http")
+    assert (live["path"], live["port"]) == ("/healthz", "http")
+    service = objects()[("Service", "meshdns")]["spec"]
+    assert sorted((p["port"], p["protocol"], ports[p["targetPort"]][1]) for p in service["ports"]) == [
+        (53, "TCP", "TCP"), (53, "UDP", "UDP")]
+    ipaddress.ip_address(service["clusterIP"])
+    labels = objects()[("Deployment", "meshdns")]["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= labels.items()
+    pdb = objects()[("PodDisruptionBudget", "meshdns")]["spec"]
+    assert pdb["minAvailable"] == 1 and pdb["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_pods_are_locked_down_and_spread():
+    deployment = objects()[("Deployment", "meshdns")]
+    assert deployment["spec"]["replicas"] == 2
+    pod, sc = pod_spec(), container()["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert sc == {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                  "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    uid = [args for instr, args in final_stage() if instr == "USER"][-1].split(":")[0]
+    assert pod["securityContext"]["runAsUser"] == int(uid), "the image's user"
+    resources = container()["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"] and resources["limits"]["memory"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= \
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def rules(role: dict) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_rbac_reads_cluster_wide_and_writes_only_in_the_write_namespace():
+    objs = objects()
+    assert rules(objs[("ClusterRole", "meshdns-read")]) == {
+        (group, resource, verb) for group, resource in (("", "services"), ("", "nodes"),
+                                                         ("discovery.k8s.io", "endpointslices"))
+        for verb in ("list", "watch")}
+    role = objs[("Role", "meshdns-reverse-sync")]
+    # exactly what the reverse sync does: list its own objects, read one before replacing or deleting it
+    assert rules(role) == {(group, resource, verb)
+                           for group, resource in (("", "services"), ("discovery.k8s.io", "endpointslices"))
+                           for verb in ("get", "list", "create", "update", "delete")}
+    assert role["metadata"]["namespace"] == cluster_config().kubernetes[0].write_namespace
+    account = objs[("ServiceAccount", "meshdns")]["metadata"]
+    assert pod_spec()["serviceAccountName"] == account["name"]
+    for kind, name, role_kind in (("ClusterRoleBinding", "meshdns-read", "ClusterRole"),
+                                  ("RoleBinding", "meshdns-reverse-sync", "Role")):
+        binding = objs[(kind, name)]
+        assert (binding["roleRef"]["kind"], binding["roleRef"]["name"]) in {
+            (k, n) for k, n in objs if k == role_kind}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
+                                        "namespace": account["namespace"]}]
+
+
+def write_configmap_volume(directory: Path, data: dict[str, str], generation: int) -> None:
+    """Lay out files the way the kubelet does: name -> ..data/name, ..data -> a timestamped dir."""
+    directory.mkdir(exist_ok=True)
+    target = directory / f"..gen_{generation}"
+    target.mkdir()
+    for name, text in data.items():
+        (target / name).write_text(text)
+    tmp_link = directory / "..data_tmp"
+    tmp_link.symlink_to(target.name)
+    os.replace(tmp_link, directory / "..data")
+    for name in data:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(f"..data/{name}")
+
+
+def test_zones_configmap_is_served_and_its_updates_are_picked_up_live(tmp_path):
+    zones = objects()[("ConfigMap", "meshdns-zones")]["data"]
+    volume = tmp_path / "zones"
+    write_configmap_volume(volume, zones, 1)
+    srv = ServerThread(make_config(tmp_path, zones=volume)).start()
+    try:
+        assert rrset_values(query(srv.dns_port, "legacy-billing.service.consul", "A")) == ["192.168.28.213"]
+        updated = {name: text.replace("192.168.28.213", "192.168.28.99") for name, text in zones.items()}
+        write_configmap_volume(volume, updated, 2)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            answer = rrset_values(query(srv.dns_port, "legacy-billing.service.consul", "A"))
+            if answer == ["192.168.28.99"]:
+                break
+            time.sleep(0.1)
+        assert answer == ["192.168.28.99"]
+    finally:
+        srv.stop()
+
+
+# -- CoreDNS -----------------------------------------------------------------------
+
+
+def service_cluster_ip() -> str:
+    return objects()[("Service", "meshdns")]["spec"]["clusterIP"]
+
+
+def corefile_block(text: str, zone: str) -> list[str]:
+    """The active (uncommented) lines of one server block."""
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    start = lines.index(f"{zone} {{")
+    depth, block = 0, []
+    for line in lines[start:]:
+        depth += line.count("{") - line.count("}")
+        block.append(line)
+        if depth == 0:
+            return block
+    raise AssertionError(f"unbalanced block {zone}")
+
+
+def test_corefile_forwards_consul_to_meshdns_without_caching():
+    block = corefile_block((COREDNS / "Corefile.consul").read_text(), "consul:53")
+    forwards = [line.split() for line in block if line.startswith("forward ")]
+    assert [f[:3] for f in forwards] == [["forward", ".", service_cluster_ip()]]
+    assert not [line for line in block if line.split()[0] == "cache"], \
+        "a cache holds one side of a split for its TTL"
+
+
+def test_kube_dns_stub_domain_points_at_meshdns():
+    (cm,) = manifests(COREDNS)["kube-dns-stubdomains.yaml"]
+    assert (cm["metadata"]["namespace"], cm["metadata"]["name"]) == ("kube-system", "kube-dns")
+    assert json.loads(cm["data"]["stubDomains"]) == {"consul": [service_cluster_ip()]}
+
+
+# -- VMs -------------------------------------------------------------------------------
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str
+    parser.read_string((VM / name).read_text())
+    return parser
+
+
+def test_vm_config_parses_and_its_token_example_works_when_uncommented():
+    text = (VM / "meshdns.toml").read_text()
+    cfg = load_toml(text)
+    assert cfg.dns.listen == ("0.0.0.0", 53)
+    assert is_loopback(cfg.http.listen[0]) and not cfg.acl_tokens
+    opened = re.sub(r"^# (\[\[acl\.tokens\]\]|secret|write)", r"\1", text, flags=re.M)
+    opened = opened.replace('listen = "127.0.0.1:8500"', 'listen = "0.0.0.0:8500"')
+    cfg = load_toml(opened)
+    assert cfg.http.listen == ("0.0.0.0", 8500)
+    assert [(t.secret, t.write) for t in cfg.acl_tokens] == [("<64 hex characters>", ("legacy-billing",))]
+
+
+def test_meshdns_unit_binds_53_unprivileged_and_hardened():
+    service = unit("meshdns.service")["Service"]
+    assert service["AmbientCapabilities"] == service["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
+    for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("DynamicUser", "yes"),
+                       ("ProtectHome", "yes"), ("PrivateTmp", "yes")):
+        assert service[key] == value, key
+    argv = service["ExecStart"].split()
+    assert argv[1:3] == ["serve", "--config"]
+    cfg = load_toml((VM / "meshdns.toml").read_text())
+    assert argv[3] == f"/etc/{service['ConfigurationDirectory']}/meshdns.toml"
+    assert cfg.data_dir == f"/var/lib/{service['StateDirectory']}"
+    register = unit("meshdns-register.service")["Service"]
+    assert register["ExecStart"].split()[1] == "run" and register["EnvironmentFile"].startswith("/etc/meshdns/")
+
+
+@pytest.mark.parametrize("name", ["meshdns.service", "meshdns-register.service"])
+def test_systemd_unit_verifies(name, tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    # verify insists that ExecStart exists: point it at a stand-in executable.
+    stand_in = tmp_path / "stand-in"
+    stand_in.write_text("#!/bin/sh\n")
+    stand_in.chmod(0o755)
+    text = (VM / name).read_text()
+    exec_start = unit(name)["Service"]["ExecStart"].split()[0]
+    (tmp_path / name).write_text(text.replace(f"ExecStart={exec_start}", f"ExecStart={stand_in}"))
+    out = subprocess.run([analyze, "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+    # Exposure score at most 2.5 of 10 ("OK"); the threshold is given in tenths.
+    security = subprocess.run([analyze, "security", "--offline=yes", "--threshold=25", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=60)
+    if "--offline" in security.stderr:  # systemd older than 250
+        return
+    assert security.returncode == 0, (security.stdout + security.stderr)[-3000:]
+
+
+def test_resolver_snippets_send_consul_names_to_meshdns():
+    resolv = [line.split() for line in (VM / "resolv.conf").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert ["search", "service.consul"] in resolv
+    assert [w[0] for w in resolv].count("nameserver") >= 1
+    resolved = unit("resolved-meshdns.conf")["Resolve"]
+    assert resolved["DNS"].split() and "~consul" in resolved["Domains"].split()
+    assert "service.consul" in resolved["Domains"].split()
+
+
+def test_resolv_conf_search_domain_resolves_bare_names_through_meshdns(server, tmp_path):
+    text = (VM / "resolv.conf").read_text()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(re.sub(r"^nameserver .*$", "nameserver 127.0.0.1", text, flags=re.M))
+    resolver = dns.resolver.Resolver(filename=str(resolv))
+    resolver.port = server.dns_port
+    resolver.lifetime = 5
+    answer = resolver.resolve("legacy-billing", "A", search=True)
+    assert answer.qname.to_text() == "legacy-billing.service.consul."
+    assert sorted(r.address for r in answer) == ["192.168.28.213", "192.168.28.214"]
+
+
+# -- the register script -----------------------------------------------------------------
+
+SCRIPT = VM / "meshdns-register.sh"
+
+
+def test_register_script_passes_bash_n_and_shellcheck():
+    out = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True, timeout=30)
+    assert (out.returncode, out.stderr) == (0, "")
+    out = subprocess.run([tool("shellcheck"), "--severity=style", str(SCRIPT)],
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+    assert os.access(SCRIPT, os.X_OK)
+
+
+class AgentStub:
+    """The agent endpoints the script uses, in Consul's shapes, recording each request."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.services: dict[str, dict] = {}
+        self.lock = threading.RLock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with stub.lock:
+                    stub.requests.append(("PUT", self.path, dict(self.headers), body))
+                    status = stub.handle(self.path, body)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def handle(self, path: str, body: bytes) -> int:
+        if path == "/v1/agent/service/register":
+            service = json.loads(body)
+            self.services[service.get("ID") or service["Name"]] = service
+            return 200
+        if m := re.fullmatch(r"/v1/agent/check/pass/service:(.+)", path):
+            return 200 if m.group(1) in self.services else 404
+        if m := re.fullmatch(r"/v1/agent/service/deregister/(.+)", path):
+            return 200 if self.services.pop(m.group(1), None) else 404
+        return 400
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [p for _, p, _, _ in self.requests]
+
+    def wait_for(self, predicate, what: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate():
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; requests: {self.paths()}")
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def agents():
+    stubs = [AgentStub(), AgentStub()]
+    yield stubs
+    for stub in stubs:
+        stub.close()
+
+
+def script_env(servers: list[AgentStub], **extra: str) -> dict[str, str]:
+    if shutil.which("curl") is None:
+        pytest.fail("curl is not installed (apt-get install curl)")
+    return {**os.environ, "MESHDNS_ADDR": " ".join(s.url for s in servers), "MESHDNS_TOKEN": 's3"cr\\3t',
+            "SERVICE_FILE": str(VM / "service.json"), "HEARTBEAT_INTERVAL": "0.2", "RETRY_INTERVAL": "0.2",
+            **extra}
+
+
+def test_register_script_registers_keeps_passing_reregisters_and_deregisters_on_stop(agents):
+    hostname = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    service_id = f"legacy-billing-{hostname}"
+    pass_path = f"/v1/agent/check/pass/service:{service_id}"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "run"], env=script_env(agents),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for stub in agents:
+            stub.wait_for(lambda: stub.paths().count(pass_path) >= 3, "three passes")
+        first = agents[0]
+        _, _, headers, body = first.requests[0]
+        assert first.paths()[0] == "/v1/agent/service/register"
+        assert headers["X-Consul-Token"] == 's3"cr\\3t'
+        registered = json.loads(body)
+        template = json.loads((VM / "service.json").read_text())
+        # @ADDRESS@ becomes the address this host uses towards meshdns (loopback here).
+        assert registered == {**template, "ID": service_id, "Address": "127.0.0.1"}
+        # The server loses the registration (say its data dir was wiped): it comes back.
+        with first.lock:
+            first.services.clear()
+            seen = len(first.requests)
+        first.wait_for(lambda: "/v1/agent/service/register" in [p for _, p, _, _ in first.requests[seen:]]
+                       and first.services, "registering again")
+        first.wait_for(lambda: [p for _, p, _, _ in first.requests[-1:]] == [pass_path], "passing again")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for stub in agents:
+        assert stub.paths()[-1] == f"/v1/agent/service/deregister/{service_id}"
+        assert stub.services == {}
+    log = proc.stderr.read()
+    assert "s3" not in log, "the token is never logged"
+    assert f"registered {service_id} at {agents[0].url}" in log
+
+
+def test_register_script_keeps_trying_a_server_that_is_down_at_boot(agents):
+    down, up = agents
+    down_url = down.url
+    down.close()
+    env = script_env([up], SERVICE_ADDRESS="10.1.2.3", SERVICE_ID="billing-vm-7", HEARTBEAT_INTERVAL="0")
+    env["MESHDNS_ADDR"] = f"{down_url} {up.url}"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        up.wait_for(lambda: up.services, "registration at the server that is up")
+        # HEARTBEAT_INTERVAL=0: no TTL to pass (e.g. an HTTP check run by meshdns).
+        assert [s["Address"] for s in up.services.values()] == ["10.1.2.3"]
+        time.sleep(0.5)
+        assert "/v1/agent/check/pass/service:billing-vm-7" not in up.paths()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = proc.stderr.read()
+    assert f"register billing-vm-7 at {down_url} failed: HTTP 000" in log
+    assert up.paths()[-1] == "/v1/agent/service/deregister/billing-vm-7"
+
+
+def test_register_script_one_shot_commands_report_failure(agents):
+    stub = agents[0]
+    env = script_env([stub], SERVICE_ADDRESS="10.1.2.3")
+    out = subprocess.run(["bash", str(SCRIPT), "pass"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "HTTP 404" in out.stderr
+    out = subprocess.run(["bash", str(SCRIPT), "register"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and len(stub.services) == 1
+    out = subprocess.run(["bash", str(SCRIPT), "bogus"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "usage" in out.stderr
