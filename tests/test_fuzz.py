@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import query, rrset_values
+from mutation import mutate
 from meshdns.dns.wire import WireError, parse_query
 
 VALID = dns.message.make_query("legacy-billing.service.consul", "SRV", use_edns=0).to_wire()
@@ -47,21 +48,6 @@ def test_compression_loop_and_pointer_past_end():
             assert exc.rcode in (1, None)
         else:
             raise AssertionError(f"accepted {bad!r}")
-
-
-def mutate(rng: random.Random, base: bytes) -> bytes:
-    data = bytearray(base)
-    for _ in range(rng.randint(1, 6)):
-        op = rng.random()
-        if op < 0.5 and data:
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        elif op < 0.7:
-            data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
-        elif op < 0.9 and data:
-            del data[rng.randrange(len(data)):]
-        else:
-            data = bytearray(rng.randbytes(rng.randint(0, 64)))
-    return bytes(data)
 
 
 def test_server_survives_10000_mutated_packets(server):

@@ -182,13 +182,14 @@ def start_knot(work: Path, zones: dict[str, Path], port: int, tag: str, core: in
 
 
 def start_meshdns(work: Path, port: int, *, core: int | None, recursor: int | None = None,
-                  workers: int = 1) -> Proc:
-    args = [sys.executable, "-m", "meshdns", "serve", "--zones", str(work / "zones"), "--dns", f"127.0.0.1:{port}",
-            "--http", "127.0.0.1:0", "--data-dir", str(work / "data"), "--log-level", "warning",
-            "--workers", str(workers)]
+                  workers: int = 1, zones: Path | None = None, name: str = "meshdns",
+                  extra: tuple[str, ...] = ()) -> Proc:
+    args = [sys.executable, "-m", "meshdns", "serve", "--zones", str(zones or work / "zones"), "--dns",
+            f"127.0.0.1:{port}", "--http", "127.0.0.1:0", "--data-dir", str(work / f"{name}-data"),
+            "--log-level", "warning", "--workers", str(workers), *extra]
     if recursor:
         args += ["--recursor", f"127.0.0.1:{recursor}"]
-    return Proc("meshdns", args, core=core, log=work / "meshdns.log")
+    return Proc(name, args, core=core, log=work / f"{name}.log")
 
 
 def start_unbound(work: Path, port: int, upstream: int, core: int | None) -> Proc:

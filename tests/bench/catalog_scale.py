@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent))
 
-from bench import Proc, free_port, wait_answering  # noqa: E402
+from bench import free_port, start_meshdns, wait_answering  # noqa: E402
 from meshdns.catalog.model import Health, Instance, SourceState  # noqa: E402
 from meshdns.catalog.store import Store  # noqa: E402
 
@@ -67,9 +67,7 @@ def startup(instances: int, work: Path) -> dict:
     (zones / "scale.toml").write_text("\n".join(lines))
     port = free_port()
     t0 = time.monotonic()
-    proc = Proc("meshdns", [sys.executable, "-m", "meshdns", "serve", "--zones", str(zones), "--dns",
-                            f"127.0.0.1:{port}", "--http", "127.0.0.1:0", "--data-dir", str(work / "scale-data"),
-                            "--log-level", "warning"], core=None, log=work / "scale.log")
+    proc = start_meshdns(work, port, core=None, zones=zones, name="scale")
     try:
         wait_answering(port, f"svc-{instances // per - 1}.service.consul", timeout=120)
         elapsed = time.monotonic() - t0

@@ -19,7 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench import Proc, free_port, wait_answering  # noqa: E402
+sys.path.insert(0, str(HERE.parent))
+from bench import free_port, start_meshdns, wait_answering  # noqa: E402
+from mutation import mutate  # noqa: E402
 
 ROOT = HERE.parent.parent
 
@@ -49,26 +51,6 @@ SPECIAL = [
 ]
 
 
-def mutate(rng: random.Random, base: bytes) -> bytes:
-    data = bytearray(base)
-    for _ in range(rng.randint(1, 8)):
-        op = rng.random()
-        if op < 0.45 and data:
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        elif op < 0.6:
-            data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
-        elif op < 0.75 and data:
-            del data[rng.randrange(len(data)):]
-        elif op < 0.85:
-            data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
-        elif op < 0.95 and len(data) > 12:
-            i = rng.randrange(12, len(data))
-            data[i:i + 2] = bytes([0xC0 | rng.randrange(64), rng.randrange(256)])
-        else:
-            data = bytearray(rng.randbytes(rng.randint(0, 80)))
-    return bytes(data)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--packets", type=int, default=1_000_000)
@@ -78,9 +60,7 @@ def main() -> int:
     work = HERE / "work"
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = Proc("meshdns", [sys.executable, "-m", "meshdns", "serve", "--dns", f"127.0.0.1:{port}", "--http",
-                            "127.0.0.1:0", "--data-dir", str(work / "fuzz-data"), "--log-level", "error"],
-                core=None, log=work / "fuzz.log")
+    proc = start_meshdns(work, port, core=None, zones=ROOT / "zones", name="fuzz")
     rng = random.Random(args.seed)
     sent = replies = 0
     started = time.monotonic()
@@ -93,7 +73,7 @@ def main() -> int:
                 if i % 50 == 0:
                     pkt = SPECIAL[(i // 50) % len(SPECIAL)]
                 else:
-                    pkt = mutate(rng, SEEDS[i % len(SEEDS)])
+                    pkt = mutate(rng, SEEDS[i % len(SEEDS)], rounds=8, pointers=True)
                 try:
                     s.sendto(pkt, ("127.0.0.1", port))
                     sent += 1
