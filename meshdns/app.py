@@ -13,6 +13,14 @@ from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.server import DnsServer
 from .sources.zones import ZonesSource
+from .api.acl import Acl, check_exposure
+from .api.app import HttpApi, agent_node
+from .api.blocking import Watch
+from .api.common import ApiContext
+from .health.runner import HealthRunner
+from .sources.registrations import Registrations
+from .sources.sqlite_store import RecordStore
+from .sources.status import SourceStatus
 
 log = logging.getLogger("meshdns")
 
@@ -39,6 +47,11 @@ class App:
     tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     http_port: int = 0
+    health: HealthRunner | None = None
+    registrations: Registrations | None = None
+    api: HttpApi | None = None
+    starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # awaited before on_ready
+    readiness: dict[str, Callable[[], SourceStatus]] = field(default_factory=dict)  # /readyz, per source
 
     @property
     def dns_port(self) -> int:
@@ -54,8 +67,10 @@ class App:
 
 
 def build(cfg: Config) -> App:
+    check_exposure(cfg)
     store = Store(datacenter=cfg.datacenter)
-    zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter)
+    health = HealthRunner()
+    zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"))
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate,
                          recursion=RecursionPolicy(cfg.forwarding.allow_recursion))
@@ -63,13 +78,57 @@ def build(cfg: Config) -> App:
     app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
     app.reloaders.append(lambda: zones.reload(force=True))
     app.tasks.append(zones.run)
+    _add_registrations(app, health)
     return app
+
+
+def _add_registrations(app: App, health: HealthRunner) -> None:
+    """VM registrations (durable), the one health-check runner, and the HTTP API."""
+    cfg, zones = app.cfg, app.zones
+    republish = coalesced(zones.republish)
+    health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
+                          else None)
+    zones.listeners.append(lambda: health.sync("zones", zones.checks()))
+    regs = Registrations(app.store, RecordStore(cfg.data_dir), health, agent_node=agent_node(cfg))
+    api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
+                             acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
+                             watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness))
+    app.health, app.registrations, app.api = health, regs, api
+    app.readiness["zones"] = lambda: SourceStatus(synced=zones.synced, errors=dict(zones.errors))
+    app.readiness["registrations"] = regs.status
+
+    async def start() -> None:
+        regs.load()
+        app.http_port = await api.start()
+
+    app.starters.append(start)
+    app.tasks.append(health.run)
+    app.closers.extend([regs.db.close, health.close, regs.close, api.close])
+
+
+def coalesced(fn: Callable[[], None]) -> Callable[[], None]:
+    """A trigger that runs fn once on the next loop turn, however often it fires before that."""
+    scheduled = False
+
+    def run() -> None:
+        nonlocal scheduled
+        scheduled = False
+        fn()
+
+    def trigger() -> None:
+        nonlocal scheduled
+        if not scheduled:
+            scheduled = True
+            asyncio.get_running_loop().call_soon(run)
+    return trigger
 
 
 async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signals: bool = True) -> None:
     cfg = app.cfg
     app.zones.reload()
     await app.dns.start(*cfg.dns.listen, reuse_port=cfg.dns.workers > 1)
+    for start in app.starters:
+        await start()
     loop = asyncio.get_running_loop()
     if signals:
         loop.add_signal_handler(signal.SIGHUP, app.reload)
