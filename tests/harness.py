@@ -253,9 +253,11 @@ class FlipHttpServer:
                 if length:
                     self.rfile.read(length)
                 outer.requests.append((self.command, self.path, dict(self.headers)))
-                body = f"status {outer.status}\n".encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Length", str(len(body)))
+                status = outer.status
+                body = b"" if status in (204, 304) or self.command == "HEAD" else f"status {status}\n".encode()
+                self.send_response(status)
+                if status not in (204, 304):
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
