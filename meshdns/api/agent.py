@@ -194,7 +194,7 @@ async def _ttl(request: web.Request, status: Health, output: str) -> web.Respons
     if check is None:
         raise NotFound(f"unknown check ID {key[2]!r}")
     _require_check_write(request, check)
-    ctx.registrations.update_ttl(key, status, output[:MAX_OUTPUT])
+    await ctx.registrations.update_ttl(key, status, output[:MAX_OUTPUT])
     return ok(request)
 
 

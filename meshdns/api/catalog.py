@@ -8,7 +8,6 @@ from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, dns_label, identifier, node_name
 from ..health.spec import get_field
 from ..sources.registration_model import parse_catalog_register, parse_datacenter
-from .blocking import index_of
 from .common import ctx_of, datacenter, ok_true, read, read_json, tags_filter
 from .shapes import Views, catalog_service_json, node_json, service_json
 
@@ -93,7 +92,7 @@ async def deregister(request: web.Request) -> web.Response:
 
 @routes.get("/v1/catalog/datacenters")
 async def datacenters(request: web.Request) -> web.Response:
-    def compute(snap: Snapshot):
+    def compute(snap: Snapshot, index: int):
         return [snap.datacenter] + sorted(dc for dc in snap.datacenters if dc != snap.datacenter)
     return await read(request, compute)
 
@@ -102,7 +101,7 @@ async def datacenters(request: web.Request) -> web.Response:
 async def services(request: web.Request) -> web.Response:
     dc = datacenter(request)
 
-    def compute(snap: Snapshot):
+    def compute(snap: Snapshot, index: int):
         out = {}
         for (sdc, _), insts in sorted(snap.services.items()):
             if sdc == dc and insts:
@@ -119,8 +118,7 @@ async def service(request: web.Request) -> web.Response:
     name = dns_label(request.match_info["name"], "service")
     views = Views(ctx.registrations, ctx.runner)
 
-    def compute(snap: Snapshot):
-        index = index_of(snap)
+    def compute(snap: Snapshot, index: int):
         return [catalog_service_json(i, snap, views.registration(i), index, views.node_tagged(i.datacenter, i.node))
                 for i in instances(snap, dc, name, tags)]
     return await read(request, compute)
@@ -132,8 +130,7 @@ async def nodes(request: web.Request) -> web.Response:
     dc = datacenter(request)
     views = Views(ctx.registrations, ctx.runner)
 
-    def compute(snap: Snapshot):
-        index = index_of(snap)
+    def compute(snap: Snapshot, index: int):
         return [node_json(n, None, snap, index, views.node_tagged(n.datacenter, n.name))
                 for (ndc, _), n in sorted(snap.nodes.items()) if ndc == dc]
     return await read(request, compute)
@@ -146,11 +143,10 @@ async def node(request: web.Request) -> web.Response:
     name = node_name(request.match_info["node"], "node")
     views = Views(ctx.registrations, ctx.runner)
 
-    def compute(snap: Snapshot):
+    def compute(snap: Snapshot, index: int):
         n = snap.node(name, dc)
         if n is None:
             return None  # Consul answers 200 with null for an unknown node
-        index = index_of(snap)
         services = {}
         for (sdc, _), insts in snap.services.items():
             if sdc != dc:

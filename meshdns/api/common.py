@@ -72,7 +72,7 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
             raise FieldError("body", "a JSON object is required")
         return None
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise FieldError("body", "not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -135,28 +135,32 @@ def _read_headers(snap: Snapshot) -> dict[str, str]:
     return {"X-Consul-Index": str(index_of(snap)), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
 
 
-async def read(request: web.Request, compute: Callable[[Snapshot], Any]) -> web.Response:
-    """Answer a catalog/health read; with ?index=N (N = current index) wait for a change first."""
+async def read(request: web.Request, compute: Callable[[Snapshot, int], Any]) -> web.Response:
+    """Answer a catalog/health read; with ?index=N (N = current index) wait for a change first.
+
+    compute(snapshot, index) builds the answer; index goes into CreateIndex/ModifyIndex. Whether
+    the answer changed is judged with index 0, so an unrelated change does not end the wait.
+    """
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
     reject_unsupported(request)
     index, wait = parse_blocking(request.query)
     snap = ctx.store.snapshot
-    body = json_body(request, compute(snap))
     if index is not None and index > 0 and index == index_of(snap):
         with ctx.watch.slot():
             loop = asyncio.get_running_loop()
             deadline = loop.time() + ctx.watch.jittered(wait)
+            seen = json_body(request, compute(snap, 0))
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or not await ctx.watch.changed(remaining):
                     break
                 snap = ctx.store.snapshot
-                new_body = json_body(request, compute(snap))
-                if new_body != body:
-                    body = new_body
+                if json_body(request, compute(snap, 0)) != seen:
                     break
-    return web.Response(body=body, content_type="application/json", headers=_read_headers(ctx.store.snapshot))
+    snap = ctx.store.snapshot
+    return web.Response(body=json_body(request, compute(snap, index_of(snap))), content_type="application/json",
+                        headers=_read_headers(snap))
 
 
 def ok(request: web.Request) -> web.Response:

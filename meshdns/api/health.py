@@ -6,7 +6,6 @@ from aiohttp import web
 from ..catalog.model import Health
 from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, dns_label, node_name
-from .blocking import index_of
 from .catalog import instances
 from .common import ctx_of, datacenter, flag, read, tags_filter
 from .shapes import Views, check_json, node_json, service_json, status_name
@@ -24,8 +23,7 @@ async def service(request: web.Request) -> web.Response:
     passing = flag(request, "passing")
     views = Views(ctx.registrations, ctx.runner)
 
-    def compute(snap: Snapshot):
-        index = index_of(snap)
+    def compute(snap: Snapshot, index: int):
         out = []
         for inst in instances(snap, dc, name, tags):
             if passing and inst.health is not Health.PASSING:
@@ -45,8 +43,7 @@ async def service_checks(request: web.Request) -> web.Response:
     name = dns_label(request.match_info["name"], "service")
     views = Views(ctx.registrations, ctx.runner)
 
-    def compute(snap: Snapshot):
-        index = index_of(snap)
+    def compute(snap: Snapshot, index: int):
         return [check_json(v, index) for inst in instances(snap, dc, name) for v in views.service_checks(inst)]
     return await read(request, compute)
 
@@ -58,8 +55,7 @@ async def node_checks(request: web.Request) -> web.Response:
     name = node_name(request.match_info["node"], "node")
     views = Views(ctx.registrations, ctx.runner)
 
-    def compute(snap: Snapshot):
-        index = index_of(snap)
+    def compute(snap: Snapshot, index: int):
         out = [check_json(v, index) for v in views.node_checks(dc, name)]
         for (sdc, _), insts in sorted(snap.services.items()):
             if sdc == dc:
@@ -78,8 +74,7 @@ async def state(request: web.Request) -> web.Response:
         raise FieldError("state", f"{wanted!r} is not one of {', '.join(STATES)}")
     views = Views(ctx.registrations, ctx.runner)
 
-    def compute(snap: Snapshot):
-        index = index_of(snap)
+    def compute(snap: Snapshot, index: int):
         found = []
         nodes_seen = set()
         for (sdc, _), insts in sorted(snap.services.items()):

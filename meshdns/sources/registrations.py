@@ -313,13 +313,17 @@ class Registrations:
         changes, extra = self._check_removals([key])
         await self._commit(changes, extra)
 
-    def update_ttl(self, key: CKey, status: Health, output: str) -> None:
+    async def update_ttl(self, key: CKey, status: Health, output: str) -> None:
+        """pass/warn/fail/update; a status change is on disk before this returns."""
         check = self.checks.get(key)
         if check is None:
             raise NotFound(f"unknown check ID {key[2]!r}")
         if check.spec is None or check.spec.kind != "ttl":
             raise FieldError("CheckID", f"check {key[2]!r} is not a TTL check")
         self.runner.update_ttl(SOURCE, key, status, output)
+        if self._dirty:
+            self.publish()  # DNS answers change before the caller gets its 200
+        await self.db.flush()
 
     async def catalog_register(self, reg: CatalogRegistration) -> None:
         node_key = reg.node.key

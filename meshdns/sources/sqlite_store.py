@@ -91,6 +91,10 @@ class RecordStore:
         self._queue.put(_Batch(rows, loop, future, apply))
         await future
 
+    async def flush(self) -> None:
+        """Wait until everything queued before this call (commit_soon too) is on disk."""
+        await self.commit(())
+
     def commit_soon(self, writes: Iterable[Write]) -> None:
         """Queue a write nobody waits for (e.g. a check's last status); order is kept."""
         if not self._closed:
