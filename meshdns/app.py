@@ -97,8 +97,9 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     app.readiness["zones"] = lambda: SourceStatus(synced=zones.synced, errors=dict(zones.errors))
     app.readiness["registrations"] = regs.status
 
+    regs.load()  # before DNS listens: a restart never answers without the registrations
+
     async def start() -> None:
-        regs.load()
         app.http_port = await api.start()
 
     app.starters.append(start)

@@ -74,6 +74,7 @@ class HealthRunner:
         self._sem: asyncio.Semaphore | None = None
         self._session = None
         self._probes: set[asyncio.Task] = set()
+        self._closed = False
         self.probes_run = 0
 
     # -- owners and checks --------------------------------------------------
@@ -89,7 +90,7 @@ class HealthRunner:
             return
         now = self.clock()
         if state is None:
-            state = old.state if old is not None and _same_target(old.spec, spec) else sm.initial(spec.initial, now)
+            state = old.state if old is not None and same_probe(old.spec, spec) else sm.initial(spec.initial, now)
         check = _Check(owner, key, spec, state, gen=next(self._gens))
         self._checks[ref] = check
         if spec.kind == "ttl":
@@ -201,7 +202,7 @@ class HealthRunner:
             return
         # probe: the next one is due one interval after this one started
         self._push(now + check.spec.interval, check, "probe")
-        if check.running:
+        if check.running or self._closed:
             return
         check.running = True
         task = asyncio.get_running_loop().create_task(self._probe(check))
@@ -243,6 +244,7 @@ class HealthRunner:
                 log.exception("check owner %s failed to reap %s", check.owner, check.key)
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._probes):
             task.cancel()
         if self._probes:
@@ -252,6 +254,6 @@ class HealthRunner:
             await session.close()
 
 
-def _same_target(a: CheckSpec, b: CheckSpec) -> bool:
+def same_probe(a: CheckSpec, b: CheckSpec) -> bool:
     """Re-registering the same probe keeps its status (no flap to critical on every boot script run)."""
     return a.kind == b.kind and a.target == b.target

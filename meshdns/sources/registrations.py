@@ -17,7 +17,7 @@ from ..catalog.model import Health, Instance, Node, NodeKey, ServiceKey, SourceS
 from ..catalog.store import Store
 from ..catalog.validate import FieldError
 from ..health import state as sm
-from ..health.runner import HealthRunner
+from ..health.runner import HealthRunner, same_probe
 from ..health.state import CheckState
 from .registration_model import (SOURCE, CatalogRegistration, CheckReg, NodeReg, ServiceReg, load_check,
                                  load_node, load_service)
@@ -263,11 +263,24 @@ class Registrations:
     # -- writes ---------------------------------------------------------------
 
     async def _commit(self, changes: list[Change], extra: Iterable[Write] = ()) -> None:
+        extra = list(extra) + self._status_resets(changes)
+
         def apply() -> None:
             for c in changes:
                 self._apply(c)
             self.publish()
         await self.db.commit([c.write() for c in changes] + list(extra), apply)
+
+    def _status_resets(self, changes: list[Change]) -> list[Write]:
+        """A new check, or one that now probes something else, starts from its initial status after a
+        restart too: drop the status remembered for the old one (the runner keeps it otherwise)."""
+        out = []
+        for c in changes:
+            if c.kind == CHECK and c.value is not None and c.value.spec is not None:
+                old = self.checks.get(c.key)
+                if old is None or old.spec is None or not same_probe(old.spec, c.value.spec):
+                    out.append(_status_write(c.key, None))
+        return out
 
     def _check_removals(self, keys: Iterable[CKey]) -> tuple[list[Change], list[Write]]:
         keys = list(keys)
@@ -287,6 +300,8 @@ class Registrations:
             removed, extra = self._check_removals(gone)
             changes += removed
         await self._commit(changes, extra)
+        log.info("registered service %s (id %s) at %s:%d with %d checks", svc.name, svc.id,
+                 svc.address or svc.node, svc.port, len(checks))
 
     async def deregister_service(self, key: SKey) -> ServiceReg:
         svc = self.services.get(key)
@@ -294,6 +309,7 @@ class Registrations:
             raise NotFound(f"unknown service ID {key[2]!r}")
         removed, extra = self._check_removals(self._owned_checks.get((*key[:2], svc.id), ()))
         await self._commit([Change(SERVICE, key)] + removed, extra)
+        log.info("deregistered service %s (id %s)", svc.name, svc.id)
         return svc
 
     async def set_maintenance(self, key: SKey, reason: str | None) -> None:
@@ -301,17 +317,20 @@ class Registrations:
         if svc is None:
             raise NotFound(f"unknown service ID {key[2]!r}")
         await self._commit([Change(SERVICE, key, replace(svc, maintenance=reason))])
+        log.info("service %s (id %s): maintenance %s", svc.name, svc.id, "on" if reason is not None else "off")
 
     async def register_check(self, check: CheckReg) -> None:
         if check.service_id and (*check.key[:2], check.service_id) not in self.services:
             raise FieldError("ServiceID", f"unknown service ID {check.service_id!r}")
         await self._commit([Change(CHECK, check.key, check)])
+        log.info("registered check %s on %s", check.id, check.service_id or f"node {check.node}")
 
     async def deregister_check(self, key: CKey) -> None:
         if key not in self.checks:
             raise NotFound(f"unknown check ID {key[2]!r}")
         changes, extra = self._check_removals([key])
         await self._commit(changes, extra)
+        log.info("deregistered check %s", key[2])
 
     async def update_ttl(self, key: CKey, status: Health, output: str) -> None:
         """pass/warn/fail/update; a status change is on disk before this returns."""
@@ -341,6 +360,9 @@ class Registrations:
                                  f"ServiceID {c.service_id!r} is not registered on node {reg.node.name!r}")
             changes.append(Change(CHECK, c.key, c))
         await self._commit(changes)
+        log.info("catalog: registered node %s%s%s", reg.node.name,
+                 f", service {reg.service.name} (id {reg.service.id})" if reg.service else "",
+                 f", {len(reg.checks)} checks" if reg.checks else "")
 
     async def catalog_deregister(self, node_key: NodeKey, *, service_id: str = "", check_id: str = "") -> None:
         if node_key not in self.nodes:
@@ -362,6 +384,9 @@ class Registrations:
             changes += [Change(SERVICE, k) for k in sorted(self._node_services.get(node_key, ()))]
             changes.append(Change(NODE, node_key))
         await self._commit(changes, extra)
+        log.info("catalog: deregistered %s on node %s",
+                 f"check {check_id}" if check_id else f"service {service_id}" if service_id else "the node",
+                 node_key[1])
 
     # -- views ------------------------------------------------------------------
 
