@@ -85,3 +85,31 @@ def test_50_concurrent_clients_lose_nothing(tmp_path):
         assert answered == {address(int(sid[1:].split("-")[0]) * 6 + int(sid.split("-")[1])) for sid in expected}
     finally:
         proc.stop()
+
+
+def test_agent_registrations_follow_a_renamed_host(tmp_path, monkeypatch):
+    """In Kubernetes the pod name (our hostname) changes on every restart: nothing may be lost."""
+    import socket
+
+    from harness import ServerThread, make_config
+    (tmp_path / "zones").mkdir()
+    cfg = make_config(tmp_path, zones=tmp_path / "zones")
+    monkeypatch.setattr(socket, "gethostname", lambda: "meshdns-7d9f-abcde")
+    srv = ServerThread(cfg).start()
+    try:
+        api(srv.http, "PUT", "/v1/agent/service/register",
+            {"ID": "web-1", "Name": "web", "Address": "127.0.0.4", "Check": {"TTL": "1h", "Status": "passing"}})
+        api(srv.http, "PUT", "/v1/agent/check/warn/service:web-1")
+    finally:
+        srv.stop()
+    monkeypatch.setattr(socket, "gethostname", lambda: "meshdns-7d9f-fghij")
+    srv = ServerThread(cfg).start()
+    try:
+        entry = api(srv.http, "GET", "/v1/health/service/web").json()
+        assert [(e["Node"]["Node"], e["Service"]["ID"]) for e in entry] == [("meshdns-7d9f-fghij", "web-1")]
+        assert entry[0]["Checks"][0]["Status"] == "warning"
+        assert rrset_values(query(srv.dns_port, "web.service.consul")) == ["127.0.0.4"]
+        assert api(srv.http, "PUT", "/v1/agent/service/deregister/web-1").status == 200
+        assert srv.app.registrations.db.load("service") == {}
+    finally:
+        srv.stop()

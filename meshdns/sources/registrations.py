@@ -42,13 +42,8 @@ class Change:
     key: tuple
     value: Any = None         # the record, or None to delete
 
-    def write(self) -> Write:
-        return Write(self.kind, "/".join(self.key), None if self.value is None else self.value.record())
 
-
-def _status_write(key: CKey, state: CheckState | None) -> Write:
-    value = None if state is None else {"Status": state.status.api_name, "Output": state.output[:4096]}
-    return Write(CHECK_STATUS, "/".join(key), value)
+AGENT = "agent"  # on disk, agent registrations name no node: they follow meshdns's node across renames
 
 
 class Registrations:
@@ -78,39 +73,53 @@ class Registrations:
         self.synced = False
         runner.register_owner(SOURCE, on_change=self._check_changed, on_reap=self._reap)
 
+    # -- disk form ------------------------------------------------------------
+
+    def _disk_key(self, key: tuple) -> str:
+        if len(key) == 3 and key[:2] == self.agent_node.key:
+            return f"{AGENT}/{key[2]}"
+        return "/".join(key)
+
+    def _write(self, change: Change) -> Write:
+        value = None
+        if change.value is not None:
+            value = change.value.record()
+            if change.kind != NODE and change.key[:2] == self.agent_node.key:
+                value.update(Datacenter=None, Node=None, Agent=True)
+        return Write(change.kind, self._disk_key(change.key), value)
+
+    def _status_write(self, key: CKey, state: CheckState | None) -> Write:
+        value = None if state is None else {"Status": state.status.api_name, "Output": state.output[:4096]}
+        return Write(CHECK_STATUS, self._disk_key(key), value)
+
     # -- loading --------------------------------------------------------------
 
     def load(self) -> None:
         """Read every record from disk, drop what no longer fits together, publish."""
         now = self.clock()
-        changes: list[Change] = []
-        stale: list[Write] = []
+        loaded: list[tuple[str, Change]] = []  # (key on disk, change)
         for kind, loader in ((NODE, load_node), (SERVICE, load_service), (CHECK, load_check)):
-            for key, rec in self.db.load(kind).items():
+            for disk_key, rec in self.db.load(kind).items():
                 try:
+                    if isinstance(rec, dict) and rec.get("Agent"):
+                        rec = {**rec, "Datacenter": self.agent_node.datacenter, "Node": self.agent_node.name}
                     value = loader(rec)
                 except (FieldError, KeyError, TypeError) as exc:
-                    self.errors[f"{kind}/{key}"] = f"stored {kind} {key!r} is invalid and was skipped: {exc}"
-                    log.error("%s", self.errors[f"{kind}/{key}"])
+                    self.errors[f"{kind}/{disk_key}"] = f"stored {kind} {disk_key!r} is invalid, skipped: {exc}"
+                    log.error("%s", self.errors[f"{kind}/{disk_key}"])
                     continue
-                changes.append(Change(kind, value.key, value))
-        nodes = {c.key for c in changes if c.kind == NODE} | {self.agent_node.key}
-        services = {c.key for c in changes if c.kind == SERVICE and c.key[:2] in nodes}
-        kept = []
-        for c in changes:
+                loaded.append((disk_key, Change(kind, value.key, value)))
+        nodes = {c.key for _, c in loaded if c.kind == NODE} | {self.agent_node.key}
+        services = {c.key for _, c in loaded if c.kind == SERVICE and c.key[:2] in nodes}
+        statuses = self.db.load(CHECK_STATUS)
+        for disk_key, c in loaded:
             orphan = (c.kind == SERVICE and c.key not in services) or (
                 c.kind == CHECK and (c.key[:2] not in nodes or
                                      (c.value.service_id and (*c.key[:2], c.value.service_id) not in services)))
-            if orphan:
-                stale.append(Write(c.kind, "/".join(c.key), None))
-            else:
-                kept.append(c)
-        statuses = self.db.load(CHECK_STATUS)
-        for c in kept:
-            self._apply(c, initial=self._stored_state(statuses.get("/".join(c.key)), now) if c.kind == CHECK else None)
-        if stale:
-            log.info("dropping %d stored registrations whose node or service is gone", len(stale))
-            self.db.commit_soon(stale)
+            if orphan:  # its node or service went away in a write that raced it; kept on disk, not served
+                self.errors[f"{c.kind}/{disk_key}"] = f"stored {c.kind} {disk_key!r} has no node or service"
+                continue
+            self._apply(c, initial=self._stored_state(statuses.get(disk_key), now) if c.kind == CHECK else None)
         self.synced = True
         self.publish()
         log.info("registrations loaded: %d services, %d checks, %d nodes from %s",
@@ -208,7 +217,7 @@ class Registrations:
         check = self.checks.get(key)
         if check is None or old.status is new.status:
             return
-        self.db.commit_soon([_status_write(key, new)])
+        self.db.commit_soon([self._status_write(key, new)])
         self._mark_affected(check)
         self._schedule_publish()
 
@@ -269,7 +278,7 @@ class Registrations:
             for c in changes:
                 self._apply(c)
             self.publish()
-        await self.db.commit([c.write() for c in changes] + list(extra), apply)
+        await self.db.commit([self._write(c) for c in changes] + list(extra), apply)
 
     def _status_resets(self, changes: list[Change]) -> list[Write]:
         """A new check, or one that now probes something else, starts from its initial status after a
@@ -279,12 +288,12 @@ class Registrations:
             if c.kind == CHECK and c.value is not None and c.value.spec is not None:
                 old = self.checks.get(c.key)
                 if old is None or old.spec is None or not same_probe(old.spec, c.value.spec):
-                    out.append(_status_write(c.key, None))
+                    out.append(self._status_write(c.key, None))
         return out
 
     def _check_removals(self, keys: Iterable[CKey]) -> tuple[list[Change], list[Write]]:
         keys = list(keys)
-        return [Change(CHECK, k) for k in keys], [_status_write(k, None) for k in keys]
+        return [Change(CHECK, k) for k in keys], [self._status_write(k, None) for k in keys]
 
     def agent_key(self, service_id: str) -> SKey:
         return (*self.agent_node.key, service_id)
