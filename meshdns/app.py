@@ -50,6 +50,7 @@ class App:
     health: HealthRunner | None = None
     registrations: Registrations | None = None
     api: HttpApi | None = None
+    db: RecordStore | None = None  # durable (kind, key) -> JSON records; e.g. config entries can use it too
     starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # awaited before on_ready
     readiness: dict[str, Callable[[], SourceStatus]] = field(default_factory=dict)  # /readyz, per source
 
@@ -89,7 +90,8 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
                           else None)
     zones.listeners.append(lambda: health.sync("zones", zones.checks()))
-    regs = Registrations(app.store, RecordStore(cfg.data_dir), health, agent_node=agent_node(cfg))
+    app.db = RecordStore(cfg.data_dir)
+    regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
     api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness))
@@ -104,7 +106,7 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
 
     app.starters.append(start)
     app.tasks.append(health.run)
-    app.closers.extend([regs.db.close, health.close, regs.close, api.close])
+    app.closers.extend([app.db.close, health.close, regs.close, api.close])
 
 
 def coalesced(fn: Callable[[], None]) -> Callable[[], None]:

@@ -46,6 +46,8 @@ AGENT_CASES = [
     (svc(Check={"TTL": "10s", "DeregisterCriticalServiceAfter": "later"}), "Check.DeregisterCriticalServiceAfter"),
     (svc(Check={"TTL": "10s", "Status": "great"}), "Check.Status"),
     (svc(Checks=[{"TTL": "10s"}, {"TTL": "bad"}]), "Checks[1].TTL"),
+    (svc(Check={"TCP": "127.0.0.1:1", "Interval": "10s", "FailuresBeforeWarning": 2}),
+     "Check.FailuresBeforeWarning"),
     ([1, 2, 3], "body"),
 ]
 

@@ -26,15 +26,17 @@ SERVICE_KEYS = ("ID", "Name", "Service", "Tags", "Address", "TaggedAddresses", "
 CHECK_KEYS = ("ID", "CheckID", "Name", "Notes", "ServiceID", "Status", "DeregisterCriticalServiceAfter",
               "HTTP", "Method", "Header", "Body", "DisableRedirects", "TCP", "TTL", "Interval", "Timeout",
               "TLSSkipVerify", "TLSServerName", "SuccessBeforePassing", "FailuresBeforeCritical",
-              "OutputMaxSize", "Namespace", "Partition", "Node", "Type",
+              "OutputMaxSize", "Namespace", "Partition", "Node", "Type", "FailuresBeforeWarning", "TCPUseTLS",
               # types we do not run: parse_check names them in its error
               "Args", "ScriptArgs", "Script", "Shell", "DockerContainerID", "GRPC", "GRPCUseTLS", "H2PING",
               "H2PingUseTLS", "UDP", "OSService", "AliasNode", "AliasService")
 CATALOG_CHECK_KEYS = ("Node", "CheckID", "ID", "Name", "Notes", "Status", "Output", "ServiceID", "Definition",
                       "Type", "Namespace", "Partition", "ServiceName", "ServiceTags", "Interval", "Timeout",
-                      "CreateIndex", "ModifyIndex", "ExposedPort")
+                      "CreateIndex", "ModifyIndex", "ExposedPort", "PeerName")
 CATALOG_KEYS = ("ID", "Node", "Address", "Datacenter", "TaggedAddresses", "NodeMeta", "Service", "Check",
-                "Checks", "SkipNodeUpdate", "Namespace", "Partition")
+                "Checks", "SkipNodeUpdate", "Namespace", "Partition", "Locality", "PeerName")
+# accepted when empty/false/0 (Go clients send zero values), refused otherwise: we do not implement them
+_UNSUPPORTED_IF_SET = ("FailuresBeforeWarning", "TCPUseTLS")
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,11 +209,12 @@ def parse_service(d: Any, *, field: str, datacenter: str, node: str, default_add
     raw_id = get_field(d, "ID")
     if raw_id in (None, ""):
         raw_id = f"{name}-{address}" if default_id and address else name
+    raw_port = get_field(d, "Port")
     return ServiceReg(
         datacenter=datacenter, node=node,
         id=validate.identifier(raw_id, _sub(field, "ID")),
         name=name, address=address,
-        port=validate.port(get_field(d, "Port") if get_field(d, "Port") is not None else 0, _sub(field, "Port")),
+        port=validate.port(0 if raw_port is None else raw_port, _sub(field, "Port")),
         tags=validate.tags(get_field(d, "Tags"), _sub(field, "Tags")),
         meta=validate.meta(get_field(d, "Meta"), _sub(field, "Meta")),
         weights=validate.weights(get_field(d, "Weights"), _sub(field, "Weights")),
@@ -247,6 +250,9 @@ def parse_agent_check(d: Any, *, field: str, datacenter: str, node: str, service
     """A check meshdns runs (HTTP, TCP or TTL). `service_id` None: taken from the body."""
     d = _object(d, field)
     validate.known_keys(d, CHECK_KEYS, field)
+    for key in _UNSUPPORTED_IF_SET:
+        if get_field(d, key):
+            raise FieldError(_sub(field, key), "not supported")
     spec = parse_check(d, field)
     name = _text(get_field(d, "Name"), _sub(field, "Name")) or default_name
     if not name:
