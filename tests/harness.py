@@ -241,7 +241,7 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
 class FlipHttpServer:
     """An HTTP server on 127.0.0.1 answering every request with `status` (the test flips it)."""
 
-    def __init__(self, status: int = 200):
+    def __init__(self, status: int = 200, *, certfile: str | None = None, keyfile: str | None = None):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         outer = self
         self.status = status
@@ -269,7 +269,14 @@ class FlipHttpServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/health"
+        scheme = "http"
+        if certfile:
+            import ssl
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certfile, keyfile)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/health"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 

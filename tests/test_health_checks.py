@@ -174,3 +174,26 @@ def test_zone_file_checks_run_too(start_server, tmp_path, web):
     assert entry["Checks"][0]["Status"] == "critical" and entry["Checks"][0]["Type"] == "http"
     web.status = 200
     wait_until(lambda: addresses(srv, "legacy.service.consul") == ["127.0.0.21", "127.0.0.22"], INTERVAL + SLACK)
+
+
+def test_https_check_with_tls_skip_verify(srv, tmp_path):
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    tls = FlipHttpServer(200, certfile=str(cert), keyfile=str(key))
+    try:
+        register(srv, "web-1", "127.0.0.11", {"HTTP": tls.url, "Interval": f"{INTERVAL}s"})
+        register(srv, "web-2", "127.0.0.12", {"HTTP": tls.url, "Interval": f"{INTERVAL}s", "TLSSkipVerify": True})
+        wait_until(lambda: addresses(srv, "web.service.consul") == ["127.0.0.12"], INTERVAL + SLACK)
+        wait_until(lambda: "certificate" in api(srv.http, "GET", "/v1/agent/checks").json()["service:web-1"]["Output"],
+                   INTERVAL + SLACK)
+        checks = api(srv.http, "GET", "/v1/agent/checks").json()
+        assert checks["service:web-1"]["Status"] == "critical" and checks["service:web-2"]["Status"] == "passing"
+        assert checks["service:web-2"]["Definition"]["TLSSkipVerify"] is True
+    finally:
+        tls.close()

@@ -44,8 +44,9 @@ def test_200_registrations_survive_kill_9(tmp_path):
             assert address(i) in rrset_values(msg, "additional")
         assert len(api(proc.http, "GET", "/v1/agent/services").json()) == 200
         assert api(proc.http, "GET", "/v1/agent/checks").json()["service:svc-7"]["Status"] == "critical"
+        assert proc.stop() == 0, proc.stderr()  # SIGTERM: a clean stop
     finally:
-        proc.stop()
+        proc.kill()
 
 
 def _hex(ip: str) -> str:
