@@ -18,6 +18,14 @@ from .dns.server import DnsServer
 from .forward.forwarder import from_config as forwarder_from_config
 from .sources.zones import ZonesSource
 from .workers import WorkerPool
+from .api.acl import Acl, check_exposure
+from .api.app import HttpApi, agent_node
+from .api.blocking import Watch
+from .api.common import ApiContext
+from .health.runner import HealthRunner
+from .sources.registrations import Registrations
+from .sources.sqlite_store import RecordStore
+from .sources.status import SourceStatus
 
 log = logging.getLogger("meshdns")
 
@@ -47,6 +55,12 @@ class App:
     workers: "WorkerPool | None" = None
     kubernetes: list = field(default_factory=list)       # KubernetesSource per cluster (status())
     reverse_syncs: list = field(default_factory=list)    # ReverseSync per cluster that has it (status())
+    health: HealthRunner | None = None
+    registrations: Registrations | None = None
+    api: HttpApi | None = None
+    db: RecordStore | None = None  # durable (kind, key) -> JSON records; e.g. config entries can use it too
+    starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # awaited before on_ready
+    readiness: dict[str, Callable[[], SourceStatus]] = field(default_factory=dict)  # /readyz, per source
 
     @property
     def dns_port(self) -> int:
@@ -75,8 +89,10 @@ def make_handler(cfg: Config, store: Store):
 
 
 def build(cfg: Config) -> App:
+    check_exposure(cfg)
     store = Store(datacenter=cfg.datacenter)
-    zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter)
+    health = HealthRunner()
+    zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"))
     handler, forwarder = make_handler(cfg, store)
     dns = DnsServer(handler, idle_timeout=cfg.dns.tcp_idle_timeout, max_connections=cfg.dns.tcp_max_connections)
     app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
@@ -86,6 +102,7 @@ def build(cfg: Config) -> App:
         app.closers.append(forwarder.close)
     if cfg.kubernetes:
         _add_kubernetes(app)
+    _add_registrations(app, health)
     return app
 
 
@@ -112,10 +129,55 @@ def _add_kubernetes(app: App) -> None:
             app.closers.append(reverse.close)
 
 
+def _add_registrations(app: App, health: HealthRunner) -> None:
+    """VM registrations (durable), the one health-check runner, and the HTTP API."""
+    cfg, zones = app.cfg, app.zones
+    republish = coalesced(zones.republish)
+    health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
+                          else None)
+    zones.listeners.append(lambda: health.sync("zones", zones.checks()))
+    app.db = RecordStore(cfg.data_dir)
+    regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
+    api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
+                             acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
+                             watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness))
+    app.health, app.registrations, app.api = health, regs, api
+    app.readiness["zones"] = lambda: SourceStatus(synced=zones.synced, errors=dict(zones.errors))
+    app.readiness["registrations"] = regs.status
+
+    regs.load()  # before DNS listens: a restart never answers without the registrations
+
+    async def start() -> None:
+        app.http_port = await api.start()
+
+    app.starters.append(start)
+    app.tasks.append(health.run)
+    app.closers.extend([app.db.close, health.close, regs.close, api.close])
+
+
+def coalesced(fn: Callable[[], None]) -> Callable[[], None]:
+    """A trigger that runs fn once on the next loop turn, however often it fires before that."""
+    scheduled = False
+
+    def run() -> None:
+        nonlocal scheduled
+        scheduled = False
+        fn()
+
+    def trigger() -> None:
+        nonlocal scheduled
+        if not scheduled:
+            scheduled = True
+            asyncio.get_running_loop().call_soon(run)
+    return trigger
+
+
 async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signals: bool = True) -> None:
     cfg = app.cfg
     app.zones.reload()
     await app.dns.start(*cfg.dns.listen, reuse_port=cfg.dns.workers > 1)
+    for start in app.starters:
+        await start()
     if cfg.dns.workers > 1:
         app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
         app.tasks.append(app.workers.run)

@@ -85,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"meshdns {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    from . import client
+    client.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command in ("register", "deregister"):
+        return client.main(args)
     return 2
 
 

@@ -309,3 +309,147 @@ class Unbound:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+
+# -- HTTP API clients and little servers for health checks -------------------
+
+
+class Reply:
+    def __init__(self, status: int, headers, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        import json
+        return json.loads(self.body)
+
+    @property
+    def index(self) -> int:
+        return int(self.headers["X-Consul-Index"])
+
+    def __repr__(self) -> str:
+        return f"Reply({self.status}, {self.body[:200]!r})"
+
+
+def api(base: str, method: str, path: str, body: Any = None, *, token: str | None = None,
+        raw: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 15) -> Reply:
+    """One HTTP request with urllib; JSON `body` or `raw` bytes; never raises on 4xx/5xx."""
+    import json
+    import urllib.error
+    import urllib.request
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    hdrs = dict(headers or {})
+    if token is not None:
+        hdrs["X-Consul-Token"] = token
+    req = urllib.request.Request(base + path, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Reply(resp.status, resp.headers, resp.read())
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.headers, exc.read())
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll until predicate() is truthy; return its value, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class FlipHttpServer:
+    """An HTTP server on 127.0.0.1 answering every request with `status` (the test flips it)."""
+
+    def __init__(self, status: int = 200, *, certfile: str | None = None, keyfile: str | None = None):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        outer = self
+        self.status = status
+        self.requests: list[tuple[str, str, dict]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                outer.requests.append((self.command, self.path, dict(self.headers)))
+                status = outer.status
+                body = b"" if status in (204, 304) or self.command == "HEAD" else f"status {status}\n".encode()
+                self.send_response(status)
+                if status not in (204, 304):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_HEAD = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        scheme = "http"
+        if certfile:
+            import ssl
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certfile, keyfile)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/health"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FlipTcpServer:
+    """A TCP listener on 127.0.0.1 that the test can close (connection refused) and reopen."""
+
+    def __init__(self):
+        import socket
+        self._socket_mod = socket
+        self.sock = None
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.open()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def open(self) -> None:
+        s = self._socket_mod.socket()
+        s.setsockopt(self._socket_mod.SOL_SOCKET, self._socket_mod.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self.sock = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, s) -> None:
+        while True:
+            try:
+                conn, _ = s.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        """Stop listening: shutdown wakes the accepting thread, so the port refuses at once."""
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(self._socket_mod.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None

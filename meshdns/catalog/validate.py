@@ -149,3 +149,21 @@ def split_loops(splits: Mapping[str, Split]) -> str | None:
             if t.service in splits and not (t.service == s.name and t.tag):
                 return f"split {s.name!r} targets {t.service!r}, which is itself a split"
     return None
+
+
+_ID_BAD = re.compile(r"[\s/\\?#%\x00-\x1f\x7f]")
+
+
+def identifier(value: Any, field: str) -> str:
+    """A service or check ID: it travels in URL paths (/deregister/:id), so no '/', '?', '#', '%' or spaces."""
+    if not isinstance(value, str) or not value or len(value) > 256 or _ID_BAD.search(value):
+        raise FieldError(field, f"{value!r} is not a valid ID (1-256 characters, no spaces, '/', '?', '#' or '%')")
+    return value
+
+
+def known_keys(value: Mapping, allowed: Any, field: str) -> None:
+    """Reject a key that is not in `allowed` (compared as Consul does: any case, '_' ignored)."""
+    norm = {a.lower().replace("_", "") for a in allowed}
+    for key in value:
+        if str(key).lower().replace("_", "") not in norm:
+            raise FieldError(f"{field}.{key}" if field else str(key), "unknown field")

@@ -25,9 +25,11 @@ class CheckSpec:
     initial: Health = Health.CRITICAL
     name: str = ""
     notes: str = ""
+    body: str = ""                 # HTTP request body
+    disable_redirects: bool = False
 
 
-def _get(d: Mapping[str, Any], *names: str) -> Any:
+def get_field(d: Mapping[str, Any], *names: str) -> Any:
     """Consul accepts CamelCase and snake_case (and any case) for the same key."""
     lowered = {str(k).lower().replace("_", ""): v for k, v in d.items()}
     for n in names:
@@ -35,6 +37,9 @@ def _get(d: Mapping[str, Any], *names: str) -> Any:
         if v is not None:
             return v
     return None
+
+
+_get = get_field
 
 
 def _duration(d: Mapping[str, Any], key: str, field: str, default: float) -> float:
@@ -53,6 +58,15 @@ def _count(d: Mapping[str, Any], key: str, field: str) -> int:
         return 0
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise FieldError(f"{field}.{key}", f"{v!r} is not a non-negative integer")
+    return v
+
+
+def _text(d: Mapping[str, Any], key: str, field: str) -> str:
+    v = _get(d, key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise FieldError(f"{field}.{key}", "expected a string")
     return v
 
 
@@ -117,6 +131,8 @@ def parse_check(d: Any, field: str = "Check") -> CheckSpec:
         initial=initial,
         name=str(_get(d, "Name") or ""),
         notes=str(_get(d, "Notes") or ""),
+        body=_text(d, "Body", field),
+        disable_redirects=bool(_get(d, "DisableRedirects") or False),
     )
     if kind in ("http", "tcp") and spec.interval <= 0:
         raise FieldError(f"{field}.Interval", "required for HTTP and TCP checks and must be positive")

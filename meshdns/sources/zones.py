@@ -44,6 +44,7 @@ class ZonesSource:
         self._files: dict[Path, _Parsed] = {}
         self.errors: dict[str, str] = {}
         self.synced = False
+        self.listeners: list[Callable[[], None]] = []  # called after each publish (e.g. to sync checks)
 
     # -- loading ------------------------------------------------------------
 
@@ -154,6 +155,12 @@ class ZonesSource:
 
     def _publish(self) -> None:
         self.store.publish(SOURCE, self.state())
+        for listener in self.listeners:
+            listener()
+
+    def republish(self) -> None:
+        """Rebuild from the parsed files (e.g. a check changed an instance's health)."""
+        self._publish()
 
     # -- running ------------------------------------------------------------
 

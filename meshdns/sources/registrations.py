@@ -1,0 +1,417 @@
+"""VM registrations as a catalog source: agent and catalog API writes, durable in SQLite.
+
+Every write is a list of Changes. The same list is written to disk (one
+transaction) and, once committed, applied to memory and published, so what
+DNS answers is exactly what survives a kill -9. Instance health is the worst
+of the instance's checks and its node's checks; maintenance mode hides it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable
+
+from ..catalog.model import Health, Instance, Node, NodeKey, ServiceKey, SourceState
+from ..catalog.store import Store
+from ..catalog.validate import FieldError
+from ..health import state as sm
+from ..health.runner import HealthRunner, same_probe
+from ..health.state import CheckState
+from .registration_model import (SOURCE, CatalogRegistration, CheckReg, NodeReg, ServiceReg, load_check,
+                                 load_node, load_service)
+from .sqlite_store import RecordStore, Write
+from .status import SourceStatus
+
+log = logging.getLogger("meshdns.sources.registrations")
+
+SKey = tuple[str, str, str]   # (datacenter, lower node, service id)
+CKey = tuple[str, str, str]   # (datacenter, lower node, check id)
+
+NODE, SERVICE, CHECK, CHECK_STATUS = "node", "service", "check", "check-status"
+
+
+class NotFound(LookupError):
+    """The thing named in the URL or body does not exist (HTTP 404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: str                 # node | service | check
+    key: tuple
+    value: Any = None         # the record, or None to delete
+
+
+AGENT = "agent"  # on disk, agent registrations name no node: they follow meshdns's node across renames
+
+
+class Registrations:
+    name = SOURCE
+
+    def __init__(self, store: Store, db: RecordStore, runner: HealthRunner, *, agent_node: NodeReg,
+                 clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self.db = db
+        self.runner = runner
+        self.agent_node = agent_node
+        self.datacenter = agent_node.datacenter
+        self.clock = clock
+        self.nodes: dict[NodeKey, NodeReg] = {}
+        self.services: dict[SKey, ServiceReg] = {}
+        self.checks: dict[CKey, CheckReg] = {}
+        self._by_name: dict[ServiceKey, set[SKey]] = {}
+        self._node_services: dict[NodeKey, set[SKey]] = {}
+        self._owned_checks: dict[tuple[str, str, str], set[CKey]] = {}  # (dc, node, service id or "")
+        self._instances: dict[ServiceKey, tuple[Instance, ...]] = {}
+        self._dirty: set[ServiceKey] = set()
+        self._nodes_dirty = True
+        self._node_objs: dict[NodeKey, Node] = {}
+        self._publish_scheduled = False
+        self._reaping: set[asyncio.Task] = set()
+        self.errors: dict[str, str] = {}
+        self.synced = False
+        runner.register_owner(SOURCE, on_change=self._check_changed, on_reap=self._reap)
+
+    # -- disk form ------------------------------------------------------------
+
+    def _disk_key(self, key: tuple) -> str:
+        if len(key) == 3 and key[:2] == self.agent_node.key:
+            return f"{AGENT}/{key[2]}"
+        return "/".join(key)
+
+    def _write(self, change: Change) -> Write:
+        value = None
+        if change.value is not None:
+            value = change.value.record()
+            if change.kind != NODE and change.key[:2] == self.agent_node.key:
+                value.update(Datacenter=None, Node=None, Agent=True)
+        return Write(change.kind, self._disk_key(change.key), value)
+
+    def _status_write(self, key: CKey, state: CheckState | None) -> Write:
+        value = None if state is None else {"Status": state.status.api_name, "Output": state.output[:4096]}
+        return Write(CHECK_STATUS, self._disk_key(key), value)
+
+    # -- loading --------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read every record from disk, drop what no longer fits together, publish."""
+        now = self.clock()
+        loaded: list[tuple[str, Change]] = []  # (key on disk, change)
+        for kind, loader in ((NODE, load_node), (SERVICE, load_service), (CHECK, load_check)):
+            for disk_key, rec in self.db.load(kind).items():
+                try:
+                    if isinstance(rec, dict) and rec.get("Agent"):
+                        rec = {**rec, "Datacenter": self.agent_node.datacenter, "Node": self.agent_node.name}
+                    value = loader(rec)
+                except (FieldError, KeyError, TypeError) as exc:
+                    self.errors[f"{kind}/{disk_key}"] = f"stored {kind} {disk_key!r} is invalid, skipped: {exc}"
+                    log.error("%s", self.errors[f"{kind}/{disk_key}"])
+                    continue
+                loaded.append((disk_key, Change(kind, value.key, value)))
+        nodes = {c.key for _, c in loaded if c.kind == NODE} | {self.agent_node.key}
+        services = {c.key for _, c in loaded if c.kind == SERVICE and c.key[:2] in nodes}
+        statuses = self.db.load(CHECK_STATUS)
+        for disk_key, c in loaded:
+            orphan = (c.kind == SERVICE and c.key not in services) or (
+                c.kind == CHECK and (c.key[:2] not in nodes or
+                                     (c.value.service_id and (*c.key[:2], c.value.service_id) not in services)))
+            if orphan:  # its node or service went away in a write that raced it; kept on disk, not served
+                self.errors[f"{c.kind}/{disk_key}"] = f"stored {c.kind} {disk_key!r} has no node or service"
+                continue
+            self._apply(c, initial=self._stored_state(statuses.get(disk_key), now) if c.kind == CHECK else None)
+        self.synced = True
+        self.publish()
+        log.info("registrations loaded: %d services, %d checks, %d nodes from %s",
+                 len(self.services), len(self.checks), len(self.nodes), self.db.path)
+
+    @staticmethod
+    def _stored_state(rec: Any, now: float) -> CheckState | None:
+        if not isinstance(rec, dict):
+            return None
+        try:
+            status = Health.parse(str(rec.get("Status")))
+        except ValueError:
+            return None
+        return sm.initial(status, now, str(rec.get("Output") or ""))
+
+    # -- applying changes (memory) -----------------------------------------------
+
+    def _apply(self, change: Change, *, initial: CheckState | None = None) -> None:
+        if change.kind == NODE:
+            self._apply_node(change.key, change.value)
+        elif change.kind == SERVICE:
+            self._apply_service(change.key, change.value)
+        elif change.kind == CHECK:
+            self._apply_check(change.key, change.value, initial)
+
+    def _apply_node(self, key: NodeKey, node: NodeReg | None) -> None:
+        if node is None:
+            self.nodes.pop(key, None)
+        else:
+            self.nodes[key] = node
+        self._nodes_dirty = True
+
+    def _apply_service(self, key: SKey, svc: ServiceReg | None) -> None:
+        old = self.services.pop(key, None)
+        if old is not None:
+            self._by_name.get(old.service_key, set()).discard(key)
+            self._node_services.get(key[:2], set()).discard(key)
+            self._dirty.add(old.service_key)
+        if svc is not None:
+            self.services[key] = svc
+            self._by_name.setdefault(svc.service_key, set()).add(key)
+            self._node_services.setdefault(key[:2], set()).add(key)
+            self._dirty.add(svc.service_key)
+
+    def _apply_check(self, key: CKey, check: CheckReg | None, initial: CheckState | None) -> None:
+        old = self.checks.pop(key, None)
+        if old is not None:
+            self._owned_checks.get((*key[:2], old.service_id), set()).discard(key)
+            self._mark_affected(old)
+        if check is None:
+            self.runner.remove(SOURCE, key)
+            return
+        self.checks[key] = check
+        self._owned_checks.setdefault((*key[:2], check.service_id), set()).add(key)
+        if check.spec is not None:
+            self.runner.add(SOURCE, key, check.spec, state=initial)
+        else:
+            self.runner.remove(SOURCE, key)
+        self._mark_affected(check)
+
+    def _mark_affected(self, check: CheckReg) -> None:
+        node_key = check.node_key
+        if check.service_id:
+            svc = self.services.get((*node_key, check.service_id))
+            if svc is not None:
+                self._dirty.add(svc.service_key)
+        else:
+            for skey in self._node_services.get(node_key, ()):
+                self._dirty.add(self.services[skey].service_key)
+
+    # -- health -------------------------------------------------------------
+
+    def check_state(self, check: CheckReg) -> CheckState:
+        if check.spec is not None:
+            st = self.runner.state(SOURCE, check.key)
+            if st is not None:
+                return st
+        return CheckState(status=check.status, output=check.output)
+
+    def checks_of(self, dc: str, node: str, service_id: str = "") -> list[CheckReg]:
+        """A service's own checks (service_id given) or its node's checks ("")."""
+        keys = self._owned_checks.get((dc, node.lower(), service_id), ())
+        return [self.checks[k] for k in sorted(keys)]
+
+    def health_of(self, svc: ServiceReg) -> Health:
+        if svc.maintenance is not None:
+            return Health.MAINTENANCE
+        worst = Health.PASSING
+        for sid in (svc.id, ""):
+            for key in self._owned_checks.get((*svc.key[:2], sid), ()):
+                worst = max(worst, self.check_state(self.checks[key]).status)
+        return worst
+
+    def _check_changed(self, key: CKey, old: CheckState, new: CheckState) -> None:
+        check = self.checks.get(key)
+        if check is None or old.status is new.status:
+            return
+        self.db.commit_soon([self._status_write(key, new)])
+        self._mark_affected(check)
+        self._schedule_publish()
+
+    def _reap(self, key: CKey) -> None:
+        check = self.checks.get(key)
+        if check is None or not check.service_id:
+            return
+        skey = (*key[:2], check.service_id)
+        if skey not in self.services:
+            return
+        log.info("deregistering service %s: check %s critical past DeregisterCriticalServiceAfter",
+                 check.service_id, check.id)
+        task = asyncio.get_running_loop().create_task(self._deregister_quietly(skey))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    async def _deregister_quietly(self, skey: SKey) -> None:
+        try:
+            await self.deregister_service(skey)
+        except NotFound:
+            pass
+        except Exception:
+            log.exception("deregistering %s failed", skey[2])
+
+    # -- publishing -----------------------------------------------------------
+
+    def _schedule_publish(self) -> None:
+        if not self._publish_scheduled:
+            self._publish_scheduled = True
+            asyncio.get_running_loop().call_soon(self.publish)
+
+    def publish(self) -> None:
+        """Rebuild the dirty service keys and hand the whole state to the store."""
+        self._publish_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for skey in dirty:
+            members = sorted(self._by_name.get(skey, ()))
+            if members:
+                self._instances[skey] = tuple(self.services[k].instance(self.health_of(self.services[k]))
+                                              for k in members)
+            else:
+                self._instances.pop(skey, None)
+                self._by_name.pop(skey, None)
+        if self._nodes_dirty:
+            objs = {k: n.node() for k, n in self.nodes.items()}
+            objs.setdefault(self.agent_node.key, self.agent_node.node())
+            self._node_objs = objs
+            self._nodes_dirty = False
+        self.store.publish(SOURCE, SourceState(services=dict(self._instances), nodes=self._node_objs),
+                           changed=dirty)
+
+    # -- writes ---------------------------------------------------------------
+
+    async def _commit(self, changes: list[Change], extra: Iterable[Write] = ()) -> None:
+        extra = list(extra) + self._status_resets(changes)
+
+        def apply() -> None:
+            for c in changes:
+                self._apply(c)
+            self.publish()
+        await self.db.commit([self._write(c) for c in changes] + list(extra), apply)
+
+    def _status_resets(self, changes: list[Change]) -> list[Write]:
+        """A new check, or one that now probes something else, starts from its initial status after a
+        restart too: drop the status remembered for the old one (the runner keeps it otherwise)."""
+        out = []
+        for c in changes:
+            if c.kind == CHECK and c.value is not None and c.value.spec is not None:
+                old = self.checks.get(c.key)
+                if old is None or old.spec is None or not same_probe(old.spec, c.value.spec):
+                    out.append(self._status_write(c.key, None))
+        return out
+
+    def _check_removals(self, keys: Iterable[CKey]) -> tuple[list[Change], list[Write]]:
+        keys = list(keys)
+        return [Change(CHECK, k) for k in keys], [self._status_write(k, None) for k in keys]
+
+    def agent_key(self, service_id: str) -> SKey:
+        return (*self.agent_node.key, service_id)
+
+    async def register_service(self, svc: ServiceReg, checks: list[CheckReg], *, replace_checks: bool) -> None:
+        """Agent registration: the service and its checks; re-registering keeps unlisted checks
+        unless `replace_checks` (Consul's ?replace-existing-checks)."""
+        changes = [Change(SERVICE, svc.key, svc)] + [Change(CHECK, c.key, c) for c in checks]
+        extra: list[Write] = []
+        if replace_checks:
+            new = {c.key for c in checks}
+            gone = [k for k in self._owned_checks.get((*svc.key[:2], svc.id), ()) if k not in new]
+            removed, extra = self._check_removals(gone)
+            changes += removed
+        await self._commit(changes, extra)
+        log.info("registered service %s (id %s) at %s:%d with %d checks", svc.name, svc.id,
+                 svc.address or svc.node, svc.port, len(checks))
+
+    async def deregister_service(self, key: SKey) -> ServiceReg:
+        svc = self.services.get(key)
+        if svc is None:
+            raise NotFound(f"unknown service ID {key[2]!r}")
+        removed, extra = self._check_removals(self._owned_checks.get((*key[:2], svc.id), ()))
+        await self._commit([Change(SERVICE, key)] + removed, extra)
+        log.info("deregistered service %s (id %s)", svc.name, svc.id)
+        return svc
+
+    async def set_maintenance(self, key: SKey, reason: str | None) -> None:
+        svc = self.services.get(key)
+        if svc is None:
+            raise NotFound(f"unknown service ID {key[2]!r}")
+        await self._commit([Change(SERVICE, key, replace(svc, maintenance=reason))])
+        log.info("service %s (id %s): maintenance %s", svc.name, svc.id, "on" if reason is not None else "off")
+
+    async def register_check(self, check: CheckReg) -> None:
+        if check.service_id and (*check.key[:2], check.service_id) not in self.services:
+            raise FieldError("ServiceID", f"unknown service ID {check.service_id!r}")
+        await self._commit([Change(CHECK, check.key, check)])
+        log.info("registered check %s on %s", check.id, check.service_id or f"node {check.node}")
+
+    async def deregister_check(self, key: CKey) -> None:
+        if key not in self.checks:
+            raise NotFound(f"unknown check ID {key[2]!r}")
+        changes, extra = self._check_removals([key])
+        await self._commit(changes, extra)
+        log.info("deregistered check %s", key[2])
+
+    async def update_ttl(self, key: CKey, status: Health, output: str) -> None:
+        """pass/warn/fail/update; a status change is on disk before this returns."""
+        check = self.checks.get(key)
+        if check is None:
+            raise NotFound(f"unknown check ID {key[2]!r}")
+        if check.spec is None or check.spec.kind != "ttl":
+            raise FieldError("CheckID", f"check {key[2]!r} is not a TTL check")
+        self.runner.update_ttl(SOURCE, key, status, output)
+        if self._dirty:
+            self.publish()  # DNS answers change before the caller gets its 200
+        await self.db.flush()
+
+    async def catalog_register(self, reg: CatalogRegistration) -> None:
+        node_key = reg.node.key
+        if node_key == self.agent_node.key:
+            raise FieldError("Node", f"{reg.node.name!r} is meshdns's own node; use /v1/agent/service/register")
+        changes = []
+        if not (reg.skip_node_update and node_key in self.nodes):
+            changes.append(Change(NODE, node_key, reg.node))
+        if reg.service is not None:
+            changes.append(Change(SERVICE, reg.service.key, reg.service))
+        ids = {reg.service.id} if reg.service is not None else set()
+        for i, c in enumerate(reg.checks):
+            if c.service_id and c.service_id not in ids and (*node_key, c.service_id) not in self.services:
+                raise FieldError(f"Checks[{i}].ServiceID" if len(reg.checks) > 1 else "Check.ServiceID",
+                                 f"ServiceID {c.service_id!r} is not registered on node {reg.node.name!r}")
+            changes.append(Change(CHECK, c.key, c))
+        await self._commit(changes)
+        log.info("catalog: registered node %s%s%s", reg.node.name,
+                 f", service {reg.service.name} (id {reg.service.id})" if reg.service else "",
+                 f", {len(reg.checks)} checks" if reg.checks else "")
+
+    async def catalog_deregister(self, node_key: NodeKey, *, service_id: str = "", check_id: str = "") -> None:
+        if node_key not in self.nodes:
+            raise NotFound(f"unknown node {node_key[1]!r}")
+        if check_id:
+            ckey = (*node_key, check_id)
+            if ckey not in self.checks:
+                raise NotFound(f"unknown check ID {check_id!r} on node {node_key[1]!r}")
+            changes, extra = self._check_removals([ckey])
+        elif service_id:
+            skey = (*node_key, service_id)
+            if skey not in self.services:
+                raise NotFound(f"unknown service ID {service_id!r} on node {node_key[1]!r}")
+            changes, extra = self._check_removals(self._owned_checks.get(skey, ()))
+            changes.insert(0, Change(SERVICE, skey))
+        else:
+            checks = [k for k in self.checks if k[:2] == node_key]
+            changes, extra = self._check_removals(checks)
+            changes += [Change(SERVICE, k) for k in sorted(self._node_services.get(node_key, ()))]
+            changes.append(Change(NODE, node_key))
+        await self._commit(changes, extra)
+        log.info("catalog: deregistered %s on node %s",
+                 f"check {check_id}" if check_id else f"service {service_id}" if service_id else "the node",
+                 node_key[1])
+
+    # -- views ------------------------------------------------------------------
+
+    def all_nodes(self) -> dict[NodeKey, NodeReg]:
+        """Catalog-registered nodes and meshdns's own (agent) node."""
+        return {**self.nodes, self.agent_node.key: self.agent_node}
+
+    def services_on(self, node_key: NodeKey) -> list[ServiceReg]:
+        return [self.services[k] for k in sorted(self._node_services.get(node_key, ()))]
+
+    def service_names(self, keys: Iterable[SKey]) -> set[str]:
+        return {self.services[k].name for k in keys if k in self.services}
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(synced=self.synced, errors=dict(self.errors))
+
+    async def close(self) -> None:
+        for task in list(self._reaping):
+            task.cancel()

@@ -1,0 +1,15 @@
+"""What each source reports to /readyz: has it synced, and what is it complaining about."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    synced: bool
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+# name -> callable giving the source's current status; sources add themselves in app.build()
+StatusRegistry = dict[str, Callable[[], SourceStatus]]
