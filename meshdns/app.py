@@ -23,6 +23,7 @@ from .api.app import HttpApi, agent_node
 from .api.blocking import Watch
 from .api.common import ApiContext
 from .health.runner import HealthRunner
+from .sources.config_entries import ConfigEntries
 from .sources.registrations import Registrations
 from .sources.sqlite_store import RecordStore
 from .sources.status import SourceStatus
@@ -138,14 +139,18 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     zones.listeners.append(lambda: health.sync("zones", zones.checks()))
     app.db = RecordStore(cfg.data_dir)
     regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
+    config = ConfigEntries(app.store, app.db)
     api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
-                             watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness))
+                             watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness,
+                             config=config))
     app.health, app.registrations, app.api = health, regs, api
     app.readiness["zones"] = lambda: SourceStatus(synced=zones.synced, errors=dict(zones.errors))
     app.readiness["registrations"] = regs.status
 
     regs.load()  # before DNS listens: a restart never answers without the registrations
+    config.load()
+    app.readiness["config"] = config.status
 
     async def start() -> None:
         app.http_port = await api.start()
@@ -181,6 +186,7 @@ async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signal
     if cfg.dns.workers > 1:
         app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
         app.tasks.append(app.workers.run)
+        app.handler.peers = app.workers.counts
         app.closers.append(app.workers.close)  # closers run in reverse: workers stop first
     loop = asyncio.get_running_loop()
     if signals:

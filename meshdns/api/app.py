@@ -13,12 +13,12 @@ from aiohttp import web
 
 from ..config import Config
 from ..sources.registration_model import NodeReg
-from . import agent, catalog, health, metrics, status
+from . import agent, catalog, config, health, metrics, status
 from .common import CTX, ApiContext, errors
 
 log = logging.getLogger("meshdns.api")
 
-ROUTE_TABLES = (agent.routes, catalog.routes, health.routes, status.routes, metrics.routes)
+ROUTE_TABLES = (agent.routes, catalog.routes, config.routes, health.routes, status.routes, metrics.routes)
 
 
 def agent_node(cfg: Config) -> NodeReg:

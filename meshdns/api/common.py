@@ -15,6 +15,7 @@ from ..catalog.validate import FieldError, dns_label
 from ..config import Config
 from ..dns.handler import DnsHandler
 from ..health.runner import HealthRunner
+from ..sources.config_entries import ConfigEntries
 from ..sources.registrations import NotFound, Registrations
 from ..sources.sqlite_store import StorageError
 from ..sources.status import StatusRegistry
@@ -34,6 +35,7 @@ class ApiContext:
     acl: Acl
     watch: Watch
     readiness: StatusRegistry
+    config: "ConfigEntries | None" = None
 
     @property
     def datacenter(self) -> str:

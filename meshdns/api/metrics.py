@@ -33,14 +33,15 @@ class MeshdnsCollector(Collector):
 
     def collect(self):
         ctx = self.ctx
+        counts, split_counts = ctx.handler.totals()
         queries = CounterMetricFamily("meshdns_dns_queries", "DNS queries answered, by qtype and rcode",
                                       labels=["qtype", "rcode"])
-        for (qtype, rcode), n in sorted(ctx.handler.counts.items(), key=str):
+        for (qtype, rcode), n in sorted(counts.items(), key=str):
             queries.add_metric([qtype_name(qtype), rcode_name(rcode)], n)
         yield queries
         splits = CounterMetricFamily("meshdns_split_answers", "Answers for split names, by split and chosen target",
                                      labels=["split", "target"])
-        for (split, target), n in sorted(ctx.handler.split_counts.items(), key=str):
+        for (split, target), n in sorted(split_counts.items(), key=str):
             splits.add_metric([str(split), str(target)], n)
         yield splits
         regs = ctx.registrations

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections import Counter
-from typing import Awaitable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from ..catalog.store import Store
 from ..forward.chase import chase, cname_target
@@ -73,9 +73,19 @@ class DnsHandler:
         self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
         self.rrl = rate_limiter
         self.internal_errors = 0
+        self.peers: Callable[[], tuple[Counter, Counter]] | None = None  # other worker processes' counters
         self._last_error_log = -1e9
         if forwarder is not None:
             self.fast.forward_hit = self._forward_hit
+
+    def totals(self) -> tuple[Counter, Counter]:
+        """(queries by (qtype, rcode), answers by (split, target)) of this process and its workers."""
+        counts, splits = Counter(self.counts), Counter(self.split_counts)
+        if self.peers is not None:
+            more, more_splits = self.peers()
+            counts.update(more)
+            splits.update(more_splits)
+        return counts, splits
 
     def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
         if self.rrl is not None and not tcp:

@@ -1,0 +1,130 @@
+"""Splits written through the API (Consul's `service-splitter` config entries), kept durably.
+
+A write is validated against the catalog as it is now (weights sum to 100,
+targets exist, no split targets another split), committed to SQLite, and only
+then published, so an invalid or failed write leaves the old split in force.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+from ..catalog import validate
+from ..catalog.model import Split, SourceState
+from ..catalog.store import Store
+from ..catalog.validate import FieldError
+from ..health.spec import get_field
+from .registrations import NotFound
+from .sqlite_store import RecordStore, Write
+from .status import SourceStatus
+
+log = logging.getLogger("meshdns.sources.config")
+
+SOURCE = "config"
+KIND = "service-splitter"
+_TOP = {"kind", "name", "splits", "meta", "namespace", "partition", "createindex", "modifyindex"}
+_TARGET = {"weight", "service", "servicesubset", "tag", "namespace", "partition", "requestheaders",
+           "responseheaders"}
+
+
+def parse_splitter(body: Any, *, revision: int) -> Split:
+    """Consul's service-splitter JSON -> Split. `ServiceSubset` (or `Tag`) restricts a target to a tag."""
+    if not isinstance(body, Mapping):
+        raise FieldError("body", "expected a JSON object")
+    extra = sorted(k for k in body if str(k).lower().replace("_", "") not in _TOP)
+    if extra:
+        raise FieldError(extra[0], "unknown field")
+    kind = get_field(body, "Kind")
+    if kind != KIND:
+        raise FieldError("Kind", f"{kind!r} is not supported (only {KIND!r})")
+    splits = get_field(body, "Splits")
+    if not isinstance(splits, list) or not splits:
+        raise FieldError("Splits", "expected a non-empty list")
+    targets = []
+    for i, raw in enumerate(splits):
+        if not isinstance(raw, Mapping):
+            raise FieldError(f"Splits[{i}]", "expected an object")
+        extra = sorted(k for k in raw if str(k).lower().replace("_", "") not in _TARGET)
+        if extra:
+            raise FieldError(f"Splits[{i}].{extra[0]}", "unknown field")
+        targets.append({"service": get_field(raw, "Service"), "weight": get_field(raw, "Weight") or 0,
+                        "tag": get_field(raw, "ServiceSubset", "Tag") or ""})
+    try:
+        return validate.split(get_field(body, "Name"), targets, field="", source=SOURCE, revision=revision,
+                              percent=True)
+    except FieldError as exc:
+        raise FieldError(_consul_field(exc.field), exc.message) from None
+
+
+def _consul_field(field: str) -> str:
+    """validate.split's field names -> the JSON names the client sent."""
+    field = field.lstrip(".")
+    field = field.replace("targets", "Splits").replace("service", "Service").replace("weight", "Weight")
+    return field.replace("tag", "ServiceSubset").replace("name", "Name")
+
+
+def splitter_json(split: Split) -> dict:
+    return {"Kind": KIND, "Name": split.name,
+            "Splits": [{"Weight": t.weight, "Service": t.service, **({"ServiceSubset": t.tag} if t.tag else {})}
+                       for t in split.targets]}
+
+
+class ConfigEntries:
+    name = SOURCE
+
+    def __init__(self, store: Store, db: RecordStore):
+        self.store = store
+        self.db = db
+        self.splits: dict[str, Split] = {}
+
+    def load(self) -> None:
+        for name, record in self.db.load(KIND).items():
+            try:
+                self.splits[name] = parse_splitter(record["entry"], revision=int(record["revision"]))
+            except (FieldError, KeyError, TypeError, ValueError) as exc:
+                log.error("stored service-splitter %r is unreadable and was skipped: %s", name, exc)
+        self._publish()
+
+    def _publish(self) -> None:
+        self.store.publish(SOURCE, SourceState(splits=dict(self.splits)))
+
+    def check_against_catalog(self, split: Split) -> None:
+        """Targets must exist in our datacenter; no target may be a split (other than itself, by tag)."""
+        snap = self.store.snapshot
+        for i, t in enumerate(split.targets):
+            if not snap.services.get((snap.datacenter, t.service)) and t.service != split.name:
+                raise FieldError(f"Splits[{i}].Service", f"unknown target service {t.service!r}")
+        splits = dict(snap.splits)
+        splits[split.name] = split
+        loop = validate.split_loops(splits)
+        if loop:
+            raise FieldError("Splits", loop)
+
+    async def put(self, body: Any) -> Split:
+        split = parse_splitter(body, revision=time.time_ns())
+        self.check_against_catalog(split)
+        record = {"entry": splitter_json(split), "revision": split.revision}
+
+        def apply() -> None:
+            self.splits[split.name] = split
+            self._publish()
+
+        await self.db.commit([Write(KIND, split.name, record)], apply=apply)
+        log.info("service-splitter %s set: %s", split.name,
+                 ", ".join(f"{t.service}{':' + t.tag if t.tag else ''}={t.weight:g}" for t in split.targets))
+        return split
+
+    async def delete(self, name: str) -> None:
+        name = name.lower()
+        if name not in self.splits:
+            raise NotFound(f"service-splitter {name!r} was not set through the API")
+
+        def apply() -> None:
+            self.splits.pop(name, None)
+            self._publish()
+
+        await self.db.commit([Write(KIND, name, None)], apply=apply)
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(synced=True)
