@@ -145,6 +145,7 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness,
                              config=config))
     app.health, app.registrations, app.api = health, regs, api
+    api.ctx.kubernetes = app.kubernetes
     app.readiness["zones"] = lambda: SourceStatus(synced=zones.synced, errors=dict(zones.errors))
     app.readiness["registrations"] = regs.status
 
@@ -186,7 +187,7 @@ async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signal
     if cfg.dns.workers > 1:
         app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
         app.tasks.append(app.workers.run)
-        app.handler.peers = app.workers.counts
+        app.handler.peers = app.workers.stats
         app.closers.append(app.workers.close)  # closers run in reverse: workers stop first
     loop = asyncio.get_running_loop()
     if signals:

@@ -17,13 +17,13 @@ import queue
 import signal
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 
 from .catalog.model import SourceState
 from .catalog.snapshot import Snapshot
 from .catalog.store import Change, Store
 from .config import Config
+from .dns.stats import DnsStats
 
 log = logging.getLogger("meshdns.workers")
 REPLICA_SOURCE = "primary"
@@ -90,8 +90,7 @@ class _Worker:
         self.index = index
         self.process: multiprocessing.process.BaseProcess | None = None
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.counts: Counter = Counter()
-        self.split_counts: Counter = Counter()
+        self.stats = DnsStats()
         self.started = 0.0
 
 
@@ -131,19 +130,15 @@ class WorkerPool:
     def _receiver(self, w: _Worker, conn) -> None:
         while True:
             try:
-                kind, counts, split_counts = conn.recv()
+                kind, stats = conn.recv()
             except (EOFError, OSError):
                 return
-            if kind == "counts":
-                w.counts, w.split_counts = Counter(counts), Counter(split_counts)
+            if kind == "stats":
+                w.stats = stats
 
-    def counts(self) -> tuple[Counter, Counter]:
-        """Query counters of every worker (the primary's own are on its DnsHandler)."""
-        total, splits = Counter(), Counter()
-        for w in self.workers:
-            total.update(w.counts)
-            splits.update(w.split_counts)
-        return total, splits
+    def stats(self) -> list[DnsStats]:
+        """The latest counters of every worker (the primary's own are on its DnsHandler)."""
+        return [w.stats for w in self.workers]
 
     async def run(self) -> None:
         for w in self.workers:
@@ -234,7 +229,7 @@ async def _worker(cfg: Config, port: int, inbox, outbox, index: int) -> None:
         except TimeoutError:
             pass
         try:
-            outbox.send(("counts", dict(handler.counts), dict(handler.split_counts)))
+            outbox.send(("stats", handler.stats))
         except (OSError, EOFError):
             break
     await dns.close()

@@ -30,9 +30,17 @@ def test_metrics(start_server, tmp_path):
     api(srv.http, "PUT", "/v1/agent/service/register",
         {"ID": "web-2", "Name": "web", "Address": "127.0.0.2", "Check": {"TTL": "1h", "Status": "passing"}})
     m = samples(srv)
-    assert m[("meshdns_dns_queries_total", (("qtype", "A"), ("rcode", "NOERROR")))] == 3
-    assert m[("meshdns_dns_queries_total", (("qtype", "A"), ("rcode", "NXDOMAIN")))] == 1
-    assert m[("meshdns_dns_queries_total", (("qtype", "SRV"), ("rcode", "NOERROR")))] == 1
+    q = "meshdns_dns_queries_total"
+    assert m[(q, (("kind", "split"), ("qtype", "A"), ("rcode", "NOERROR")))] == 3
+    assert m[(q, (("kind", "service"), ("qtype", "A"), ("rcode", "NXDOMAIN")))] == 1
+    assert m[(q, (("kind", "service"), ("qtype", "SRV"), ("rcode", "NOERROR")))] == 1
+    # every answer is in the latency histogram, and the catalog is sized by source
+    assert m[("meshdns_dns_response_seconds_count", ())] == 5
+    assert m[("meshdns_dns_response_seconds_bucket", (("le", "+Inf"),))] == 5
+    assert m[("meshdns_catalog_source_instances", (("source", "zones"),))] == 1
+    assert m[("meshdns_catalog_source_instances", (("source", "registrations"),))] == 2
+    assert m[("meshdns_http_requests_total", (("method", "PUT"), ("route", "/v1/agent/service/register"),
+                                              ("status", "200")))] == 2
     assert m[("meshdns_split_answers_total", (("split", "billing"), ("target", "legacy-billing")))] == 3
     assert m[("meshdns_registrations", (("kind", "service"),))] == 2
     assert m[("meshdns_registrations", (("kind", "check"),))] == 2

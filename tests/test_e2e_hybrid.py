@@ -152,6 +152,9 @@ def test_hybrid_estate_migrates_by_split_and_follows_health(estate):
     metrics = api(mesh.http, "GET", "/metrics").text
     assert 'meshdns_split_answers_total{split="billing",target="legacy-billing"}' in metrics
     assert 'meshdns_split_answers_total{split="billing",target="billing:v2"}' in metrics
+    assert 'meshdns_kubernetes_synced{cluster="kind"} 1.0' in metrics
+    assert f'meshdns_forward_replies_total{{outcome="NOERROR",upstream="{estate["cluster_dns"].address}"}}' in metrics
+    assert 'meshdns_catalog_source_instances{source="kubernetes:kind"} 2.0' in metrics
     ready = api(mesh.http, "GET", "/readyz")
     assert ready.status == 200, ready
 

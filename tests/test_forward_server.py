@@ -128,14 +128,14 @@ def test_recursion_only_for_allowed_clients(start_server, upstreams):
     # a client outside allow_recursion still gets our own names, without RA
     own = query(srv.dns_port, "legacy-billing.service.consul", source="127.0.0.2")
     assert own.rcode() == dns.rcode.NOERROR and not own.flags & dns.flags.RA and own.flags & dns.flags.AA
-    assert srv.app.handler.refused_recursion["client"] == 2
+    assert srv.app.handler.stats.refused["client"] == 2
 
 
 def test_default_config_refuses_other_names(server):
     out = dig(server.dns_port, "example.internal")
     assert status(out) == "REFUSED"
     assert server.app.handler.forwarder is None
-    assert server.app.handler.refused_recursion["no_upstream"] == 1
+    assert server.app.handler.stats.refused["no_upstream"] == 1
 
 
 @pytest.mark.parametrize("with_recursor", [False, True])

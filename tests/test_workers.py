@@ -7,16 +7,23 @@ import time
 
 import dns.message
 
-from harness import ServerProcess
+from harness import ServerProcess, api, wait_until
 
 
-def ask_from_many_ports(port, name, n=120):
+def soa_answers(http):
+    for line in api(http, "GET", "/metrics").text.splitlines():
+        if line.startswith('meshdns_dns_queries_total{kind="apex",qtype="SOA",rcode="NOERROR"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def ask_from_many_ports(port, name, n=120, rdtype="A"):
     """One query per fresh socket (new source port), so SO_REUSEPORT spreads them over processes."""
     answers = []
     for i in range(n):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(2)
-            s.sendto(dns.message.make_query(name, "A", id=i).to_wire(), ("127.0.0.1", port))
+            s.sendto(dns.message.make_query(name, rdtype, id=i).to_wire(), ("127.0.0.1", port))
             msg = dns.message.from_wire(s.recv(4096))
             answers.append(tuple(sorted(rd.to_text() for rrset in msg.answer for rd in rrset)))
     return answers
@@ -55,6 +62,9 @@ def test_workers_share_port_and_follow_changes(tmp_path):
                 s.sendto(dns.message.make_query("consul", "SOA", id=i).to_wire(), ("127.0.0.1", proc.dns_port))
                 serials.add(dns.message.from_wire(s.recv(4096)).answer[0][0].serial)
         assert len(serials) == 1
+        # /metrics counts the answers of every process, workers included (60 SOA queries above + 90)
+        ask_from_many_ports(proc.dns_port, "consul", 90, rdtype="SOA")
+        wait_until(lambda: soa_answers(proc.http) == 150, timeout=6)
     finally:
         assert proc.stop() == 0
     assert not owners_of_port(proc.dns_port)  # workers are gone too

@@ -15,6 +15,7 @@ from ..config import Config
 from ..sources.registration_model import NodeReg
 from . import agent, catalog, config, health, metrics, status
 from .common import CTX, ApiContext, errors
+from .metrics import count_requests
 
 log = logging.getLogger("meshdns.api")
 
@@ -33,7 +34,7 @@ def agent_node(cfg: Config) -> NodeReg:
 class HttpApi:
     def __init__(self, ctx: ApiContext):
         self.ctx = ctx
-        self.web = web.Application(middlewares=[errors], client_max_size=ctx.cfg.http.max_body + 1)
+        self.web = web.Application(middlewares=[count_requests, errors], client_max_size=ctx.cfg.http.max_body + 1)
         self.web[CTX] = ctx
         self.web[metrics.REGISTRY] = metrics.make_registry(ctx)
         for table in ROUTE_TABLES:

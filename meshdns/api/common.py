@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aiohttp import web
@@ -36,6 +37,8 @@ class ApiContext:
     watch: Watch
     readiness: StatusRegistry
     config: "ConfigEntries | None" = None
+    kubernetes: list = field(default_factory=list)              # KubernetesSource per cluster
+    requests: Counter = field(default_factory=Counter)          # (method, route, status) -> n
 
     @property
     def datacenter(self) -> str:

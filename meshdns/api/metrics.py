@@ -1,18 +1,20 @@
 """GET /metrics: Prometheus text, from our own CollectorRegistry.
 
-The DNS hot path only bumps plain Counters; this collector folds them into
-metric families when Prometheus scrapes, so answering a query never touches
-prometheus-client.
+The DNS hot path only bumps plain counters (DnsStats, ForwardStats); this
+collector folds them, the workers' included, into metric families when
+Prometheus scrapes, so answering a query never touches prometheus-client.
 """
 from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ..dns.handler import QTYPE_NAMES
-from .common import ApiContext, ctx_of
+from ..dns.stats import LATENCY_BUCKETS
+from ..forward.client import LATENCY_BUCKETS as UPSTREAM_BUCKETS
+from .common import CTX, ApiContext, ctx_of
 
 routes = web.RouteTableDef()
 
@@ -32,18 +34,69 @@ class MeshdnsCollector(Collector):
         self.ctx = ctx
 
     def collect(self):
-        ctx = self.ctx
-        counts, split_counts = ctx.handler.totals()
-        queries = CounterMetricFamily("meshdns_dns_queries", "DNS queries answered, by qtype and rcode",
-                                      labels=["qtype", "rcode"])
-        for (qtype, rcode), n in sorted(counts.items(), key=str):
-            queries.add_metric([qtype_name(qtype), rcode_name(rcode)], n)
+        yield from self._dns()
+        yield from self._forwarding()
+        yield from self._catalog()
+        yield from self._kubernetes()
+        yield from self._api()
+
+    def _dns(self):
+        stats = self.ctx.handler.totals()
+        queries = CounterMetricFamily("meshdns_dns_queries", "DNS queries answered, by qtype, rcode and name kind",
+                                      labels=["qtype", "rcode", "kind"])
+        for (qtype, rcode, kind), n in sorted(stats.queries.items(), key=str):
+            queries.add_metric([qtype_name(qtype), rcode_name(rcode), kind], n)
         yield queries
+        buckets, running = [], 0
+        for le, n in zip(LATENCY_BUCKETS, stats.latency):
+            running += n
+            buckets.append((repr(le), running))
+        buckets.append(("+Inf", running + stats.latency[-1]))
+        yield HistogramMetricFamily("meshdns_dns_response_seconds", "Time from query received to answer ready",
+                                    buckets=buckets, sum_value=stats.latency_sum)
         splits = CounterMetricFamily("meshdns_split_answers", "Answers for split names, by split and chosen target",
                                      labels=["split", "target"])
-        for (split, target), n in sorted(split_counts.items(), key=str):
+        for (split, target), n in sorted(stats.splits.items(), key=str):
             splits.add_metric([str(split), str(target)], n)
         yield splits
+        refused = CounterMetricFamily("meshdns_recursion_refused", "Queries for outside names refused, by reason",
+                                      labels=["reason"])
+        for reason in ("client", "no_upstream"):
+            refused.add_metric([reason], stats.refused.get(reason, 0))
+        yield refused
+
+    def _forwarding(self):
+        fwd = self.ctx.handler.forwarder
+        if fwd is None:
+            return
+        st = fwd.stats
+        replies = CounterMetricFamily("meshdns_forward_replies", "Upstream exchanges, by upstream and outcome",
+                                      labels=["upstream", "outcome"])
+        for (upstream, outcome), n in sorted(st.replies.items(), key=str):
+            replies.add_metric([upstream, str(outcome)], n)
+        yield replies
+        latency = HistogramMetricFamily("meshdns_forward_upstream_seconds", "Upstream round-trip time",
+                                        labels=["upstream"])
+        for upstream, count in sorted(st.latency_count.items()):
+            buckets = [(repr(le), st.latency_buckets.get((upstream, le), 0)) for le in UPSTREAM_BUCKETS]
+            latency.add_metric([upstream], buckets + [("+Inf", count)], st.latency_sum[upstream])
+        yield latency
+        cache = CounterMetricFamily("meshdns_forward_cache", "Forwarder cache results", labels=["result"])
+        for result in ("hit", "miss", "stale", "shared"):
+            cache.add_metric([result], st.cache.get(result, 0))
+        yield cache
+        yield GaugeMetricFamily("meshdns_forward_cache_entries", "Replies held in the forwarder cache",
+                                value=len(fwd.cache))
+        for name, counter in (("ignored", st.ignored), ("tcp_retries", st.tcp_retries)):
+            family = CounterMetricFamily(f"meshdns_forward_{name}", {
+                "ignored": "Upstream replies ignored (ID or question mismatch)",
+                "tcp_retries": "Truncated UDP replies retried over TCP"}[name], labels=["upstream"])
+            for upstream, n in sorted(counter.items()):
+                family.add_metric([upstream], n)
+            yield family
+
+    def _catalog(self):
+        ctx = self.ctx
         regs = ctx.registrations
         registered = GaugeMetricFamily("meshdns_registrations", "Registrations held in the durable store",
                                        labels=["kind"])
@@ -70,8 +123,68 @@ class MeshdnsCollector(Collector):
         for name in ("passing", "warning", "critical", "maintenance"):
             instances.add_metric([name], by_health.get(name, 0))
         yield instances
+        by_source = GaugeMetricFamily("meshdns_catalog_source_instances", "Service instances each source contributes",
+                                      labels=["source"])
+        services = GaugeMetricFamily("meshdns_catalog_source_services", "Services each source contributes",
+                                     labels=["source"])
+        for source, (n_services, n_instances) in ctx.store.sizes().items():
+            by_source.add_metric([source], n_instances)
+            services.add_metric([source], n_services)
+        yield by_source
+        yield services
+
+    def _kubernetes(self):
+        sources = self.ctx.kubernetes
+        if not sources:
+            return
+        families = {
+            "events": CounterMetricFamily("meshdns_kubernetes_events", "Watch events received", labels=["cluster"]),
+            "relists": CounterMetricFamily("meshdns_kubernetes_relists", "Full relists (410 Gone, reconnects)",
+                                           labels=["cluster"]),
+            "errors": CounterMetricFamily("meshdns_kubernetes_errors", "List/watch errors", labels=["cluster"]),
+            "lag_seconds": GaugeMetricFamily("meshdns_kubernetes_lag_seconds",
+                                             "Time from the last event received to its catalog update",
+                                             labels=["cluster"]),
+            "synced": GaugeMetricFamily("meshdns_kubernetes_synced", "1 once the cluster has been listed",
+                                        labels=["cluster"]),
+            "connected": GaugeMetricFamily("meshdns_kubernetes_connected", "1 while the watches are connected",
+                                           labels=["cluster"]),
+            "last_event_age": GaugeMetricFamily("meshdns_kubernetes_last_event_age_seconds",
+                                                "Seconds since the last event (or bookmark)", labels=["cluster"]),
+        }
+        for source in sources:
+            st = source.status()
+            for key, family in families.items():
+                value = st.get(key)
+                if value is None:
+                    continue
+                family.add_metric([st["name"]], float(value))
+        yield from families.values()
+
+    def _api(self):
+        requests = CounterMetricFamily("meshdns_http_requests", "HTTP API requests, by method, route and status",
+                                       labels=["method", "route", "status"])
+        for (method, route, status), n in sorted(self.ctx.requests.items(), key=str):
+            requests.add_metric([method, route, str(status)], n)
+        yield requests
         yield GaugeMetricFamily("meshdns_http_blocking_queries", "Blocking queries waiting for a change",
-                                value=ctx.watch.active)
+                                value=self.ctx.watch.active)
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler) -> web.StreamResponse:
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource if request.match_info.route else None
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[CTX].requests[(request.method, route, status)] += 1
 
 
 def make_registry(ctx: ApiContext) -> CollectorRegistry:

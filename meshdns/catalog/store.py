@@ -71,6 +71,11 @@ class Store:
     def state(self, source: str) -> SourceState | None:
         return self._states.get(source)
 
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Per source: (services, instances) it contributes."""
+        return {name: (len(st.services), sum(map(len, st.services.values())))
+                for name, st in sorted(self._states.items())}
+
     @property
     def sources(self) -> tuple[str, ...]:
         return tuple(sorted(self._states))

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections import Counter
+from time import perf_counter
 from typing import Awaitable, Callable, Protocol
 
 from ..catalog.store import Store
@@ -18,6 +18,7 @@ from ..forward.chase import chase, cname_target
 from . import rdata
 from .fastpath import FastPath
 from .rrl import RateLimiter, slipped_reply
+from .stats import DnsStats
 from .resolver import REFUSED, SERVFAIL, ResolverOptions, plan, realize
 from .wire import MAX_TCP, Query, WireError, encode_response, error_response, parse_query, response_limit
 
@@ -67,27 +68,37 @@ class DnsHandler:
         self.rng = rng or random.Random()
         self.forwarder = forwarder
         self.recursion = recursion or RecursionPolicy(())
-        self.counts: Counter = Counter()      # (qtype, rcode) -> n; folded into metrics
-        self.split_counts: Counter = Counter()  # (split, target) -> n
-        self.refused_recursion: Counter = Counter()  # "client" (not in allow_recursion) | "no_upstream" -> n
+        self.stats = DnsStats()
         self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
         self.rrl = rate_limiter
         self.internal_errors = 0
-        self.peers: Callable[[], tuple[Counter, Counter]] | None = None  # other worker processes' counters
+        self.peers: Callable[[], list[DnsStats]] | None = None  # the worker processes' counters
         self._last_error_log = -1e9
         if forwarder is not None:
             self.fast.forward_hit = self._forward_hit
 
-    def totals(self) -> tuple[Counter, Counter]:
-        """(queries by (qtype, rcode), answers by (split, target)) of this process and its workers."""
-        counts, splits = Counter(self.counts), Counter(self.split_counts)
-        if self.peers is not None:
-            more, more_splits = self.peers()
-            counts.update(more)
-            splits.update(more_splits)
-        return counts, splits
+    def totals(self) -> DnsStats:
+        """This process's counters plus its workers'."""
+        total = self.stats.copy()
+        for other in self.peers() if self.peers is not None else ():
+            total.add(other)
+        return total
 
     def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
+        started = perf_counter()
+        reply = self._handle(data, client, tcp)
+        if reply is None or isinstance(reply, bytes):
+            self.stats.observe(perf_counter() - started)
+            return reply
+        return self._timed(reply, started)
+
+    async def _timed(self, reply: Awaitable[bytes | None], started: float) -> bytes | None:
+        try:
+            return await reply
+        finally:
+            self.stats.observe(perf_counter() - started)
+
+    def _handle(self, data: bytes, client: tuple, tcp: bool) -> Reply:
         if self.rrl is not None and not tcp:
             verdict = self.rrl.check(client[0])
             if verdict != "send":
@@ -100,9 +111,9 @@ class DnsHandler:
             done = None
         if done is not None:
             reply, qtype, p, target = done
-            self.counts[(qtype, reply[3] & 0xF if p.forward else p.rcode)] += 1
+            self.stats.queries[(qtype, reply[3] & 0xF if p.forward else p.rcode, p.kind)] += 1
             if p.split:
-                self.split_counts[(p.split, target)] += 1
+                self.stats.splits[(p.split, target)] += 1
             return reply
         return self.handle_general(data, client, tcp=tcp)
 
@@ -114,15 +125,15 @@ class DnsHandler:
             return self._answer(query, data, client, tcp)
         except WireError as exc:
             if exc.rcode is None or exc.query is None:
-                self.counts[(0, "dropped")] += 1
+                self.stats.queries[(0, "dropped", "invalid")] += 1
                 return None
-            self.counts[(exc.query.qtype, exc.rcode)] += 1
+            self.stats.queries[(exc.query.qtype, exc.rcode, "invalid")] += 1
             return error_response(exc.query, exc.rcode, our_payload=self.udp_payload)
         except Exception:
             self._log_internal_error(query)
             if query is None:
                 return None
-            self.counts[(query.qtype, SERVFAIL)] += 1
+            self.stats.queries[(query.qtype, SERVFAIL, "error")] += 1
             return error_response(query, SERVFAIL, our_payload=self.udp_payload)
 
     def _log_internal_error(self, query: Query | None) -> None:
@@ -143,13 +154,13 @@ class DnsHandler:
                 if cached is not None:
                     return self._forwarded(query, cached, tcp)
                 return self._forward(query, data, tcp)
-            self.refused_recursion["no_upstream" if may_recurse or self.forwarder is None else "client"] += 1
-            self.counts[(query.qtype, REFUSED)] += 1
+            self.stats.refused["no_upstream" if may_recurse or self.forwarder is None else "client"] += 1
+            self.stats.queries[(query.qtype, REFUSED, p.kind)] += 1
             return error_response(query, REFUSED, our_payload=self.udp_payload)
         ans = realize(p, self.rng)
-        self.counts[(query.qtype, ans.rcode)] += 1
+        self.stats.queries[(query.qtype, ans.rcode, p.kind)] += 1
         if ans.split:
-            self.split_counts[(ans.split, ans.target)] += 1
+            self.stats.splits[(ans.split, ans.target)] += 1
         if may_recurse and cname_target(query.qtype, ans) is not None:
             return self._chase(query, ans, tcp)
         limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
@@ -173,7 +184,7 @@ class DnsHandler:
             log.exception("forwarding %s failed", query.qname)
             reply = None
         if reply is None:
-            self.counts[(query.qtype, SERVFAIL)] += 1
+            self.stats.queries[(query.qtype, SERVFAIL, "forward")] += 1
             return error_response(query, SERVFAIL, our_payload=self.udp_payload)
         return self._forwarded(query, reply, tcp)
 
@@ -184,7 +195,7 @@ class DnsHandler:
 
     def _forwarded(self, query: Query, reply: bytes, tcp: bool) -> bytes:
         rcode = reply[3] & 0xF if len(reply) >= 4 else SERVFAIL
-        self.counts[(query.qtype, rcode)] += 1
+        self.stats.queries[(query.qtype, rcode, "forward")] += 1
         if not tcp:
             limit = response_limit(query, tcp=False, our_payload=self.udp_payload)
             if len(reply) > limit:

@@ -60,6 +60,7 @@ class Plan:
     # plan stays valid while every entry is still the same object in the current snapshot.
     deps: tuple[tuple[str, object, object], ...] = ()
     soa_domain: str = ""        # authority holds our SOA for this domain (serial moves with versions)
+    kind: str = ""              # what kind of name was asked (a metrics label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +132,11 @@ def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: 
 def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
     """qname: lower-case FQDN with trailing dot."""
     deps: list[tuple[str, object, object]] = [("zones", None, snap.zones)]
-    p = _plan(qname, qtype, snap, opts, deps)
+    kind: list[str] = ["unknown"]
+    p = _plan(qname, qtype, snap, opts, deps, kind)
     # spelled out: dataclasses.replace costs more than the rest of a cached answer
     return Plan(p.rcode, p.groups, p.authority, p.limit, p.authoritative, p.forward, p.split,
-                tuple(deps), p.soa_domain)
+                tuple(deps), p.soa_domain, "split" if p.split else kind[0])
 
 
 def still_valid(deps, snap: Snapshot) -> bool:
@@ -145,10 +147,11 @@ def still_valid(deps, snap: Snapshot) -> bool:
     return True
 
 
-def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list) -> Plan:
+def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list, kind: list) -> Plan:
     domain = names.own_domain(qname, opts.domains)
     zone = snap.zone_for(qname) if snap.zones else None
     if zone is not None and (domain is None or len(zone.zone.origin) > len(domain)):
+        kind[0] = "zone"
         return _zone(qname, qtype, zone)
     if domain is None:
         rev = names.parse_reverse(qname)
@@ -156,13 +159,16 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
             deps += [("ip_nodes", rev.ip, snap.ip_nodes.get(rev.ip)), ("ip_services", rev.ip, snap.ip_services.get(rev.ip))]
             found = _reverse(rev, qtype, snap, opts)
             if found is not None:
+                kind[0] = "reverse"
                 return found
+        kind[0] = "forward"
         if qtype == rdata.ANY:
             # RFC 8482 §4.2: never fan ANY out upstream (amplification); a synthesized HINFO says so
             return Plan(groups=_single([Record(None, rdata.HINFO, 3600, rdata.txt("RFC8482", ""))]),
                         authoritative=False)
         return Plan(forward=True, authoritative=False)
     lookup = names.parse_own(qname, domain)
+    kind[0] = type(lookup).__name__.removesuffix("Lookup").lower()
     if getattr(lookup, "datacenter", None) is not None:
         deps.append(("datacenters", None, snap.datacenters))
     if isinstance(lookup, ServiceLookup):
