@@ -160,12 +160,14 @@ class ServerProcess:
 
 
 def query(port: int, name: str, rdtype: str = "A", *, tcp: bool = False, edns: int | None = 0,
-          payload: int = 1232, timeout: float = 3.0, source: str = "127.0.0.1") -> dns.message.Message:
+          payload: int = 1232, timeout: float = 3.0, source: str = "127.0.0.1",
+          rd: bool = False) -> dns.message.Message:
     if edns is None:
         q = dns.message.make_query(name, rdtype, use_edns=False)
     else:
         q = dns.message.make_query(name, rdtype, use_edns=edns, payload=payload)
-    q.flags &= ~dns.flags.RD
+    if not rd:
+        q.flags &= ~dns.flags.RD
     if tcp:
         return dns.query.tcp(q, "127.0.0.1", port=port, timeout=timeout, source=source)
     return dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout, ignore_trailing=False, source=source)
