@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import signal
@@ -161,6 +162,19 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     app.closers.extend([app.db.close, health.close, regs.close, api.close])
 
 
+def _settle_gc() -> None:
+    """Move everything built at start-up out of the collector's sight, and collect less often.
+
+    The catalog, the Kubernetes client and the web stack are hundreds of thousands of
+    long-lived objects; a full collection walking them stalls every answer for tens of
+    milliseconds. Frozen objects are never scanned; new garbage is still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 20_000), gen1, gen2)
+
+
 def coalesced(fn: Callable[[], None]) -> Callable[[], None]:
     """A trigger that runs fn once on the next loop turn, however often it fires before that."""
     scheduled = False
@@ -199,6 +213,7 @@ async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signal
             running = [tg.create_task(t()) for t in app.tasks]
             log.info("dns listening on %s:%d (udp+tcp), domain %s, datacenter %s",
                      cfg.dns.listen[0], app.dns.port, cfg.domain, cfg.datacenter)
+            _settle_gc()
             if on_ready is not None:
                 on_ready(app)
             await app.stop.wait()

@@ -11,36 +11,56 @@ from .handler import DnsHandler
 log = logging.getLogger("meshdns.dns.server")
 
 
-class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, handler: DnsHandler, pending: set):
+class UdpReader:
+    """Reads the UDP socket directly when it is readable, a batch at a time.
+
+    A DatagramProtocol costs a transport object and a callback per packet; for
+    answers that take microseconds that overhead dominates, so the socket is
+    drained in a loop and answered with plain sendto. A reply the kernel cannot
+    take right now (EAGAIN) is dropped: the client retries, as with any UDP loss.
+    """
+
+    BATCH = 64
+
+    def __init__(self, sock: socket.socket, handler: DnsHandler, pending: set):
+        self.sock = sock
         self.handler = handler
         self.pending = pending
-        self.transport: asyncio.DatagramTransport | None = None
+        self.closed = False
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        reply = self.handler.handle(data, addr, tcp=False)
-        if reply is None:
-            return
-        if isinstance(reply, bytes):
-            self.transport.sendto(reply, addr)
-            return
-        task = asyncio.ensure_future(reply)
-        self.pending.add(task)
-        task.add_done_callback(lambda t: self._sent(t, addr))
+    def readable(self) -> None:
+        recvfrom, sendto, handle = self.sock.recvfrom, self.sock.sendto, self.handler.handle
+        for _ in range(self.BATCH):
+            try:
+                data, addr = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors reported on the socket
+                log.debug("udp receive error: %s", exc)
+                continue
+            reply = handle(data, addr, tcp=False)
+            if reply is None:
+                continue
+            if isinstance(reply, bytes):
+                try:
+                    sendto(reply, addr)
+                except OSError as exc:
+                    log.debug("udp send to %s failed: %s", addr, exc)
+                continue
+            task = asyncio.ensure_future(reply)
+            self.pending.add(task)
+            task.add_done_callback(lambda t, addr=addr: self._sent(t, addr))
 
     def _sent(self, task: asyncio.Task, addr) -> None:
         self.pending.discard(task)
-        if task.cancelled() or task.exception() is not None:
+        if task.cancelled() or task.exception() is not None or self.closed:
             return
         reply = task.result()
-        if reply is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.
-        log.debug("udp error: %s", exc)
+        if reply is not None:
+            try:
+                self.sock.sendto(reply, addr)
+            except OSError as exc:
+                log.debug("udp send to %s failed: %s", addr, exc)
 
 
 class TcpProtocol(asyncio.Protocol):
@@ -120,7 +140,7 @@ class DnsServer:
         self.max_connections = max_connections
         self.connections: set[TcpProtocol] = set()
         self.pending: set[asyncio.Task] = set()
-        self.udp: asyncio.DatagramTransport | None = None
+        self.udp: UdpReader | None = None
         self.tcp: asyncio.base_events.Server | None = None
         self.port = 0
 
@@ -140,8 +160,8 @@ class DnsServer:
                     raise
                 continue
             break
-        self.udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.handler, self.pending),
-                                                          sock=udp_sock)
+        self.udp = UdpReader(udp_sock, self.handler, self.pending)
+        loop.add_reader(udp_sock.fileno(), self.udp.readable)
         self.port = bound
 
     async def close(self, *, drain: float = 2.0) -> None:
@@ -157,7 +177,9 @@ class DnsServer:
             if conn.transport is not None:
                 conn.transport.close()
         if self.udp is not None:
-            self.udp.close()
+            asyncio.get_running_loop().remove_reader(self.udp.sock.fileno())
+            self.udp.closed = True
+            self.udp.sock.close()
         if self.tcp is not None:
             await self.tcp.wait_closed()
 
