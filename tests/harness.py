@@ -354,15 +354,22 @@ def api(base: str, method: str, path: str, body: Any = None, *, token: str | Non
         return Reply(exc.code, exc.headers, exc.read())
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
-    """Poll until predicate() is truthy; return its value, or fail after `timeout` seconds."""
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, *, what: str = ""):
+    """Poll until predicate() is truthy and return its value; an AssertionError counts as not yet.
+
+    Fails after `timeout` seconds, naming `what` and the last value seen."""
     deadline = time.monotonic() + timeout
+    last = None
     while True:
-        value = predicate()
-        if value:
-            return value
+        try:
+            last = predicate()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if last:
+                return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"not true within {timeout} s{': ' + what if what else ''} (last: {last!r})")
         time.sleep(interval)
 
 

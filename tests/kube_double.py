@@ -692,17 +692,6 @@ def node(name: str, internal_ip: str, *, external_ip: str | None = None, ready: 
 
 
 def eventually(check: Callable[[], Any], *, timeout: float = 5.0, interval: float = 0.02, what: str = "") -> Any:
-    """Poll until check() returns something truthy (and return it); fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {timeout} s{': ' + what if what else ''} (last: {last!r})")
-        time.sleep(interval)
+    """Poll until check() is truthy (harness.wait_until with this module's shorter default)."""
+    from harness import wait_until
+    return wait_until(check, timeout, interval, what=what)

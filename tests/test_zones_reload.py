@@ -2,20 +2,10 @@
 import logging
 import os
 import signal
-import time
 
 import pytest
 
-from harness import ServerProcess, query, rrset_values
-
-
-def wait_for(fn, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+from harness import ServerProcess, query, rrset_values, wait_until
 
 
 def write(path, text):
@@ -44,9 +34,9 @@ def test_change_is_served_on_next_query(start_server, zones):
     srv = start_server(zones=zones)
     assert answers(srv.dns_port) == ["10.1.1.1"]
     write(zones / "app.toml", SVC.format(ip="10.1.1.2"))
-    assert wait_for(lambda: answers(srv.dns_port) == ["10.1.1.2"])
+    wait_until(lambda: answers(srv.dns_port) == ["10.1.1.2"])
     (zones / "app.toml").unlink()
-    assert wait_for(lambda: query(srv.dns_port, "app.service.consul").rcode() == 3)
+    wait_until(lambda: query(srv.dns_port, "app.service.consul").rcode() == 3)
 
 
 def test_bad_file_keeps_old_content_and_names_file_and_line(start_server, zones, caplog):
@@ -54,13 +44,13 @@ def test_bad_file_keeps_old_content_and_names_file_and_line(start_server, zones,
     caplog.set_level(logging.ERROR, logger="meshdns.sources.zones")
     write(zones / "app.toml", SVC.format(ip="10.1.1.1") + '\n[[service]]\nname = "app"\naddress = "10.1.1.300"\n')
     path = str(zones / "app.toml")
-    assert wait_for(lambda: path in srv.app.zones.errors)
+    wait_until(lambda: path in srv.app.zones.errors)
     message = srv.app.zones.errors[path]
     assert message.startswith(f"{path}:6: ") and "10.1.1.300" in message and "service[1].address" in message
     assert any(f"{path}:6:" in r.getMessage() for r in caplog.records)
     assert answers(srv.dns_port) == ["10.1.1.1"]  # previous content still served
     write(zones / "app.toml", SVC.format(ip="10.1.1.9"))
-    assert wait_for(lambda: answers(srv.dns_port) == ["10.1.1.9"])
+    wait_until(lambda: answers(srv.dns_port) == ["10.1.1.9"])
     assert path not in srv.app.zones.errors
 
 
@@ -68,7 +58,7 @@ def test_toml_syntax_error_line(start_server, zones):
     srv = start_server(zones=zones)
     write(zones / "app.toml", SVC.format(ip="10.1.1.1") + "tags = [unclosed\n")
     path = str(zones / "app.toml")
-    assert wait_for(lambda: path in srv.app.zones.errors)
+    wait_until(lambda: path in srv.app.zones.errors)
     assert srv.app.zones.errors[path].startswith(f"{path}:5:")
     assert answers(srv.dns_port) == ["10.1.1.1"]
 
@@ -80,7 +70,7 @@ def test_bad_master_file_line(start_server, zones):
     assert rrset_values(query(srv.dns_port, "www.lab.test")) == ["10.9.9.9"]
     write(zones / "lab.test.zone", good + "bad 60 IN A not-an-ip\n")
     path = str(zones / "lab.test.zone")
-    assert wait_for(lambda: path in srv.app.zones.errors)
+    wait_until(lambda: path in srv.app.zones.errors)
     assert srv.app.zones.errors[path].startswith(f"{path}:4:")
     assert rrset_values(query(srv.dns_port, "www.lab.test")) == ["10.9.9.9"]
 
@@ -89,11 +79,11 @@ def test_unknown_node_and_split_loop_rejected(start_server, zones):
     srv = start_server(zones=zones)
     write(zones / "more.toml", '[[service]]\nname = "x"\nnode = "ghost"\nport = 1\n')
     path = str(zones / "more.toml")
-    assert wait_for(lambda: path in srv.app.zones.errors)
+    wait_until(lambda: path in srv.app.zones.errors)
     assert "unknown node 'ghost'" in srv.app.zones.errors[path] and ":1:" in srv.app.zones.errors[path]
     write(zones / "more.toml", '[[split]]\nname = "a"\ntargets = [{service = "b", weight = 1}]\n\n'
                                '[[split]]\nname = "b"\ntargets = [{service = "app", weight = 1}]\n')
-    assert wait_for(lambda: "itself a split" in srv.app.zones.errors.get(path, ""))
+    wait_until(lambda: "itself a split" in srv.app.zones.errors.get(path, ""))
     assert answers(srv.dns_port) == ["10.1.1.1"]
 
 
@@ -106,7 +96,7 @@ def test_sighup_reloads_and_sigterm_exits_cleanly(zones, tmp_path):
         (zones / "app.toml").write_text(SVC.format(ip="10.1.1.7"))
         os.utime(zones / "app.toml", ns=(st.st_atime_ns, st.st_mtime_ns))
         proc.signal(signal.SIGHUP)
-        assert wait_for(lambda: answers(proc.dns_port) == ["10.1.1.7"])
+        wait_until(lambda: answers(proc.dns_port) == ["10.1.1.7"])
     finally:
         assert proc.stop() == 0
     assert "stopped" in proc.stderr()
