@@ -102,8 +102,9 @@ class ServerProcess:
 
     READY = re.compile(r"meshdns ready dns=[^:]+:(\d+) http=[^:]+:(\d+)")
 
-    def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None):
-        self.args = [sys.executable, "-m", "meshdns", "serve", "--dns", "127.0.0.1:0", "--http", "127.0.0.1:0",
+    def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()):
+        # wrap: a command that execs the rest (e.g. unshare ... sh -c '...; exec "$@"'), so proc.pid is meshdns
+        self.args = [*wrap, sys.executable, "-m", "meshdns", "serve", "--dns", "127.0.0.1:0", "--http", "127.0.0.1:0",
                      *args]
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}

@@ -52,6 +52,10 @@ def ctx_of(request: web.Request) -> ApiContext:
 # -- input ----------------------------------------------------------------------
 
 
+# Retry-After for writes refused while the data directory cannot be written
+STORAGE_RETRY_AFTER = "5"
+
+
 async def read_json(request: web.Request, *, required: bool = True) -> Any:
     """The body as JSON; too big, not JSON or missing -> FieldError('body', ...) (HTTP 400)."""
     limit = ctx_of(request).cfg.http.max_body
@@ -188,4 +192,6 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except TooManyWaiters as exc:
         return web.Response(status=429, text=f"{exc}\n", headers={"Retry-After": "1"})
     except StorageError as exc:
-        return web.Response(status=500, text=f"storage error, nothing was changed: {exc}\n")
+        # disk full, read-only, locked: the server is fine and reads work; the write may succeed later
+        return web.Response(status=503, headers={"Retry-After": STORAGE_RETRY_AFTER},
+                            text=f"Storage unavailable, nothing was changed; retry later: {exc}\n")
