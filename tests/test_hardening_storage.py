@@ -113,6 +113,9 @@ def _mountable() -> str | None:
             return f"{tool} is not installed"
     if not os.path.exists("/dev/loop-control"):
         return "no loop devices (/dev/loop-control missing)"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"the kernel refuses a private mount namespace: {probe.stderr.strip()}"
     return None
 
 
