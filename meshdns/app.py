@@ -121,6 +121,7 @@ def _add_kubernetes(app: App) -> None:
     for kc in cfg.kubernetes:
         source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter)
         app.kubernetes.append(source)
+        app.readiness[f"kubernetes/{kc.name}"] = source.readiness
         app.tasks.append(source.run)
         app.closers.append(source.close)
         if kc.sync_to_kubernetes != "off":

@@ -134,6 +134,7 @@ class HttpConfig:
     tls_key: str = ""
     max_body: int = 1 << 20
     max_blocking_queries: int = 4096
+    idle_timeout: float = 30.0        # a request head (or body) not complete by then: connection closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +330,10 @@ def _parse_http(t: _Table) -> HttpConfig:
         tls_key=t.get("tls_key", str, ""),
         max_body=t.get("max_body", int, d.max_body),
         max_blocking_queries=t.get("max_blocking_queries", int, d.max_blocking_queries),
+        idle_timeout=t.duration("idle_timeout", d.idle_timeout),
     )
+    if cfg.idle_timeout <= 0:
+        raise ConfigError(f"{t.key('idle_timeout')}: must be more than 0")
     t.done()
     return cfg
 

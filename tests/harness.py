@@ -102,8 +102,9 @@ class ServerProcess:
 
     READY = re.compile(r"meshdns ready dns=[^:]+:(\d+) http=[^:]+:(\d+)")
 
-    def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None):
-        self.args = [sys.executable, "-m", "meshdns", "serve", "--dns", "127.0.0.1:0", "--http", "127.0.0.1:0",
+    def __init__(self, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()):
+        # wrap: a command that execs the rest (e.g. unshare ... sh -c '...; exec "$@"'), so proc.pid is meshdns
+        self.args = [*wrap, sys.executable, "-m", "meshdns", "serve", "--dns", "127.0.0.1:0", "--http", "127.0.0.1:0",
                      *args]
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
@@ -131,7 +132,7 @@ class ServerProcess:
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if '--http-tls-cert' in self.args else 'http'}://127.0.0.1:{self.http_port}"
 
     def stderr(self) -> str:
         return self.stderr_path.read_text() if self.stderr_path and self.stderr_path.exists() else ""
@@ -337,8 +338,11 @@ class Reply:
 
 
 def api(base: str, method: str, path: str, body: Any = None, *, token: str | None = None,
-        raw: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 15) -> Reply:
-    """One HTTP request with urllib; JSON `body` or `raw` bytes; never raises on 4xx/5xx."""
+        raw: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 15,
+        context: Any = None) -> Reply:
+    """One HTTP request with urllib; JSON `body` or `raw` bytes; never raises on 4xx/5xx.
+
+    context: an ssl.SSLContext for https:// bases (e.g. one trusting a test CA)."""
     import json
     import urllib.error
     import urllib.request
@@ -348,7 +352,7 @@ def api(base: str, method: str, path: str, body: Any = None, *, token: str | Non
         hdrs["X-Consul-Token"] = token
     req = urllib.request.Request(base + path, data=data, method=method, headers=hdrs)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return Reply(resp.status, resp.headers, resp.read())
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, exc.headers, exc.read())

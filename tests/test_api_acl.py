@@ -127,3 +127,40 @@ def test_serve_refuses_a_public_api_without_tokens(tmp_path):
         proc.start()
     assert proc.proc.wait(10) == 2
     assert "--http-insecure" in proc.stderr() and "acl.tokens" in proc.stderr()
+
+
+def splits(srv):
+    return [(s["Name"], [t["Service"] for t in s["Splits"]])
+            for s in api(srv.http, "GET", "/v1/config/service-splitter").json()]
+
+
+def test_config_entry_writes_need_a_token_covering_the_split_name(srv):
+    for name in ("billing-v1", "billing-v2", "redis"):
+        assert api(srv.http, "PUT", "/v1/agent/service/register", body(name), token=MGMT).status == 200
+
+    def splitter(name, **extra):
+        return {"Kind": "service-splitter", "Name": name, **extra,
+                "Splits": [{"Weight": 50, "Service": "billing-v1"}, {"Weight": 50, "Service": "billing-v2"}]}
+    assert api(srv.http, "PUT", "/v1/config", splitter("redis"), token=MGMT).status == 200
+    before = (splits(srv), srv.app.registrations.db.load("service-splitter"),
+              sorted(rrset_values(query(srv.dns_port, "redis.service.consul"))))
+    refused = [({}, splitter("billing")),
+               ({"X-Consul-Token": "wrong"}, splitter("billing")),
+               ({"X-Consul-Token": READER}, splitter("billing")),
+               ({"X-Consul-Token": BILLING}, splitter("redis")),
+               ({"X-Consul-Token": BILLING}, {k.upper(): v for k, v in splitter("redis").items()}),  # NAME
+               ({"X-Consul-Token": BILLING}, {**splitter("billing"), "name": "redis"})]              # two spellings
+    for headers, entry in refused:
+        r = api(srv.http, "PUT", "/v1/config", entry, headers=headers)
+        assert r.status == 403, (headers, entry, r)
+    for headers in ({}, {"X-Consul-Token": READER}, {"X-Consul-Token": BILLING}, {"Authorization": "Bearer x"}):
+        r = api(srv.http, "DELETE", "/v1/config/service-splitter/redis", headers=headers)
+        assert r.status == 403, (headers, r)
+    # nothing changed: the API, the disk and DNS
+    assert (splits(srv), srv.app.registrations.db.load("service-splitter"),
+            sorted(rrset_values(query(srv.dns_port, "redis.service.consul")))) == before
+    # the right tokens may
+    assert api(srv.http, "PUT", "/v1/config", splitter("billing"), token=BILLING).status == 200
+    assert api(srv.http, "DELETE", "/v1/config/service-splitter/billing", token=BILLING).status == 200
+    assert api(srv.http, "DELETE", "/v1/config/service-splitter/redis", token=MGMT).status == 200
+    assert splits(srv) == []

@@ -60,8 +60,9 @@ async def test_storage_failure_applies_nothing(tmp_path):
     blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
     db._db.execute("PRAGMA busy_timeout=50")
     applied = []
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError) as failure:
         await db.commit([Write("k", "x", {"v": 2})], lambda: applied.append(1))
+    assert failure.value.reason == "locked" and DB_NAME in str(failure.value)
     blocker.rollback()
     blocker.close()
     assert applied == [] and db.load("k") == {"x": {"v": 1}}

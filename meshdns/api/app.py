@@ -6,12 +6,14 @@ list it in ROUTE_TABLES (or call HttpApi.add_routes before start).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
+import time
 
 from aiohttp import web
 
-from ..config import Config
+from ..config import Config, ConfigError, HttpConfig
 from ..sources.registration_model import NodeReg
 from . import agent, catalog, config, health, metrics, status
 from .common import CTX, ApiContext, errors
@@ -20,6 +22,58 @@ from .metrics import count_requests
 log = logging.getLogger("meshdns.api")
 
 ROUTE_TABLES = (agent.routes, catalog.routes, config.routes, health.routes, status.routes, metrics.routes)
+
+# Request head bounds (aiohttp answers 400 beyond them): Consul clients send a handful of short headers.
+MAX_LINE = 8192       # request line, and each header line
+MAX_FIELD = 8192      # each header name or value
+MAX_HEADERS = 100
+
+
+class OncePer(logging.Filter):
+    """Let one record through per `seconds`: a flood of malformed requests must not become a flood of logs."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self._last = -math.inf
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            self.suppressed += 1
+            return False
+        self._last = now
+        return True
+
+
+# aiohttp's own complaints about bad requests (bad request line, headers too long) go here
+http_log = logging.getLogger("meshdns.api.http")
+http_log.addFilter(OncePer(10.0))
+
+
+def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
+    """The API's TLS context, or None; a missing, unreadable or mismatched file is a ConfigError naming it."""
+    if not (http.tls_cert or http.tls_key):
+        return None
+    if not http.tls_cert:
+        raise ConfigError("http.tls_cert: required when http.tls_key is set (--http-tls-cert)")
+    for key, path in (("http.tls_cert", http.tls_cert), ("http.tls_key", http.tls_key)):
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(http.tls_cert, http.tls_key or None)
+    except ssl.SSLError as exc:
+        files = http.tls_cert + (f" and {http.tls_key}" if http.tls_key else "")
+        raise ConfigError(f"http.tls_cert/http.tls_key: {files} are not a PEM certificate and its private key "
+                          f"({exc.reason or exc})") from None
+    return context
 
 
 def agent_node(cfg: Config) -> NodeReg:
@@ -40,25 +94,23 @@ class HttpApi:
         for table in ROUTE_TABLES:
             self.web.add_routes(table)
         ctx.store.subscribe(ctx.watch)
+        self._tls = tls_context(ctx.cfg.http)  # at build time: a bad file stops startup before anything listens
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     def add_routes(self, table: web.RouteTableDef) -> None:
         self.web.add_routes(table)
 
-    def _ssl(self) -> ssl.SSLContext | None:
-        http = self.ctx.cfg.http
-        if not (http.tls_cert or http.tls_key):
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(http.tls_cert, http.tls_key)
-        return context
-
     async def start(self) -> int:
-        host, port = self.ctx.cfg.http.listen
-        self._runner = web.AppRunner(self.web, access_log=None, shutdown_timeout=2.0)
+        http = self.ctx.cfg.http
+        host, port = http.listen
+        # keepalive_timeout also closes a connection whose request head is not complete in time
+        # (aiohttp counts a half-received head as idle): slow-loris clients are cut off
+        self._runner = web.AppRunner(self.web, access_log=None, shutdown_timeout=2.0, logger=http_log,
+                                     max_line_size=MAX_LINE, max_field_size=MAX_FIELD, max_headers=MAX_HEADERS,
+                                     keepalive_timeout=http.idle_timeout)
         await self._runner.setup()
-        tls = self._ssl()
+        tls = self._tls
         site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         await site.start()
         self.port = self._runner.addresses[0][1]

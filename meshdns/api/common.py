@@ -55,9 +55,38 @@ def ctx_of(request: web.Request) -> ApiContext:
 # -- input ----------------------------------------------------------------------
 
 
+class BodyTimeout(Exception):
+    """408: the body did not arrive in time (a slow client must not hold a handler forever)."""
+
+
+# Retry-After for writes refused while the data directory cannot be written
+STORAGE_RETRY_AFTER = "5"
+
+
 async def read_json(request: web.Request, *, required: bool = True) -> Any:
-    """The body as JSON; too big, not JSON or missing -> FieldError('body', ...) (HTTP 400)."""
-    limit = ctx_of(request).cfg.http.max_body
+    """The body as JSON; too big, not JSON or missing -> FieldError('body', ...) (HTTP 400).
+
+    The whole body must arrive within http.idle_timeout, else BodyTimeout (HTTP 408).
+    """
+    http = ctx_of(request).cfg.http
+    try:
+        async with asyncio.timeout(http.idle_timeout):
+            raw = await _read_body(request, http.max_body)
+    except TimeoutError:
+        raise BodyTimeout(f"Request timeout: the body did not arrive within {http.idle_timeout:g}s") from None
+    if not raw.strip():
+        if required:
+            raise FieldError("body", "a JSON object is required")
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FieldError("body", "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise FieldError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         await _drain(request, limit)
         raise FieldError("body", f"request body is larger than {limit} bytes")
@@ -71,17 +100,7 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
             await _drain(request, limit)
             raise FieldError("body", f"request body is larger than {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        if required:
-            raise FieldError("body", "a JSON object is required")
-        return None
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise FieldError("body", "not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise FieldError("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return b"".join(chunks)
 
 
 async def _drain(request: web.Request, limit: int) -> None:
@@ -191,4 +210,10 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     except TooManyWaiters as exc:
         return web.Response(status=429, text=f"{exc}\n", headers={"Retry-After": "1"})
     except StorageError as exc:
-        return web.Response(status=500, text=f"storage error, nothing was changed: {exc}\n")
+        # disk full, read-only, locked: the server is fine and reads work; the write may succeed later
+        return web.Response(status=503, headers={"Retry-After": STORAGE_RETRY_AFTER},
+                            text=f"Storage unavailable, nothing was changed; retry later: {exc}\n")
+    except BodyTimeout as exc:
+        response = web.Response(status=408, text=f"{exc}\n")
+        response.force_close()  # the rest of the body may still be on its way: do not read it as a request
+        return response

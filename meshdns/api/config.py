@@ -48,10 +48,8 @@ async def put_config(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     ctx.acl.require_token(request)
     body = await read_json(request)
-    name = body.get("Name") or body.get("name") if isinstance(body, dict) else None
-    if isinstance(name, str):
-        ctx.acl.require_service_write(request, [name.lower()])
-    await ctx.config.put(body)
+    # the ACL sees the name exactly as the entry will be stored ("NAME", "name" and "Name" are one key)
+    await ctx.config.put(body, authorize=lambda name: ctx.acl.require_service_write(request, [name]))
     return web.Response(body=b"true", content_type="application/json")
 
 

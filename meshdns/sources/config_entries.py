@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..catalog import validate
 from ..catalog.model import Split, SourceState
@@ -101,8 +101,12 @@ class ConfigEntries:
         if loop:
             raise FieldError("Splits", loop)
 
-    async def put(self, body: Any) -> Split:
+    async def put(self, body: Any, *, authorize: Callable[[str], None] | None = None) -> Split:
+        """Parse, let `authorize(name)` refuse (ACL: the name as parsed, however the key was spelled),
+        check against the catalog, write, publish."""
         split = parse_splitter(body, revision=time.time_ns())
+        if authorize is not None:
+            authorize(split.name)
         self.check_against_catalog(split)
         record = {"entry": splitter_json(split), "revision": split.revision}
 

@@ -69,6 +69,7 @@ class Registrations:
         self._node_objs: dict[NodeKey, Node] = {}
         self._publish_scheduled = False
         self._reaping: set[asyncio.Task] = set()
+        self._quiet: CKey | None = None  # a check whose status change is already on disk
         self.errors: dict[str, str] = {}
         self.synced = False
         runner.register_owner(SOURCE, on_change=self._check_changed, on_reap=self._reap)
@@ -217,7 +218,8 @@ class Registrations:
         check = self.checks.get(key)
         if check is None or old.status is new.status:
             return
-        self.db.commit_soon([self._status_write(key, new)])
+        if key != self._quiet:
+            self.db.commit_soon([self._status_write(key, new)])
         self._mark_affected(check)
         self._schedule_publish()
 
@@ -348,10 +350,23 @@ class Registrations:
             raise NotFound(f"unknown check ID {key[2]!r}")
         if check.spec is None or check.spec.kind != "ttl":
             raise FieldError("CheckID", f"check {key[2]!r} is not a TTL check")
-        self.runner.update_ttl(SOURCE, key, status, output)
-        if self._dirty:
-            self.publish()  # DNS answers change before the caller gets its 200
-        await self.db.flush()
+        current = self.runner.state(SOURCE, key)
+        if current is not None and current.status is status:
+            self.runner.update_ttl(SOURCE, key, status, output)  # a heartbeat: nothing new to keep on disk
+            return
+
+        def apply() -> None:
+            if self.checks.get(key) is not check:
+                return  # replaced or removed while this was being written
+            self._quiet = key  # already written: _check_changed must not queue the same row behind later ones
+            try:
+                self.runner.update_ttl(SOURCE, key, status, output)
+            finally:
+                self._quiet = None
+            if self._dirty:
+                self.publish()  # DNS answers change before the caller gets its 200
+        # a status change is on disk before memory and DNS show it: a refused write changes nothing
+        await self.db.commit([self._status_write(key, CheckState(status=status, output=output))], apply)
 
     async def catalog_register(self, reg: CatalogRegistration) -> None:
         node_key = reg.node.key

@@ -12,8 +12,10 @@ its transaction is on disk: memory never shows what the disk does not have.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -139,12 +141,13 @@ class RecordStore:
             self._db.execute("COMMIT")
             self.commits += 1
         except Exception as exc:  # the thread must survive anything: callers are waiting
-            error = exc
-            log.error("writing %s failed: %s", self.path, exc)
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            error = diagnose(exc, self.path)
+            log.error("writing %s failed: %s", self.path, error)
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
         by_loop: dict[asyncio.AbstractEventLoop, list[_Batch]] = {}
         for batch in batches:
             if batch.loop is not None:
@@ -165,7 +168,7 @@ def _rows(writes: Iterable[Write]) -> tuple[tuple[str, str, str | None], ...]:
 def _finish(batches: list[_Batch], error: BaseException | None) -> None:
     """Apply committed changes in order, even for a caller that stopped waiting."""
     for batch in batches:
-        outcome: BaseException | None = StorageError(str(error)) if error is not None else None
+        outcome: BaseException | None = error
         if error is None and batch.apply is not None:
             try:
                 batch.apply()
@@ -181,4 +184,53 @@ def _finish(batches: list[_Batch], error: BaseException | None) -> None:
 
 
 class StorageError(RuntimeError):
-    """The database refused a write; nothing was changed."""
+    """The database refused a write; nothing was changed.
+
+    `reason` says why in words an operator acts on: "disk full", "read-only",
+    "locked" or "I/O error" (all temporary from a client's point of view).
+    """
+
+    def __init__(self, message: str, *, reason: str = "I/O error"):
+        super().__init__(message)
+        self.reason = reason
+
+
+_ERRNO_REASONS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full", errno.EROFS: "read-only",
+                  errno.EPERM: "read-only", errno.EACCES: "read-only"}
+
+
+def diagnose(exc: BaseException, path: Path) -> StorageError:
+    """Why a write failed, in terms an operator can act on.
+
+    SQLite often reports only "disk I/O error", so on failure (rare) we ask
+    the file system directly: create, write and fsync a probe file next to
+    the database, and name what the kernel says (ENOSPC, EROFS, EPERM, ...).
+    """
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        reason = "disk full"
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        reason = "locked"
+    elif name.startswith("SQLITE_READONLY"):
+        reason = "read-only"
+    else:
+        reason = _probe(path.parent) or ("read-only" if path.exists() and not os.access(path, os.W_OK)
+                                         else "I/O error")
+    detail = f"{exc}, {name}" if name else f"{type(exc).__name__}: {exc}"
+    return StorageError(f"{reason}: cannot write {path} ({detail})", reason=reason)
+
+
+def _probe(directory: Path) -> str | None:
+    """Write one byte durably in `directory`; the errno of a failure, as a reason (None if it worked)."""
+    probe = directory / ".meshdns-write-probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return _ERRNO_REASONS.get(exc.errno, f"I/O error ({os.strerror(exc.errno)})" if exc.errno else None)
+    return None

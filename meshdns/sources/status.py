@@ -9,6 +9,7 @@ from typing import Callable
 class SourceStatus:
     synced: bool
     errors: dict[str, str] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)  # shown as is (e.g. connected, last_event_age)
 
 
 # name -> callable giving the source's current status; sources add themselves in app.build()

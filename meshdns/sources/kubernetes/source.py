@@ -20,6 +20,7 @@ from ...catalog.model import Instance, ServiceKey, SourceState, Split
 from ...catalog.store import Store
 from ...catalog.validate import FieldError, dns_label, split_loops
 from ...config import ConfigError, KubernetesConfig
+from ..status import SourceStatus
 from .mapping import ClusterSettings, Mapped, map_service, node_view, object_key, slice_service
 from .watch import ENDPOINTSLICES, NODES, SERVICES, Backoff, Timeouts, Watcher
 
@@ -104,6 +105,16 @@ class KubernetesSource:
                 "errors": self.errors, "last_error": self.last_error,
                 "lag_seconds": round(self.lag, 6), "max_lag_seconds": round(self.max_lag, 6),
                 "services": len(self._catalog), "problems": {**self.problems, **self._split_problems}}
+
+    def readiness(self) -> SourceStatus:
+        """For /readyz: synced once is ready; a lost connection is reported, not made fatal (stale beats empty)."""
+        errors = {**self.problems, **self._split_problems}
+        if not self.connected and self.last_error:
+            errors["api"] = self.last_error
+        age = self.last_event_age
+        return SourceStatus(synced=self.synced, errors=errors,
+                            details={"connected": self.connected,
+                                     "last_event_age": None if age is None else round(age, 3)})
 
     # -- lifecycle ---------------------------------------------------------------
 
