@@ -67,8 +67,17 @@ def test_fast_and_general_paths_identical(handler, name, qtype, tcp):
             general = handler.handle_general(wire, CLIENT, tcp=tcp)
             assert first is not None, "the fast path should take this common query shape"
             assert first[0] == general == cached[0]
+            assert handler.fast.cache  # the answer was compiled and kept
             msg = dns.message.from_wire(general)  # and it is a well-formed DNS message
             assert msg.id == q.id and msg.question[0].name == q.question[0].name
+
+
+def test_with_recursion_a_lone_cname_goes_to_the_general_path(handler):
+    """The general path resolves a lone CNAME's target for clients that may recurse; the fast path must not
+    answer those on its own."""
+    wire = dns.message.make_query("payments-gateway.service.consul", "A").to_wire()
+    assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=True) is None
+    assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=False) is not None
 
 
 def test_one_service_change_invalidates_only_its_answers(handler):

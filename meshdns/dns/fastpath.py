@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ..catalog.snapshot import Snapshot
@@ -32,12 +32,16 @@ class Compiled:
 
     version: int
     plan: Plan
-    groups: tuple[tuple[float, tuple[tuple[float, bytes, bytes, int, int], ...], str], ...]
+    # per group: (weight, units, label, unit weights, (answer, additional) records per unit or None);
+    # per unit: (weight, answer bytes, additional bytes, answer count, additional count)
+    groups: tuple
     static: tuple[bytes, bytes, int, int] | None  # (answer, additional, counts) when nothing is shuffled
     authority: tuple[bytes, ...]
     forward: bool
-    cname_only: bool
-    qname: str = ""   # lower-case, for forwarder cache keys  # one CNAME answer: with recursion the general path resolves its target
+    cname_only: bool  # one CNAME answer: with recursion the general path resolves its target
+    group_weights: list = field(default_factory=list)
+    qname: str = ""   # lower-case, for forwarder cache keys
+    count_key: tuple = ()  # (qtype, rcode, name kind): the queries counter this answer bumps
 
 
 def compile_plan(p: Plan, version: int) -> Compiled:
@@ -46,7 +50,10 @@ def compile_plan(p: Plan, version: int) -> Compiled:
         units = tuple((u.weight, b"".join(encode_record(r) for r in u.answer),
                        b"".join(encode_record(r) for r in u.additional), len(u.answer), len(u.additional))
                       for u in g.units)
-        groups.append((g.weight, units, g.label))
+        weights = [u[0] for u in units]
+        shapes = {(u[3], u[4]) for u in units}
+        # per group: (weight, units, label, unit weights, records per unit when all units agree)
+        groups.append((g.weight, units, g.label, weights, shapes.pop() if len(shapes) == 1 else None))
     static = None
     if not groups:
         static = (b"", b"", 0, 0)
@@ -55,7 +62,8 @@ def compile_plan(p: Plan, version: int) -> Compiled:
     authority = () if p.soa_domain else tuple(encode_record(r) for r in p.authority)
     cname_only = (len(p.groups) == 1 and len(p.groups[0].units) == 1 and len(p.groups[0].units[0].answer) == 1
                   and p.groups[0].units[0].answer[0].rtype == rdata.CNAME)
-    return Compiled(version, p, tuple(groups), static, authority, p.forward, cname_only)
+    return Compiled(version, p, tuple(groups), static, authority, p.forward, cname_only,
+                    group_weights=[g[0] for g in groups])
 
 
 class FastPath:
@@ -82,6 +90,7 @@ class FastPath:
                 return entry
         entry = compile_plan(plan(qname, qtype, snap, self.opts), snap.version)
         entry.qname = qname
+        entry.count_key = (qtype, entry.plan.rcode, entry.plan.kind)
         if len(self.cache) >= self.max_entries:
             self.cache.clear()  # bounded; rebuilt on demand from the current snapshot
         self.cache[key] = entry
@@ -97,63 +106,60 @@ class FastPath:
         return raw
 
     def answer(self, data: bytes, snap: Snapshot, rng: random.Random, *, tcp: bool,
-               ra: bool) -> tuple[bytes, int, Plan, str] | None:
-        """(reply, qtype, plan, chosen split target) for a common-shape query, or None for the general path."""
+               ra: bool) -> tuple[bytes, Compiled, str] | None:
+        """(reply, the compiled answer, chosen split target) for a common-shape query, or None."""
         n = len(data)
         if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10]:
             return None
         arcount = data[11]
-        pos = 12
-        while True:
-            length = data[pos]
-            if length == 0:
-                break
-            if length > 63:
-                return None
-            pos += length + 1
-            if pos >= n:
-                return None
-        qend = pos + 1
-        if qend + 4 > n or qend - 12 > 255 or data[qend + 2:qend + 4] != b"\x00\x01":
-            return None
-        pos = qend + 4
-        edns_payload = 0
-        do = False
+        # Where the question ends, read from the tail: no additional record, or an OPT without
+        # options (what stub resolvers send). A hit on these exact name bytes proves the parse;
+        # anything else is walked label by label below.
         if arcount == 0:
-            if pos != n:
-                return None
-        elif arcount == 1:
-            if pos + 11 > n or data[pos] or data[pos + 1:pos + 3] != b"\x00\x29" or data[pos + 6]:
-                return None
-            if pos + 11 + (data[pos + 9] << 8 | data[pos + 10]) != n:
-                return None
-            edns_payload = data[pos + 3] << 8 | data[pos + 4]
-            do = bool(data[pos + 7] & 0x80)
+            qend = n - 4
+        elif arcount == 1 and data[n - 11:n - 8] == b"\x00\x00\x29" and data[n - 2:n] == b"\x00\x00":
+            qend = n - 15
         else:
-            return None
-        qtype = data[qend] << 8 | data[qend + 1]
-        key = data[12:qend].lower() + data[qend:qend + 2]
-        entry = self.cache.get(key)
+            qend = 0
+        entry = None
+        if qend > 12 and data[qend - 1] == 0 and data[qend + 2:qend + 4] == b"\x00\x01":
+            key = data[12:qend].lower() + data[qend:qend + 2]
+            entry = self.cache.get(key)
         if entry is None or entry.version != snap.version:
-            try:
-                qname = _text_name(data, qend)
-            except UnicodeDecodeError:
+            qend = _question_end(data, n, arcount)
+            if qend < 0:
                 return None
-            entry = self.lookup(key, qname, qtype, snap)
+            key = data[12:qend].lower() + data[qend:qend + 2]
+            entry = self.cache.get(key)
+            if entry is None or entry.version != snap.version:
+                try:
+                    qname = _text_name(data, qend)
+                except UnicodeDecodeError:
+                    return None
+                entry = self.lookup(key, qname, data[qend] << 8 | data[qend + 1], snap)
+        if arcount:
+            opt = qend + 4
+            if data[opt + 6]:
+                return None  # EDNS version > 0: BADVERS from the general path
+            edns_payload = data[opt + 3] << 8 | data[opt + 4]
+            limit = 65535 if tcp else max(512, min(edns_payload, self.udp_payload))
+        else:
+            edns_payload = 0
+            limit = 65535 if tcp else 512
         if entry.forward:
             if not ra or self.forward_hit is None:
                 return None
-            edns = Edns(max(512, edns_payload), 0, do) if arcount else None
+            qtype = data[qend] << 8 | data[qend + 1]
+            edns = Edns(max(512, edns_payload), 0, bool(data[qend + 11] & 0x80)) if arcount else None
             query = Query(data[0] << 8 | data[1], data[2] << 8 | data[3], entry.qname, entry.qname, qtype, 1,
                           data[12:qend + 4], edns)
             reply = self.forward_hit(query)
-            limit = 65535 if tcp else (max(512, min(edns_payload, self.udp_payload)) if arcount else 512)
             if reply is None or len(reply) > limit:
                 return None
-            return reply, qtype, entry.plan, ""
-        if ra and entry.cname_only and qtype in (rdata.A, rdata.AAAA):
-            return None
+            return reply, entry, ""
         p = entry.plan
+        if ra and entry.cname_only and entry.count_key[0] in (rdata.A, rdata.AAAA):
+            return None
         flags = _QR | (data[2] << 8 & 0x0100) | (data[3] & 0x10) | p.rcode
         if p.authoritative:
             flags |= _AA
@@ -162,7 +168,7 @@ class FastPath:
         authority = entry.authority
         if p.soa_domain:
             authority = (self.soa_bytes(p.soa_domain, snap),)
-        opt = self._opt[do] if arcount else b""
+        opt = self._opt[bool(data[qend + 11] & 0x80)] if arcount else b""
         target = ""
         if entry.static is not None:
             an_part, ar_part, n_an, n_ar = entry.static
@@ -170,28 +176,53 @@ class FastPath:
                 target = entry.groups[0][2]
         else:
             groups = entry.groups
-            if len(groups) == 1:
-                units, target = groups[0][1], groups[0][2]
-            else:
-                _, units, target = groups[weighted_pick([g[0] for g in groups], rng)]
+            group = groups[0] if len(groups) == 1 else groups[weighted_pick(entry.group_weights, rng)]
+            _, units, target, weights, shape = group
             if len(units) > 1:
-                units = [units[i] for i in weighted_order([u[0] for u in units], rng)]
+                units = [units[i] for i in weighted_order(weights, rng)]
             if p.limit and len(units) > p.limit:
                 units = units[:p.limit]
             an_part = b"".join([u[1] for u in units])
             ar_part = b"".join([u[2] for u in units])
-            n_an = sum(u[3] for u in units)
-            n_ar = sum(u[4] for u in units)
-        size = qend + 4 + len(an_part) + len(ar_part) + sum(map(len, authority)) + len(opt)
-        limit = 65535 if tcp else (max(512, min(edns_payload, self.udp_payload)) if arcount else 512)
+            if shape is not None:
+                n_an, n_ar = shape[0] * len(units), shape[1] * len(units)
+            else:
+                n_an = sum(u[3] for u in units)
+                n_ar = sum(u[4] for u in units)
+        size = qend + 4 + len(an_part) + len(ar_part) + len(opt)
+        for rec in authority:
+            size += len(rec)
         if size > limit:
             # rare: cut back into records and trim exactly as the general path does
             sections = (_split_records(an_part), list(authority), _split_records(ar_part))
             reply = assemble(parse_query(data), p.rcode, sections, limit=limit, our_payload=self.udp_payload,
                              aa=p.authoritative, ra=ra, set_tc=self.enable_truncate)
-            return reply, qtype, p, target
+            return reply, entry, target
         header = _H.pack(data[0] << 8 | data[1], flags, 1, n_an, len(authority), n_ar + (1 if arcount else 0))
-        return b"".join((header, data[12:qend + 4], an_part, *authority, ar_part, opt)), qtype, p, target
+        return b"".join((header, data[12:qend + 4], an_part, *authority, ar_part, opt)), entry, target
+
+
+def _question_end(data: bytes, n: int, arcount: int) -> int:
+    """Walk the question name; the offset just after it, or -1 when the packet is not the common shape."""
+    pos = 12
+    while True:
+        length = data[pos]
+        if length == 0:
+            break
+        if length > 63:
+            return -1
+        pos += length + 1
+        if pos >= n:
+            return -1
+    qend = pos + 1
+    if qend + 4 > n or qend - 12 > 255 or data[qend + 2:qend + 4] != b"\x00\x01":
+        return -1
+    pos = qend + 4
+    if arcount == 0:
+        return qend if pos == n else -1
+    if pos + 11 > n or data[pos] or data[pos + 1:pos + 3] != b"\x00\x29":
+        return -1
+    return qend if pos + 11 + (data[pos + 9] << 8 | data[pos + 10]) == n else -1
 
 
 def _text_name(data: bytes, qend: int) -> str:

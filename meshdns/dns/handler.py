@@ -110,10 +110,13 @@ class DnsHandler:
             log.debug("fast path declined a packet", exc_info=True)
             done = None
         if done is not None:
-            reply, qtype, p, target = done
-            self.stats.queries[(qtype, reply[3] & 0xF if p.forward else p.rcode, p.kind)] += 1
-            if p.split:
-                self.stats.splits[(p.split, target)] += 1
+            reply, entry, target = done
+            if entry.forward:
+                self.stats.queries[(entry.count_key[0], reply[3] & 0xF, "forward")] += 1
+            else:
+                self.stats.queries[entry.count_key] += 1
+                if target:
+                    self.stats.splits[(entry.plan.split, target)] += 1
             return reply
         return self.handle_general(data, client, tcp=tcp)
 
