@@ -216,3 +216,35 @@ def test_ttl_with_top_bit_is_zero():
     reply = parse_reply(bytes(wire), qid=7, question=question)
     wire[reply.ttl_offsets[0]:reply.ttl_offsets[0] + 4] = (0x80000000).to_bytes(4, "big")
     assert parse_reply(bytes(wire), qid=7, question=question).ttls == (0,)
+
+
+def test_rendered_hits_age_by_whole_seconds_and_keep_the_clients_id_and_spelling():
+    """Forwarder.cached reuses a rendered reply only while its TTLs would render the same."""
+    from meshdns.config import parse_config
+    from meshdns.dns.wire import parse_query
+    from meshdns.forward.forwarder import from_config
+    from meshdns.forward.message import parse_reply
+
+    now = [1000.0]
+    fwd = from_config(parse_config({"forwarding": {"recursors": ["127.0.0.1:5300"]}}), clock=lambda: now[0])
+    upstream_q = dns.message.make_query("host.example.", "A", use_edns=0)
+    reply = dns.message.make_response(upstream_q)
+    reply.answer.append(dns.rrset.from_text("host.example.", 10, "IN", "A", "192.0.2.9"))
+    parsed = parse_reply(reply.to_wire(), qid=upstream_q.id, question=parse_query(upstream_q.to_wire()).question)
+    fwd.cache.put(("host.example.", 1, 1, False), parsed)
+
+    def ask(name, qid):
+        q = dns.message.make_query(name, "A", use_edns=0, id=qid)
+        raw = fwd.cached(parse_query(q.to_wire()))
+        return None if raw is None else dns.message.from_wire(raw)
+
+    first = ask("host.example.", 1)
+    assert first.id == 1 and first.answer[0].ttl == 10
+    now[0] += 0.5
+    again = ask("HoSt.ExAmPlE.", 2)                       # same second of age: the memo, re-addressed
+    assert again.id == 2 and again.question[0].name.to_text() == "HoSt.ExAmPlE."
+    assert again.answer[0].ttl == 10 and again.answer[0][0].to_text() == "192.0.2.9"
+    now[0] += 3.0                                         # 3.5 s old: TTLs count down
+    assert ask("host.example.", 3).answer[0].ttl == 7
+    now[0] += 7.0                                         # expired: not served from the memo either
+    assert ask("host.example.", 4) is None

@@ -91,6 +91,16 @@ class ReplyCache:
         clamp = self._clamp
         return Hit(entry.reply, lambda ttl: int(clamp(ttl)) - whole)
 
+    def fresh_until(self, key: Hashable) -> float | None:
+        """When the served form of a fresh entry next changes: its next whole second of age, or expiry."""
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        age = self.clock() - entry.stored
+        if age >= entry.ttl:
+            return None
+        return entry.stored + min(int(age) + 1, entry.ttl)
+
     def get_stale(self, key: Hashable) -> Hit | None:
         """An expired entry still within serve_stale (for when every upstream failed)."""
         entry = self._data.get(key)

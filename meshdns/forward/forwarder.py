@@ -21,7 +21,7 @@ from typing import Callable
 from ..config import Config, ConfigError
 from ..dns import rdata
 from ..dns.names import own_domain
-from ..dns.wire import Query
+from ..dns.wire import CD, RD, Query
 from .cache import Hit, ReplyCache
 from .client import ForwardStats, Server, UpstreamClient
 from .message import Reply, lower_question, render
@@ -50,6 +50,7 @@ class Forwarder:
                                      stats=self.stats, rng=rng)
         self.cache = cache if cache is not None else ReplyCache(max_entries=0)
         self._inflight: dict[CacheKey, asyncio.Task] = {}
+        self._rendered: dict[tuple, tuple[float, bytes]] = {}   # see cached()
 
     def servers_for(self, qname: str) -> tuple[Server, ...]:
         """Upstreams for a lower-case FQDN; () when it must not or cannot be forwarded."""
@@ -64,13 +65,31 @@ class Forwarder:
         return bool(self.servers_for(qname))
 
     def cached(self, query: Query) -> bytes | None:
-        """A fresh cached reply rendered for this client, with nothing scheduled (the common case)."""
+        """A fresh cached reply rendered for this client, with nothing scheduled (the common case).
+
+        The rendered bytes depend only on the question, the client's RD/CD bits and EDNS, and the
+        whole seconds of age; they are kept until that age ticks (or the entry expires), and each
+        hit only patches in the client's ID and its spelling of the question.
+        """
         do = query.edns is not None and query.edns.do
-        hit = self.cache.get((query.qname_lower, query.qtype, query.qclass, do))
+        key = (query.qname_lower, query.qtype, query.qclass, do)
+        shape = (key, query.flags & (RD | CD), query.edns is not None)
+        memo = self._rendered.get(shape)
+        if memo is not None and self.cache.clock() < memo[0]:
+            self.stats.cache["hit"] += 1
+            body, q = memo[1], query.question
+            return query.id.to_bytes(2, "big") + body[2:12] + q + body[12 + len(q):]
+        hit = self.cache.get(key)
         if hit is None:
             return None
         self.stats.cache["hit"] += 1
-        return render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
+        reply = render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
+        until = self.cache.fresh_until(key)
+        if until is not None:
+            if len(self._rendered) >= max(1024, self.cache.max_entries):
+                self._rendered.clear()
+            self._rendered[shape] = (until, reply)
+        return reply
 
     async def forward(self, query: Query, packet: bytes = b"", *, tcp: bool = False) -> bytes | None:
         hit = await self.lookup(query, tcp=tcp)
