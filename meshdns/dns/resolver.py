@@ -213,7 +213,7 @@ def soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
     return _soa_record(domain, snap, opts)
 
 
-def _single(records: list[Record], *, limit: int = 0) -> tuple[Group, ...]:
+def _single(records: list[Record]) -> tuple[Group, ...]:
     return (Group(1.0, tuple(Unit(1.0, (r,)) for r in records)),) if records else ()
 
 

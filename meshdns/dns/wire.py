@@ -154,7 +154,7 @@ def encode_name(name: str) -> bytes:
     return rdata.name(name)
 
 
-def encode_record(rec: Record, qname_wire: bytes | None = None) -> bytes:
+def encode_record(rec: Record) -> bytes:
     owner = b"\xc0\x0c" if rec.name is None else encode_name(rec.name)
     return owner + _RR_FIXED.pack(rec.rtype, 1, max(0, rec.ttl), len(rec.rdata)) + rec.rdata
 
@@ -173,13 +173,12 @@ def response_limit(query: Query, *, tcp: bool, our_payload: int) -> int:
 
 
 def encode_response(query: Query, answer: Answer, *, limit: int, our_payload: int = 1232,
-                    recursion_available: bool = False, set_tc: bool = True,
-                    encoded: tuple[list[bytes], list[bytes], list[bytes]] | None = None) -> bytes:
+                    recursion_available: bool = False, set_tc: bool = True) -> bytes:
     """Assemble the reply; trim whole records to `limit` bytes, setting TC if answers were cut."""
     rcode = answer.rcode
-    sections = encoded or ([encode_record(r) for r in answer.answer],
-                           [encode_record(r) for r in answer.authority],
-                           [encode_record(r) for r in answer.additional])
+    sections = ([encode_record(r) for r in answer.answer],
+                [encode_record(r) for r in answer.authority],
+                [encode_record(r) for r in answer.additional])
     return assemble(query, rcode, sections, limit=limit, our_payload=our_payload,
                     aa=answer.authoritative, ra=recursion_available, set_tc=set_tc)
 

@@ -79,26 +79,30 @@ class ReplyCache:
         self._data[key] = Entry(reply, self.clock(), ttl)
         return True
 
-    def get(self, key: Hashable) -> Hit | None:
-        """A fresh entry, with TTLs to serve decremented by its age."""
+    def _fresh(self, key: Hashable) -> tuple[Entry, float] | None:
+        """(entry, age) while the entry is fresh."""
         entry = self._data.get(key)
         if entry is None:
             return None
         age = self.clock() - entry.stored
-        if age >= entry.ttl:
+        return (entry, age) if age < entry.ttl else None
+
+    def get(self, key: Hashable) -> Hit | None:
+        """A fresh entry, with TTLs to serve decremented by its age."""
+        found = self._fresh(key)
+        if found is None:
             return None
+        entry, age = found
         whole = int(age)
         clamp = self._clamp
         return Hit(entry.reply, lambda ttl: int(clamp(ttl)) - whole)
 
     def fresh_until(self, key: Hashable) -> float | None:
         """When the served form of a fresh entry next changes: its next whole second of age, or expiry."""
-        entry = self._data.get(key)
-        if entry is None:
+        found = self._fresh(key)
+        if found is None:
             return None
-        age = self.clock() - entry.stored
-        if age >= entry.ttl:
-            return None
+        entry, age = found
         return entry.stored + min(int(age) + 1, entry.ttl)
 
     def get_stale(self, key: Hashable) -> Hit | None:
