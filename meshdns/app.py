@@ -90,13 +90,18 @@ def make_handler(cfg: Config, store: Store):
     return handler, forwarder
 
 
+def make_server(cfg: Config, handler) -> DnsServer:
+    return DnsServer(handler, idle_timeout=cfg.dns.tcp_idle_timeout, max_connections=cfg.dns.tcp_max_connections,
+                     busy_poll=cfg.dns.busy_poll)
+
+
 def build(cfg: Config) -> App:
     check_exposure(cfg)
     store = Store(datacenter=cfg.datacenter)
     health = HealthRunner()
     zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"))
     handler, forwarder = make_handler(cfg, store)
-    dns = DnsServer(handler, idle_timeout=cfg.dns.tcp_idle_timeout, max_connections=cfg.dns.tcp_max_connections)
+    dns = make_server(cfg, handler)
     app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
     app.reloaders.append(lambda: zones.reload(force=True))
     app.tasks.append(zones.run)

@@ -115,6 +115,7 @@ class DnsConfig:
     rrl_responses_per_second: int = 0
     rrl_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     rng_seed: int | None = None       # reproducible shuffles and split choices (tests, demos)
+    busy_poll: float = 100e-6         # poll the UDP socket this long before sleeping, under steady load
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +314,10 @@ def _parse_dns(t: _Table) -> DnsConfig:
                                          key=t.key("rrl_responses_per_second")),
         rrl_exempt=_cidrs(t.strings("rrl_exempt", d.rrl_exempt), key=t.key("rrl_exempt")),
         rng_seed=t.get("rng_seed", int, None),
+        busy_poll=t.duration("busy_poll", d.busy_poll),
     )
+    if cfg.busy_poll > 0.01:
+        raise ConfigError(f"{t.key('busy_poll')}: at most 10ms (it holds the event loop while it polls)")
     if not 512 <= cfg.udp_payload <= 65535:
         raise ConfigError(f"{t.key('udp_payload')}: must be between 512 and 65535")
     t.done()

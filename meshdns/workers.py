@@ -196,14 +196,13 @@ def worker_main(cfg: Config, port: int, inbox, outbox, index: int) -> None:
 
 
 async def _worker(cfg: Config, port: int, inbox, outbox, index: int) -> None:
-    from .app import make_handler
-    from .dns.server import DnsServer
+    from .app import make_handler, make_server
 
     loop = asyncio.get_running_loop()
     store = Store(datacenter=cfg.datacenter)
     replica = Replica(store)
     handler, forwarder = make_handler(cfg, store)
-    dns = DnsServer(handler, idle_timeout=cfg.dns.tcp_idle_timeout, max_connections=cfg.dns.tcp_max_connections)
+    dns = make_server(cfg, handler)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 

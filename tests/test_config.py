@@ -12,6 +12,8 @@ def test_defaults():
     assert cfg.domain == "consul." and cfg.datacenter == "dc1"
     assert cfg.dns.listen == ("127.0.0.1", 8600) and cfg.http.listen == ("127.0.0.1", 8500)
     assert cfg.forwarding.recursors == () and "10.0.0.0/8" in cfg.forwarding.allow_recursion
+    assert cfg.dns.busy_poll == pytest.approx(100e-6)
+    assert parse_config({"dns": {"busy_poll": "250us"}}).dns.busy_poll == pytest.approx(250e-6)
 
 
 @pytest.mark.parametrize("data,message", [
@@ -25,6 +27,8 @@ def test_defaults():
     ({"kubernetes": [{"address_mode": "pods"}]}, "kubernetes[0].address_mode"),
     ({"acl": {"tokens": [{"write": ["x"]}]}}, "acl.tokens[0].secret"),
     ({"dns": {"a_record_limit": -1}}, "dns.a_record_limit"),
+    ({"dns": {"busy_poll": "1s"}}, "dns.busy_poll: at most 10ms"),
+    ({"dns": {"busy_poll": "fast"}}, "dns.busy_poll"),
 ])
 def test_errors_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
