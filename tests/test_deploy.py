@@ -9,6 +9,7 @@ config that ships is parsed by meshdns itself.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import fnmatch
 import ipaddress
 import json
@@ -547,11 +548,16 @@ class AgentStub:
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.services: dict[str, dict] = {}
         self.lock = threading.RLock()
+        # Set stall_passes to make check passes hang (a server that stopped answering).
+        self.stall_passes, self.stalled, self.unstall = threading.Event(), threading.Event(), threading.Event()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_PUT(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if stub.stall_passes.is_set() and "/check/pass/" in self.path:
+                    stub.stalled.set()
+                    stub.unstall.wait(60)
                 with stub.lock:
                     stub.requests.append(("PUT", self.path, dict(self.headers), body))
                     status = stub.handle(self.path, body)
@@ -591,6 +597,7 @@ class AgentStub:
         raise AssertionError(f"timed out waiting for {what}; requests: {self.paths()}")
 
     def close(self):
+        self.unstall.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -611,13 +618,36 @@ def script_env(servers: list[AgentStub], **extra: str) -> dict[str, str]:
             **extra}
 
 
+@contextlib.contextmanager
+def register_script_running(env: dict[str, str]):
+    """`meshdns-register run`, killed if the test ends before it stops."""
+    proc = subprocess.Popen(["bash", str(SCRIPT), "run"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def stop_register_script(proc: subprocess.Popen) -> str:
+    """SIGTERM, as systemd stops the unit: it must exit 0 within 10 s. Returns its log."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log = proc.stderr.read()
+    assert proc.returncode == 0, log
+    return log
+
+
 def test_register_script_registers_keeps_passing_reregisters_and_deregisters_on_stop(agents):
     hostname = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
     service_id = f"legacy-billing-{hostname}"
     pass_path = f"/v1/agent/check/pass/service:{service_id}"
-    proc = subprocess.Popen(["bash", str(SCRIPT), "run"], env=script_env(agents),
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with register_script_running(script_env(agents)) as proc:
         for stub in agents:
             stub.wait_for(lambda: stub.paths().count(pass_path) >= 3, "three passes")
         first = agents[0]
@@ -635,16 +665,10 @@ def test_register_script_registers_keeps_passing_reregisters_and_deregisters_on_
         first.wait_for(lambda: "/v1/agent/service/register" in [p for _, p, _, _ in first.requests[seen:]]
                        and first.services, "registering again")
         first.wait_for(lambda: [p for _, p, _, _ in first.requests[-1:]] == [pass_path], "passing again")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        log = stop_register_script(proc)
     for stub in agents:
         assert stub.paths()[-1] == f"/v1/agent/service/deregister/{service_id}"
         assert stub.services == {}
-    log = proc.stderr.read()
     assert "s3" not in log, "the token is never logged"
     assert f"registered {service_id} at {agents[0].url}" in log
 
@@ -655,22 +679,40 @@ def test_register_script_keeps_trying_a_server_that_is_down_at_boot(agents):
     down.close()
     env = script_env([up], SERVICE_ADDRESS="10.1.2.3", SERVICE_ID="billing-vm-7", HEARTBEAT_INTERVAL="0")
     env["MESHDNS_ADDR"] = f"{down_url} {up.url}"
-    proc = subprocess.Popen(["bash", str(SCRIPT), "run"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
+    with register_script_running(env) as proc:
         up.wait_for(lambda: up.services, "registration at the server that is up")
         # HEARTBEAT_INTERVAL=0: no TTL to pass (e.g. an HTTP check run by meshdns).
         assert [s["Address"] for s in up.services.values()] == ["10.1.2.3"]
         time.sleep(0.5)
         assert "/v1/agent/check/pass/service:billing-vm-7" not in up.paths()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    log = proc.stderr.read()
+        log = stop_register_script(proc)
     assert f"register billing-vm-7 at {down_url} failed: HTTP 000" in log
     assert up.paths()[-1] == "/v1/agent/service/deregister/billing-vm-7"
+
+
+def test_register_script_stops_at_once_while_a_request_hangs_and_leaves_nothing_running(agents):
+    stub = agents[0]
+    env = script_env([stub], SERVICE_ADDRESS="10.1.2.3", SERVICE_ID="billing-vm-8", REQUEST_TIMEOUT="60")
+    with register_script_running(env) as proc:
+        stub.wait_for(lambda: "/v1/agent/check/pass/service:billing-vm-8" in stub.paths(), "a pass")
+        stub.stall_passes.set()
+        assert stub.stalled.wait(15), "the next pass never came"
+        # A curl is now waiting on the server (for up to 60 s); stopping must not wait for it.
+        stop_register_script(proc)
+    assert stub.paths()[-1] == "/v1/agent/service/deregister/billing-vm-8"
+    assert not processes_mentioning(stub.url), "a curl from the stopped script is still running"
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found
 
 
 def test_register_script_one_shot_commands_report_failure(agents):

@@ -189,22 +189,15 @@ each() {
 
 # -- run ----------------------------------------------------------------------------
 
-STOPPING=0
-
-# Sleep, but wake at once on SIGTERM/SIGINT.
-pause() {
-    sleep "$1" &
-    SLEEPER=$!
-    wait "$SLEEPER" 2>/dev/null || true
-    kill "$SLEEPER" 2>/dev/null || true
-}
-
-run() {
-    trap 'STOPPING=1; kill "${SLEEPER:-}" 2>/dev/null || true' TERM INT
+# The heartbeat loop runs in its own process group, and this shell only waits
+# for it. A signal therefore always lands while the shell sits in `wait`: bash
+# 5.2 can fail to parse a trap that fires while it expands a $(...), and the
+# stop would be lost. Killing the group also ends an in-flight curl or sleep.
+heartbeat_loop() {
     local servers=() registered=() i all
     read -r -a servers <<<"$MESHDNS_ADDR"
     for i in "${!servers[@]}"; do registered[i]=0; done
-    while [[ $STOPPING == 0 ]]; do
+    while true; do
         all=1
         for i in "${!servers[@]}"; do
             if [[ ${registered[i]} == 0 ]]; then
@@ -219,13 +212,36 @@ run() {
             fi
         done
         if [[ $all == 0 ]]; then
-            pause "$RETRY_INTERVAL"
+            sleep "$RETRY_INTERVAL"
         elif [[ $HEARTBEAT_INTERVAL != 0 ]]; then
-            pause "$HEARTBEAT_INTERVAL"
+            sleep "$HEARTBEAT_INTERVAL"
         else
-            pause infinity
+            sleep infinity
         fi
     done
+}
+
+STOPPING=0
+LOOP=
+
+stop_loop() {
+    [[ -z $LOOP ]] || kill -TERM -- "-$LOOP" 2>/dev/null || true
+}
+
+run() {
+    trap 'STOPPING=1; stop_loop' TERM INT
+    set -m
+    heartbeat_loop &
+    LOOP=$!
+    set +m
+    [[ $STOPPING == 0 ]] || stop_loop
+    local status=0
+    wait "$LOOP" || status=$?
+    if [[ $STOPPING == 0 ]]; then
+        die "the heartbeat loop stopped (exit $status)"
+    fi
+    wait "$LOOP" 2>/dev/null || true
+    trap '' TERM INT
     if [[ $DEREGISTER_ON_STOP == true ]]; then
         each deregister_at || true
     fi
