@@ -208,6 +208,8 @@ async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signal
         app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
         app.tasks.append(app.workers.run)
         app.handler.peers = app.workers.stats
+        if app.handler.forwarder is not None:
+            app.handler.forwarder.peers = app.workers.forward_counts
         app.closers.append(app.workers.close)  # closers run in reverse: workers stop first
     loop = asyncio.get_running_loop()
     if signals:

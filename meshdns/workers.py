@@ -5,8 +5,8 @@ worker only answers DNS. The primary streams catalog changes to the workers
 (the merged entries that changed, and the version, so SOA serials agree), and
 each worker applies them to a replica store of its own. Sources are followed
 once (one Kubernetes watch per cluster, one set of health checks), and a
-worker that dies is restarted with a full copy. Workers send their query
-counters back so /metrics covers every process.
+worker that dies is restarted with a full copy. Workers send their query and
+forwarding counters back so /metrics covers every process.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .catalog.snapshot import Snapshot
 from .catalog.store import Change, Store
 from .config import Config
 from .dns.stats import DnsStats
+from .forward.forwarder import ForwardCounts
 
 log = logging.getLogger("meshdns.workers")
 REPLICA_SOURCE = "primary"
@@ -91,6 +92,7 @@ class _Worker:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.stats = DnsStats()
+        self.forward: ForwardCounts | None = None
         self.started = 0.0
 
 
@@ -130,15 +132,19 @@ class WorkerPool:
     def _receiver(self, w: _Worker, conn) -> None:
         while True:
             try:
-                kind, stats = conn.recv()
+                kind, payload = conn.recv()
             except (EOFError, OSError):
                 return
             if kind == "stats":
-                w.stats = stats
+                w.stats, w.forward = payload
 
     def stats(self) -> list[DnsStats]:
         """The latest counters of every worker (the primary's own are on its DnsHandler)."""
         return [w.stats for w in self.workers]
+
+    def forward_counts(self) -> list[ForwardCounts]:
+        """The latest forwarding counters of every worker that forwards."""
+        return [w.forward for w in self.workers if w.forward is not None]
 
     async def run(self) -> None:
         for w in self.workers:
@@ -228,7 +234,7 @@ async def _worker(cfg: Config, port: int, inbox, outbox, index: int) -> None:
         except TimeoutError:
             pass
         try:
-            outbox.send(("stats", handler.stats))
+            outbox.send(("stats", (handler.stats, forwarder.counts() if forwarder is not None else None)))
         except (OSError, EOFError):
             break
     await dns.close()

@@ -358,6 +358,18 @@ def api(base: str, method: str, path: str, body: Any = None, *, token: str | Non
         return Reply(exc.code, exc.headers, exc.read())
 
 
+def metric_samples(base: str) -> dict[tuple[str, tuple], float]:
+    """GET /metrics, parsed by prometheus-client: (sample name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+    r = api(base, "GET", "/metrics")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, *, what: str = ""):
     """Poll until predicate() is truthy and return its value; an AssertionError counts as not yet.
 

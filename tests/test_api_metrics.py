@@ -1,17 +1,5 @@
 """GET /metrics: DNS answers by qtype and rcode, split answers, registrations and check states."""
-from prometheus_client.parser import text_string_to_metric_families
-
-from harness import api, query
-
-
-def samples(srv):
-    r = api(srv.http, "GET", "/metrics")
-    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
-    out = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+from harness import api, metric_samples, query
 
 
 def test_metrics(start_server, tmp_path):
@@ -29,7 +17,7 @@ def test_metrics(start_server, tmp_path):
         {"ID": "web-1", "Name": "web", "Address": "127.0.0.1", "Check": {"TTL": "1h"}})
     api(srv.http, "PUT", "/v1/agent/service/register",
         {"ID": "web-2", "Name": "web", "Address": "127.0.0.2", "Check": {"TTL": "1h", "Status": "passing"}})
-    m = samples(srv)
+    m = metric_samples(srv.http)
     q = "meshdns_dns_queries_total"
     assert m[(q, (("kind", "split"), ("qtype", "A"), ("rcode", "NOERROR")))] == 3
     assert m[(q, (("kind", "service"), ("qtype", "A"), ("rcode", "NXDOMAIN")))] == 1

@@ -7,14 +7,12 @@ import time
 
 import dns.message
 
-from harness import ServerProcess, api, wait_until
+from harness import ServerProcess, metric_samples, wait_until
 
 
 def soa_answers(http):
-    for line in api(http, "GET", "/metrics").text.splitlines():
-        if line.startswith('meshdns_dns_queries_total{kind="apex",qtype="SOA",rcode="NOERROR"}'):
-            return float(line.split()[-1])
-    return 0.0
+    key = ("meshdns_dns_queries_total", (("kind", "apex"), ("qtype", "SOA"), ("rcode", "NOERROR")))
+    return metric_samples(http).get(key, 0.0)
 
 
 def ask_from_many_ports(port, name, n=120, rdtype="A"):
@@ -68,3 +66,29 @@ def test_workers_share_port_and_follow_changes(tmp_path):
     finally:
         assert proc.stop() == 0
     assert not owners_of_port(proc.dns_port)  # workers are gone too
+
+
+def test_metrics_count_the_forwarding_of_every_process(tmp_path, upstreams):
+    up = upstreams().add("example.internal", "A", "10.50.0.1", ttl=300)
+    proc = ServerProcess("--recursor", up.address, "--data-dir", str(tmp_path / "d"), "--workers", "3").start()
+    try:
+        wait_until(lambda: len(owners_of_port(proc.dns_port)) == 3, timeout=20, what="three processes on the port")
+        assert set(ask_from_many_ports(proc.dns_port, "example.internal", 90)) == {("10.50.0.1",)}
+        # Each process has its own cache, so each asked upstream once; every answer is counted
+        # whichever process gave it (workers report every 2 s).
+        asked = len(up.queries)
+        assert 2 <= asked <= 3
+
+        def counted():
+            m = metric_samples(proc.http)
+            cache = {r: m.get(("meshdns_forward_cache_total", (("result", r),)), 0) for r in ("hit", "miss")}
+            replies = m.get(("meshdns_forward_replies_total",
+                             (("outcome", "NOERROR"), ("upstream", f"127.0.0.1:{up.port}"))), 0)
+            got = {"answered": cache["hit"] + cache["miss"], "misses": cache["miss"], "upstream replies": replies,
+                   "cache entries": m[("meshdns_forward_cache_entries", ())]}
+            assert got == {"answered": 90, "misses": asked, "upstream replies": asked, "cache entries": asked}, got
+            return True
+
+        wait_until(counted, timeout=8, what="forwarding counted")
+    finally:
+        assert proc.stop() == 0

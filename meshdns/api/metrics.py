@@ -69,7 +69,8 @@ class MeshdnsCollector(Collector):
         fwd = self.ctx.handler.forwarder
         if fwd is None:
             return
-        st = fwd.stats
+        totals = fwd.totals()
+        st = totals.stats
         replies = CounterMetricFamily("meshdns_forward_replies", "Upstream exchanges, by upstream and outcome",
                                       labels=["upstream", "outcome"])
         for (upstream, outcome), n in sorted(st.replies.items(), key=str):
@@ -85,8 +86,9 @@ class MeshdnsCollector(Collector):
         for result in ("hit", "miss", "stale", "shared"):
             cache.add_metric([result], st.cache.get(result, 0))
         yield cache
-        yield GaugeMetricFamily("meshdns_forward_cache_entries", "Replies held in the forwarder cache",
-                                value=len(fwd.cache))
+        yield GaugeMetricFamily("meshdns_forward_cache_entries",
+                                "Replies held in the forwarder caches (one per process)",
+                                value=totals.cache_entries)
         for name, counter in (("ignored", st.ignored), ("tcp_retries", st.tcp_retries)):
             family = CounterMetricFamily(f"meshdns_forward_{name}", {
                 "ignored": "Upstream replies ignored (ID or question mismatch)",

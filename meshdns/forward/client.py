@@ -62,6 +62,16 @@ class ForwardStats:
             if seconds <= le:
                 self.latency_buckets[(upstream, le)] += 1
 
+    def add(self, other: "ForwardStats") -> None:
+        for name in ("replies", "latency_sum", "latency_count", "latency_buckets", "ignored", "tcp_retries",
+                     "cache"):
+            getattr(self, name).update(getattr(other, name))
+
+    def copy(self) -> "ForwardStats":
+        out = ForwardStats()
+        out.add(self)
+        return out
+
 
 class UpstreamClient:
     def __init__(self, *, timeout: float, strategy: str = "sequential", payload: int = 1232,

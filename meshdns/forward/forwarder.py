@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from ..config import Config, ConfigError
@@ -35,6 +36,14 @@ CacheKey = tuple[str, int, int, bool]
 PROBE_DEADLINE = 0.4
 
 
+@dataclass(frozen=True)
+class ForwardCounts:
+    """One process's forwarding counters and cache size, as /metrics folds them."""
+
+    stats: ForwardStats
+    cache_entries: int
+
+
 class Forwarder:
     def __init__(self, *, domains: tuple[str, ...], recursors: tuple[Server, ...] = (),
                  zones: tuple[tuple[str, tuple[Server, ...]], ...] = (), timeout: float = 2.0,
@@ -51,6 +60,20 @@ class Forwarder:
         self.cache = cache if cache is not None else ReplyCache(max_entries=0)
         self._inflight: dict[CacheKey, asyncio.Task] = {}
         self._rendered: dict[tuple, tuple[float, bytes]] = {}   # see cached()
+        # The worker processes' counters; each worker has a cache of its own.
+        self.peers: Callable[[], list[ForwardCounts]] | None = None
+
+    def counts(self) -> ForwardCounts:
+        """This process's counters, copied (safe to send to another process)."""
+        return ForwardCounts(self.stats.copy(), len(self.cache))
+
+    def totals(self) -> ForwardCounts:
+        """This process's counters plus its workers'."""
+        total, entries = self.stats.copy(), len(self.cache)
+        for other in self.peers() if self.peers is not None else ():
+            total.add(other.stats)
+            entries += other.cache_entries
+        return ForwardCounts(total, entries)
 
     def servers_for(self, qname: str) -> tuple[Server, ...]:
         """Upstreams for a lower-case FQDN; () when it must not or cannot be forwarded."""
