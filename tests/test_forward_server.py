@@ -74,6 +74,25 @@ def test_forwarded_answers_are_cached(vm_estate):
     assert folded["hit"] == 3 and folded["miss"] == 2
 
 
+def test_repeated_forwarded_queries_show_ttls_counting_down(vm_estate):
+    """The same packet asked again and again (as stub resolvers do) is answered from memory, but the TTL
+    it shows still counts down with the cache entry's age, and every reply carries the asker's ID."""
+    import time
+    srv, recursor, _ = vm_estate
+    ttls = set()
+    deadline = time.monotonic() + 2.5
+    asked = 0
+    while time.monotonic() < deadline:
+        msg = query(srv.dns_port, "example.internal", "A")
+        assert rrset_values(msg) == ["10.50.0.1"]
+        ttls.add(msg.answer[0].ttl)
+        asked += 1
+        time.sleep(0.02)
+    assert recursor.count("example.internal") == 1
+    assert len(ttls) >= 2 and max(ttls) <= 120 and min(ttls) <= 118
+    assert srv.app.handler.forwarder.stats.cache["hit"] == asked - 1
+
+
 def test_all_upstreams_failing_is_servfail(vm_estate):
     srv, recursor, _ = vm_estate
     recursor.mode = "servfail"

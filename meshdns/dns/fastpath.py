@@ -7,7 +7,9 @@ queries only check that the snapshot objects the plan was built from are still
 the same objects (a change to one service invalidates that service's answers
 only), run the weighted shuffle with the same RNG calls `realize` makes, and
 join bytes. Anything else returns None and goes to the general path, which
-gives byte-identical answers (tests compare the two).
+gives byte-identical answers (tests compare the two). A UDP packet answered
+here twice has all its possible replies rendered (replay.py), and the handler
+serves its repeats from those before it gets here.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Callable
 
 from ..catalog.snapshot import Snapshot
 from . import rdata
+from .replay import Replay, ReplayTable, orders_for
 from .resolver import Plan, ResolverOptions, plan, soa_record, still_valid
 from .weighting import weighted_order, weighted_pick
 from .wire import Edns, Query, assemble, encode_record, parse_query
@@ -42,6 +45,7 @@ class Compiled:
     group_weights: list = field(default_factory=list)
     qname: str = ""   # lower-case, for forwarder cache keys
     count_key: tuple = ()  # (qtype, rcode, name kind): the queries counter this answer bumps
+    orders: tuple | None = None  # per group, every shuffle it can get (see replay.py); None: not replayable
 
 
 def compile_plan(p: Plan, version: int) -> Compiled:
@@ -62,8 +66,11 @@ def compile_plan(p: Plan, version: int) -> Compiled:
     authority = () if p.soa_domain else tuple(encode_record(r) for r in p.authority)
     cname_only = (len(p.groups) == 1 and len(p.groups[0].units) == 1 and len(p.groups[0].units[0].answer) == 1
                   and p.groups[0].units[0].answer[0].rtype == rdata.CNAME)
+    orders = None if p.forward else tuple(orders_for(g[3]) for g in groups)
+    if orders is not None and None in orders:
+        orders = None
     return Compiled(version, p, tuple(groups), static, authority, p.forward, cname_only,
-                    group_weights=[g[0] for g in groups])
+                    group_weights=[g[0] for g in groups], orders=orders)
 
 
 class FastPath:
@@ -73,10 +80,12 @@ class FastPath:
         self.enable_truncate = enable_truncate
         self.max_entries = max_entries
         self.cache: dict[bytes, Compiled] = {}
+        self.replay = ReplayTable()
         self._soa: dict[str, bytes] = {}
         self._soa_version = -1
-        # set by the handler: a cached forwarded reply for a Query, or None (then the general path fetches)
-        self.forward_hit: Callable[[Query], bytes | None] | None = None
+        # set by the handler: a cached forwarded reply for a Query and the time until which its bytes
+        # stay right, or None (then the general path fetches)
+        self.forward_hit: Callable[[Query], tuple[bytes, float] | None] | None = None
         self._opt = {False: b"\x00\x00\x29" + struct.pack("!HIH", udp_payload, 0, 0),
                      True: b"\x00\x00\x29" + struct.pack("!HIH", udp_payload, 0x8000, 0)}
 
@@ -153,9 +162,12 @@ class FastPath:
             edns = Edns(max(512, edns_payload), 0, bool(data[qend + 11] & 0x80)) if arcount else None
             query = Query(data[0] << 8 | data[1], data[2] << 8 | data[3], entry.qname, entry.qname, qtype, 1,
                           data[12:qend + 4], edns)
-            reply = self.forward_hit(query)
-            if reply is None or len(reply) > limit:
+            found = self.forward_hit(query)
+            if found is None or len(found[0]) > limit:
                 return None
+            reply, until = found
+            if not tcp and until and self.replay.wanted(data, True, snap.version):
+                self.replay.keep_forwarded(data, snap.version, until, reply, (qtype, reply[3] & 0xF, "forward"))
             return reply, entry, ""
         p = entry.plan
         if ra and entry.cname_only and entry.count_key[0] in (rdata.A, rdata.AAAA):
@@ -199,7 +211,41 @@ class FastPath:
                              aa=p.authoritative, ra=ra, set_tc=self.enable_truncate)
             return reply, entry, target
         header = _H.pack(data[0] << 8 | data[1], flags, 1, n_an, len(authority), n_ar + (1 if arcount else 0))
+        if not tcp and entry.orders is not None and self.replay.wanted(data, ra, snap.version):
+            replay = _render(entry, snap.version, flags, data[12:qend + 4], authority, opt, limit)
+            if replay is not None:
+                self.replay.keep(data, ra, replay)
         return b"".join((header, data[12:qend + 4], an_part, *authority, ar_part, opt)), entry, target
+
+
+def _render(entry: Compiled, version: int, flags: int, question: bytes, authority: tuple[bytes, ...],
+            opt: bytes, limit: int) -> Replay | None:
+    """Every reply `answer` can give for this packet, after the ID; None when one would need trimming."""
+    p = entry.plan
+    fixed = (len(authority), 1 if opt else 0)
+    auth = b"".join(authority)
+    if not entry.groups:
+        groups = [((0, b"", b"", 0, 0),)]
+    else:
+        groups = [g[1] for g in entry.groups]
+    rendered, size = [], 0
+    for gi, units in enumerate(groups):
+        tails = []
+        for order in (entry.orders[gi] if entry.groups else [[0]]):
+            chosen = [units[i] for i in order]
+            if p.limit and len(chosen) > p.limit:
+                chosen = chosen[:p.limit]
+            tail = b"".join((_H.pack(0, flags, 1, sum(u[3] for u in chosen), fixed[0],
+                                     sum(u[4] for u in chosen) + fixed[1])[2:], question,
+                             *(u[1] for u in chosen), auth, *(u[2] for u in chosen), opt))
+            if len(tail) + 2 > limit:
+                return None
+            tails.append(tail)
+            size += len(tail)
+        rendered.append(tuple(tails))
+    targets = tuple(g[2] for g in entry.groups) or ("",)
+    return Replay(version, tuple(rendered), entry.group_weights, targets, entry.count_key, p.split, size,
+                  None if p.soa_domain else p.deps)
 
 
 def _question_end(data: bytes, n: int, arcount: int) -> int:

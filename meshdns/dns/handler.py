@@ -15,6 +15,7 @@ from typing import Awaitable, Callable, Protocol
 
 from ..catalog.store import Store
 from ..forward.chase import chase, cname_target
+from ..forward.client import ForwardStats
 from . import rdata
 from .fastpath import FastPath
 from .rrl import RateLimiter, slipped_reply
@@ -28,8 +29,12 @@ Reply = bytes | None | Awaitable[bytes | None]
 
 
 class Forwarder(Protocol):
+    clock: Callable[[], float]
+    stats: "ForwardStats"
+
     def handles(self, qname: str) -> bool: ...
     def cached(self, query: Query) -> bytes | None: ...
+    def cached_until(self, query: Query) -> tuple[bytes, float] | None: ...
     async def forward(self, query: Query, packet: bytes, *, tcp: bool) -> bytes | None: ...
 
 
@@ -105,8 +110,24 @@ class DnsHandler:
             if verdict != "send":
                 return slipped_reply(data) if verdict == "slip" else None
         ra = self.forwarder is not None and self.recursion.allows(client[0])
+        snap = self.store.snapshot
+        if not tcp:
+            hit = self.fast.replay.reply(data, ra, snap, self.rng)
+            if hit is not None:
+                reply, replay, target = hit
+                self.stats.queries[replay.count_key] += 1
+                if target:
+                    self.stats.splits[(replay.split, target)] += 1
+                return reply
+            if ra:
+                hit = self.fast.replay.forwarded(data, snap, self.forwarder.clock())
+                if hit is not None:
+                    reply, count_key = hit
+                    self.stats.queries[count_key] += 1
+                    self.forwarder.stats.cache["hit"] += 1
+                    return reply
         try:
-            done = self.fast.answer(data, self.store.snapshot, self.rng, tcp=tcp, ra=ra)
+            done = self.fast.answer(data, snap, self.rng, tcp=tcp, ra=ra)
         except Exception:  # the general path below decides what the client gets
             log.debug("fast path declined a packet", exc_info=True)
             done = None
@@ -192,10 +213,10 @@ class DnsHandler:
             return error_response(query, SERVFAIL, our_payload=self.udp_payload)
         return self._forwarded(query, reply, tcp)
 
-    def _forward_hit(self, query: Query) -> bytes | None:
+    def _forward_hit(self, query: Query) -> tuple[bytes, float] | None:
         if not self.forwarder.handles(query.qname_lower):
             return None
-        return self.forwarder.cached(query)
+        return self.forwarder.cached_until(query)
 
     def _forwarded(self, query: Query, reply: bytes, tcp: bool) -> bytes:
         rcode = reply[3] & 0xF if len(reply) >= 4 else SERVFAIL

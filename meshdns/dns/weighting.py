@@ -6,7 +6,7 @@ from itertools import permutations
 from typing import Sequence
 
 # every order of n equally weighted records, so a uniform shuffle costs one random() call
-_ORDERS = {n: [list(p) for p in permutations(range(n))] for n in range(2, 6)}
+ORDERS = {n: [list(p) for p in permutations(range(n))] for n in range(2, 6)}
 
 
 def weighted_order(weights: Sequence[float], rng: random.Random) -> list[int]:
@@ -19,7 +19,7 @@ def weighted_order(weights: Sequence[float], rng: random.Random) -> list[int]:
         return list(range(n))
     first = weights[0]
     if n <= 5 and first > 0 and weights.count(first) == n:
-        orders = _ORDERS[n]
+        orders = ORDERS[n]
         return orders[int(rng.random() * len(orders))]
     rand = rng.random
     keys = [rand() ** (1.0 / w) if w > 0 else -rand() for w in weights]

@@ -58,6 +58,7 @@ class Forwarder:
         self.client = UpstreamClient(timeout=timeout, strategy=strategy, payload=udp_payload,
                                      stats=self.stats, rng=rng)
         self.cache = cache if cache is not None else ReplyCache(max_entries=0)
+        self.clock = self.cache.clock   # the time `cached_until` answers in
         self._inflight: dict[CacheKey, asyncio.Task] = {}
         self._rendered: dict[tuple, tuple[float, bytes]] = {}   # see cached()
         # The worker processes' counters; each worker has a cache of its own.
@@ -88,11 +89,16 @@ class Forwarder:
         return bool(self.servers_for(qname))
 
     def cached(self, query: Query) -> bytes | None:
-        """A fresh cached reply rendered for this client, with nothing scheduled (the common case).
+        """A fresh cached reply rendered for this client, with nothing scheduled (the common case)."""
+        found = self.cached_until(query)
+        return None if found is None else found[0]
+
+    def cached_until(self, query: Query) -> tuple[bytes, float] | None:
+        """A fresh cached reply for this client, and the clock() time until which these bytes stay right.
 
         The rendered bytes depend only on the question, the client's RD/CD bits and EDNS, and the
         whole seconds of age; they are kept until that age ticks (or the entry expires), and each
-        hit only patches in the client's ID and its spelling of the question.
+        hit only patches in the client's ID and its spelling of the question. 0 as the time: do not keep.
         """
         do = query.edns is not None and query.edns.do
         key = (query.qname_lower, query.qtype, query.qclass, do)
@@ -101,7 +107,7 @@ class Forwarder:
         if memo is not None and self.cache.clock() < memo[0]:
             self.stats.cache["hit"] += 1
             body, q = memo[1], query.question
-            return query.id.to_bytes(2, "big") + body[2:12] + q + body[12 + len(q):]
+            return query.id.to_bytes(2, "big") + body[2:12] + q + body[12 + len(q):], memo[0]
         hit = self.cache.get(key)
         if hit is None:
             return None
@@ -112,7 +118,7 @@ class Forwarder:
             if len(self._rendered) >= max(1024, self.cache.max_entries):
                 self._rendered.clear()
             self._rendered[shape] = (until, reply)
-        return reply
+        return reply, until or 0.0
 
     async def forward(self, query: Query, packet: bytes = b"", *, tcp: bool = False) -> bytes | None:
         hit = await self.lookup(query, tcp=tcp)

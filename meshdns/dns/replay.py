@@ -1,0 +1,120 @@
+"""Whole UDP replies kept per exact query packet, for the questions a server hears over and over.
+
+Stub resolvers ask the same names with the same packet; only the ID changes.
+When a compiled answer's only per-query choices are the split pick and a
+uniform shuffle of at most five records, every reply it can give is rendered
+once. A repeat query is then one dict lookup on the packet after its ID, the
+same RNG calls the fast path makes to choose, and the ID put back in front:
+byte-identical to the fast path (tests compare them), at a fraction of the work.
+
+Everything the reply depends on is in the key or checked: the packet after the
+ID (flags, question as asked, EDNS size and DO bit), whether recursion is
+offered to this client (two tables) and UDP (TCP is never replayed). Like a
+compiled answer, a replay outlives catalog changes that do not touch the
+snapshot objects it was built from; one that carries the SOA (whose serial is
+the catalog version) lives for one version. Memory is bounded by a byte budget.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..catalog.snapshot import Snapshot
+from .resolver import still_valid
+from .weighting import ORDERS, weighted_pick
+
+MAX_ORDERS = 24        # shuffles rendered per group: up to four equal-weight records
+BUDGET = 32 << 20      # bytes of rendered replies kept (all keys); over it, start again
+
+
+@dataclass(slots=True)
+class Replay:
+    version: int
+    groups: tuple[tuple[bytes, ...], ...]  # per split group: reply after the ID, one per shuffle order
+    group_weights: list
+    targets: tuple[str, ...]               # per group: the split target it serves ("" when none)
+    count_key: tuple                       # (qtype, rcode, name kind) for the queries counter
+    split: str
+    size: int
+    deps: tuple | None                     # the plan's deps; None when valid for this version only
+
+
+def orders_for(weights: list) -> list[list[int]] | None:
+    """Every order `weighted_order` can return for these weights, in its index order; None if too many."""
+    n = len(weights)
+    if n <= 1:
+        return [list(range(n))]
+    first = weights[0]
+    if n in ORDERS and first > 0 and weights.count(first) == n and len(ORDERS[n]) <= MAX_ORDERS:
+        return ORDERS[n]
+    return None  # weighted shuffles draw one number per record: not enumerable
+
+
+class ReplayTable:
+    def __init__(self, *, budget: int = BUDGET):
+        self.budget = budget
+        self.tables: tuple[dict[bytes, Replay], dict[bytes, Replay]] = ({}, {})  # without / with RA
+        # forwarded names, for clients offered recursion: (catalog version, clock() until, reply after the
+        # ID, queries counter key); kept while the name is not ours and the TTLs the reply shows are right
+        self.forward: dict[bytes, tuple[int, float, bytes, tuple]] = {}
+        self._seen: dict[bytes, int] = {}  # keys asked once at this version: rendered when asked again
+        self.size = 0
+
+    def reply(self, data: bytes, ra: bool, snap: Snapshot, rng: random.Random) -> tuple[bytes, Replay, str] | None:
+        r = self.tables[ra].get(data[2:])
+        if r is None:
+            return None
+        if r.version != snap.version:
+            if r.deps is None or not still_valid(r.deps, snap):
+                return None
+            r.version = snap.version
+        groups = r.groups
+        gi = 0 if len(groups) == 1 else weighted_pick(r.group_weights, rng)
+        tails = groups[gi]
+        tail = tails[0] if len(tails) == 1 else tails[int(rng.random() * len(tails))]
+        return data[:2] + tail, r, r.targets[gi]
+
+    def forwarded(self, data: bytes, snap: Snapshot, now: float) -> tuple[bytes, tuple] | None:
+        """A cached upstream reply for a client offered recursion, while its TTLs read the same."""
+        f = self.forward.get(data[2:])
+        if f is None or f[0] != snap.version or now >= f[1]:
+            return None
+        return data[:2] + f[2], f[3]
+
+    def wanted(self, data: bytes, ra: bool, version: int) -> bool:
+        """True on the second sight of this exact packet at this version (one-off names are not rendered)."""
+        key = data[2:] + (b"\x01" if ra else b"\x00")
+        if self._seen.get(key) == version:
+            del self._seen[key]
+            return True
+        if len(self._seen) >= 65536:
+            self._seen.clear()
+        self._seen[key] = version
+        return False
+
+    def keep(self, data: bytes, ra: bool, replay: Replay) -> None:
+        self._make_room(replay.size)
+        table = self.tables[ra]
+        old = table.get(data[2:])
+        if old is not None:
+            self.size -= old.size
+        table[data[2:]] = replay
+        self.size += replay.size
+
+    def keep_forwarded(self, data: bytes, version: int, until: float, reply: bytes, count_key: tuple) -> None:
+        body = reply[2:]
+        self._make_room(len(body))
+        old = self.forward.get(data[2:])
+        if old is not None:
+            self.size -= len(old[2])
+        self.forward[data[2:]] = (version, until, body, count_key)
+        self.size += len(body)
+
+    def _make_room(self, size: int) -> None:
+        if self.size + size > self.budget:
+            self.clear()
+
+    def clear(self) -> None:
+        for t in (*self.tables, self.forward, self._seen):
+            t.clear()
+        self.size = 0
