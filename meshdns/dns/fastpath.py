@@ -20,7 +20,7 @@ from typing import Callable
 
 from ..catalog.snapshot import Snapshot
 from . import rdata
-from .replay import Replay, ReplayTable, orders_for
+from .replay import Forwarded, Replay, ReplayTable, orders_for
 from .resolver import Plan, ResolverOptions, plan, soa_record, still_valid
 from .weighting import weighted_order, weighted_pick
 from .wire import Edns, Query, assemble, encode_record, parse_query
@@ -167,7 +167,8 @@ class FastPath:
                 return None
             reply, until = found
             if not tcp and until and self.replay.wanted(data, True, snap.version):
-                self.replay.keep_forwarded(data, snap.version, until, reply, (qtype, reply[3] & 0xF, "forward"))
+                self.replay.keep_forwarded(data, Forwarded(snap.version, until, reply[2:], (
+                    qtype, reply[3] & 0xF, "forward"), query, entry.plan.deps))
             return reply, entry, ""
         p = entry.plan
         if ra and entry.cname_only and entry.count_key[0] in (rdata.A, rdata.AAAA):

@@ -34,7 +34,7 @@ class Forwarder(Protocol):
 
     def handles(self, qname: str) -> bool: ...
     def cached(self, query: Query) -> bytes | None: ...
-    def cached_until(self, query: Query) -> tuple[bytes, float] | None: ...
+    def cached_until(self, query: Query, *, count: bool = True) -> tuple[bytes, float] | None: ...
     async def forward(self, query: Query, packet: bytes, *, tcp: bool) -> bytes | None: ...
 
 
@@ -120,7 +120,7 @@ class DnsHandler:
                     self.stats.splits[(replay.split, target)] += 1
                 return reply
             if ra:
-                hit = self.fast.replay.forwarded(data, snap, self.forwarder.clock())
+                hit = self.fast.replay.forwarded(data, snap, self.forwarder.clock(), self._render_forwarded)
                 if hit is not None:
                     reply, count_key = hit
                     self.stats.queries[count_key] += 1
@@ -212,6 +212,10 @@ class DnsHandler:
             self.stats.queries[(query.qtype, SERVFAIL, "forward")] += 1
             return error_response(query, SERVFAIL, our_payload=self.udp_payload)
         return self._forwarded(query, reply, tcp)
+
+    def _render_forwarded(self, query: Query) -> tuple[bytes, float] | None:
+        """A kept forwarded reply whose TTLs ticked, rendered again (the replay counts the hit)."""
+        return self.forwarder.cached_until(query, count=False)
 
     def _forward_hit(self, query: Query) -> tuple[bytes, float] | None:
         if not self.forwarder.handles(query.qname_lower):

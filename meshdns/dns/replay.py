@@ -12,16 +12,20 @@ ID (flags, question as asked, EDNS size and DO bit), whether recursion is
 offered to this client (two tables) and UDP (TCP is never replayed). Like a
 compiled answer, a replay outlives catalog changes that do not touch the
 snapshot objects it was built from; one that carries the SOA (whose serial is
-the catalog version) lives for one version. Memory is bounded by a byte budget.
+the catalog version) lives for one version. A cached forwarded reply is kept
+the same way and rendered again by the forwarder each time its TTLs tick.
+Memory is bounded by a byte budget.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 from ..catalog.snapshot import Snapshot
 from .resolver import still_valid
 from .weighting import ORDERS, weighted_pick
+from .wire import Query
 
 MAX_ORDERS = 24        # shuffles rendered per group: up to four equal-weight records
 BUDGET = 32 << 20      # bytes of rendered replies kept (all keys); over it, start again
@@ -39,6 +43,18 @@ class Replay:
     deps: tuple | None                     # the plan's deps; None when valid for this version only
 
 
+@dataclass(slots=True)
+class Forwarded:
+    """A cached upstream reply for one exact packet; its TTLs tick, so `body` is renewed each second."""
+
+    version: int
+    until: float        # clock() time at which the TTLs in `body` would read one less
+    body: bytes         # the reply after its ID
+    count_key: tuple
+    query: Query        # to render the reply again when the TTLs tick
+    deps: tuple         # what made the name not ours (the forward plan's deps)
+
+
 def orders_for(weights: list) -> list[list[int]] | None:
     """Every order `weighted_order` can return for these weights, in its index order; None if too many."""
     n = len(weights)
@@ -54,9 +70,7 @@ class ReplayTable:
     def __init__(self, *, budget: int = BUDGET):
         self.budget = budget
         self.tables: tuple[dict[bytes, Replay], dict[bytes, Replay]] = ({}, {})  # without / with RA
-        # forwarded names, for clients offered recursion: (catalog version, clock() until, reply after the
-        # ID, queries counter key); kept while the name is not ours and the TTLs the reply shows are right
-        self.forward: dict[bytes, tuple[int, float, bytes, tuple]] = {}
+        self.forward: dict[bytes, Forwarded] = {}  # forwarded names, for clients offered recursion
         self._seen: dict[bytes, int] = {}  # keys asked once at this version: rendered when asked again
         self.size = 0
 
@@ -74,12 +88,24 @@ class ReplayTable:
         tail = tails[0] if len(tails) == 1 else tails[int(rng.random() * len(tails))]
         return data[:2] + tail, r, r.targets[gi]
 
-    def forwarded(self, data: bytes, snap: Snapshot, now: float) -> tuple[bytes, tuple] | None:
-        """A cached upstream reply for a client offered recursion, while its TTLs read the same."""
+    def forwarded(self, data: bytes, snap: Snapshot, now: float,
+                  render: Callable[[Query], tuple[bytes, float] | None]) -> tuple[bytes, tuple] | None:
+        """A cached upstream reply for a client offered recursion; rendered again (`render`) when its TTLs tick."""
         f = self.forward.get(data[2:])
-        if f is None or f[0] != snap.version or now >= f[1]:
+        if f is None:
             return None
-        return data[:2] + f[2], f[3]
+        if f.version != snap.version:
+            if not still_valid(f.deps, snap):
+                return None
+            f.version = snap.version
+        if now >= f.until:
+            found = render(f.query)
+            if found is None or not found[1] or len(found[0]) != len(f.body) + 2:
+                del self.forward[data[2:]]   # gone from the cache (or changed): the fast path decides
+                self.size -= len(f.body)
+                return None
+            f.body, f.until = found[0][2:], found[1]
+        return data[:2] + f.body, f.count_key
 
     def wanted(self, data: bytes, ra: bool, version: int) -> bool:
         """True on the second sight of this exact packet at this version (one-off names are not rendered)."""
@@ -101,14 +127,13 @@ class ReplayTable:
         table[data[2:]] = replay
         self.size += replay.size
 
-    def keep_forwarded(self, data: bytes, version: int, until: float, reply: bytes, count_key: tuple) -> None:
-        body = reply[2:]
-        self._make_room(len(body))
+    def keep_forwarded(self, data: bytes, forwarded: Forwarded) -> None:
+        self._make_room(len(forwarded.body))
         old = self.forward.get(data[2:])
         if old is not None:
-            self.size -= len(old[2])
-        self.forward[data[2:]] = (version, until, body, count_key)
-        self.size += len(body)
+            self.size -= len(old.body)
+        self.forward[data[2:]] = forwarded
+        self.size += len(forwarded.body)
 
     def _make_room(self, size: int) -> None:
         if self.size + size > self.budget:

@@ -93,7 +93,7 @@ class Forwarder:
         found = self.cached_until(query)
         return None if found is None else found[0]
 
-    def cached_until(self, query: Query) -> tuple[bytes, float] | None:
+    def cached_until(self, query: Query, *, count: bool = True) -> tuple[bytes, float] | None:
         """A fresh cached reply for this client, and the clock() time until which these bytes stay right.
 
         The rendered bytes depend only on the question, the client's RD/CD bits and EDNS, and the
@@ -105,13 +105,13 @@ class Forwarder:
         shape = (key, query.flags & (RD | CD), query.edns is not None)
         memo = self._rendered.get(shape)
         if memo is not None and self.cache.clock() < memo[0]:
-            self.stats.cache["hit"] += 1
+            self.stats.cache["hit"] += count
             body, q = memo[1], query.question
             return query.id.to_bytes(2, "big") + body[2:12] + q + body[12 + len(q):], memo[0]
         hit = self.cache.get(key)
         if hit is None:
             return None
-        self.stats.cache["hit"] += 1
+        self.stats.cache["hit"] += count
         reply = render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
         until = self.cache.fresh_until(key)
         if until is not None:
