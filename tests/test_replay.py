@@ -135,3 +135,39 @@ def test_replies_outlive_changes_to_other_services_but_the_soa_serial_moves(hand
     assert dns.message.from_wire(handler.handle(wire, CLIENT, tcp=False)).answer
     assert handler.fast.replay.tables[False][wire[2:]] is kept and kept.version == version  # not rendered again
     assert dns.message.from_wire(handler.handle(nx, CLIENT, tcp=False)).authority[0][0].serial == version
+
+
+def test_forwarded_replays_match_the_forwarder_second_by_second(handler):
+    """A kept upstream reply shows, at every age, the TTLs the forwarder itself would render, and is let go
+    when the cache entry expires."""
+    from test_forward_cache import Clock, upstream_reply
+    from meshdns.dns.wire import parse_query
+    from meshdns.forward.cache import ReplyCache
+    from meshdns.forward.message import lower_question, parse_reply
+
+    clock = Clock()
+    forwarder = Forwarder(domains=("consul.",), recursors=(("127.0.0.1", 53),), cache=ReplyCache(
+        max_entries=100, clock=clock))
+    handler.forwarder = forwarder
+    handler.fast.forward_hit = handler._forward_hit
+    handler.fast.forward_countdown = forwarder.countdown
+    handler.recursion = RecursionPolicy(("127.0.0.0/8",))
+    wire = dns.message.make_query("Www.Example.org", "A", use_edns=0).to_wire()
+    question = lower_question(parse_query(wire).question)
+    forwarder.cache.put(("www.example.org.", 1, 1, False), parse_reply(upstream_reply(question, 7, answers=[
+        ("www.example.org.", 9, "CNAME", "edge.example.org."), ("edge.example.org.", 4, "A", "192.0.2.8")]),
+        qid=7, question=question))
+    for _ in range(2):
+        handler.handle(wire, CLIENT, tcp=False)
+    assert wire[2:] in handler.fast.replay.forward
+    seen = set()
+    for step in range(12):
+        clock.now = 1000.0 + step * 0.37
+        expected = forwarder.cached(parse_query(wire))
+        replayed = handler.fast.replay.forwarded(wire, handler.store.snapshot, clock.now)
+        if expected is None:   # the entry lives as long as its lowest TTL
+            assert replayed is None and wire[2:] not in handler.fast.replay.forward
+            continue
+        assert replayed is not None and replayed[0] == expected
+        seen.add(tuple(rr.ttl for rr in dns.message.from_wire(expected).answer))
+    assert {(9, 4), (8, 3), (7, 2), (6, 1)} <= seen

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..catalog.snapshot import Snapshot
+from ..forward.cache import Countdown
 from . import rdata
 from .replay import Forwarded, Replay, ReplayTable, orders_for
 from .resolver import Plan, ResolverOptions, plan, soa_record, still_valid
@@ -83,9 +84,10 @@ class FastPath:
         self.replay = ReplayTable()
         self._soa: dict[str, bytes] = {}
         self._soa_version = -1
-        # set by the handler: a cached forwarded reply for a Query and the time until which its bytes
-        # stay right, or None (then the general path fetches)
-        self.forward_hit: Callable[[Query], tuple[bytes, float] | None] | None = None
+        # set by the handler: a cached forwarded reply for a Query, or None (then the general path
+        # fetches); and how that reply's TTLs count down, for replaying it
+        self.forward_hit: Callable[[Query], bytes | None] | None = None
+        self.forward_countdown: Callable[[Query], Countdown | None] | None = None
         self._opt = {False: b"\x00\x00\x29" + struct.pack("!HIH", udp_payload, 0, 0),
                      True: b"\x00\x00\x29" + struct.pack("!HIH", udp_payload, 0x8000, 0)}
 
@@ -162,13 +164,16 @@ class FastPath:
             edns = Edns(max(512, edns_payload), 0, bool(data[qend + 11] & 0x80)) if arcount else None
             query = Query(data[0] << 8 | data[1], data[2] << 8 | data[3], entry.qname, entry.qname, qtype, 1,
                           data[12:qend + 4], edns)
-            found = self.forward_hit(query)
-            if found is None or len(found[0]) > limit:
+            reply = self.forward_hit(query)
+            if reply is None or len(reply) > limit:
                 return None
-            reply, until = found
-            if not tcp and until and self.replay.wanted(data, True, snap.version):
-                self.replay.keep_forwarded(data, Forwarded(snap.version, until, reply[2:], (
-                    qtype, reply[3] & 0xF, "forward"), query, entry.plan.deps))
+            if not tcp and self.forward_countdown is not None and self.replay.wanted(data, True, snap.version):
+                countdown = self.forward_countdown(query)
+                if countdown is not None:
+                    self.replay.keep_forwarded(data, Forwarded(
+                        snap.version, entry.plan.deps, reply[2:], (qtype, reply[3] & 0xF, "forward"),
+                        countdown.stored, countdown.expires, tuple(o - 2 for o in countdown.offsets),
+                        countdown.bases))
             return reply, entry, ""
         p = entry.plan
         if ra and entry.cname_only and entry.count_key[0] in (rdata.A, rdata.AAAA):

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable, Protocol
 
 from ..catalog.store import Store
 from ..forward.chase import chase, cname_target
+from ..forward.cache import Countdown
 from ..forward.client import ForwardStats
 from . import rdata
 from .fastpath import FastPath
@@ -34,7 +35,7 @@ class Forwarder(Protocol):
 
     def handles(self, qname: str) -> bool: ...
     def cached(self, query: Query) -> bytes | None: ...
-    def cached_until(self, query: Query, *, count: bool = True) -> tuple[bytes, float] | None: ...
+    def countdown(self, query: Query) -> "Countdown | None": ...
     async def forward(self, query: Query, packet: bytes, *, tcp: bool) -> bytes | None: ...
 
 
@@ -82,6 +83,7 @@ class DnsHandler:
         self._last_error_log = -1e9
         if forwarder is not None:
             self.fast.forward_hit = self._forward_hit
+            self.fast.forward_countdown = forwarder.countdown
 
     def totals(self) -> DnsStats:
         """This process's counters plus its workers'."""
@@ -120,7 +122,7 @@ class DnsHandler:
                     self.stats.splits[(replay.split, target)] += 1
                 return reply
             if ra:
-                hit = self.fast.replay.forwarded(data, snap, self.forwarder.clock(), self._render_forwarded)
+                hit = self.fast.replay.forwarded(data, snap, self.forwarder.clock())
                 if hit is not None:
                     reply, count_key = hit
                     self.stats.queries[count_key] += 1
@@ -213,14 +215,10 @@ class DnsHandler:
             return error_response(query, SERVFAIL, our_payload=self.udp_payload)
         return self._forwarded(query, reply, tcp)
 
-    def _render_forwarded(self, query: Query) -> tuple[bytes, float] | None:
-        """A kept forwarded reply whose TTLs ticked, rendered again (the replay counts the hit)."""
-        return self.forwarder.cached_until(query, count=False)
-
-    def _forward_hit(self, query: Query) -> tuple[bytes, float] | None:
+    def _forward_hit(self, query: Query) -> bytes | None:
         if not self.forwarder.handles(query.qname_lower):
             return None
-        return self.forwarder.cached_until(query)
+        return self.forwarder.cached(query)
 
     def _forwarded(self, query: Query, reply: bytes, tcp: bool) -> bytes:
         rcode = reply[3] & 0xF if len(reply) >= 4 else SERVFAIL

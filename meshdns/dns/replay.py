@@ -13,20 +13,21 @@ offered to this client (two tables) and UDP (TCP is never replayed). Like a
 compiled answer, a replay outlives catalog changes that do not touch the
 snapshot objects it was built from; one that carries the SOA (whose serial is
 the catalog version) lives for one version. A cached forwarded reply is kept
-the same way and rendered again by the forwarder each time its TTLs tick.
+the same way until its cache entry expires; its TTL fields are rewritten as
+whole seconds of age pass, as the forwarder would render them.
 Memory is bounded by a byte budget.
 """
 from __future__ import annotations
 
 import random
+import struct
 from dataclasses import dataclass
-from typing import Callable
 
 from ..catalog.snapshot import Snapshot
 from .resolver import still_valid
 from .weighting import ORDERS, weighted_pick
-from .wire import Query
 
+_TTL = struct.Struct("!I")
 MAX_ORDERS = 24        # shuffles rendered per group: up to four equal-weight records
 BUDGET = 32 << 20      # bytes of rendered replies kept (all keys); over it, start again
 
@@ -45,14 +46,17 @@ class Replay:
 
 @dataclass(slots=True)
 class Forwarded:
-    """A cached upstream reply for one exact packet; its TTLs tick, so `body` is renewed each second."""
+    """A cached upstream reply for one exact packet, its TTL fields rewritten as whole seconds pass."""
 
     version: int
-    until: float        # clock() time at which the TTLs in `body` would read one less
+    deps: tuple         # what made the name not ours (the forward plan's deps)
     body: bytes         # the reply after its ID
     count_key: tuple
-    query: Query        # to render the reply again when the TTLs tick
-    deps: tuple         # what made the name not ours (the forward plan's deps)
+    stored: float       # clock() when the upstream reply was cached
+    expires: float      # clock() when it stops being fresh: then the forwarder decides again
+    offsets: tuple[int, ...]  # TTL fields in `body`
+    bases: tuple[int, ...]    # their values at age 0
+    age: int = -1       # the whole seconds of age `body` shows (-1: not yet written)
 
 
 def orders_for(weights: list) -> list[list[int]] | None:
@@ -88,9 +92,8 @@ class ReplayTable:
         tail = tails[0] if len(tails) == 1 else tails[int(rng.random() * len(tails))]
         return data[:2] + tail, r, r.targets[gi]
 
-    def forwarded(self, data: bytes, snap: Snapshot, now: float,
-                  render: Callable[[Query], tuple[bytes, float] | None]) -> tuple[bytes, tuple] | None:
-        """A cached upstream reply for a client offered recursion; rendered again (`render`) when its TTLs tick."""
+    def forwarded(self, data: bytes, snap: Snapshot, now: float) -> tuple[bytes, tuple] | None:
+        """A cached upstream reply for a client offered recursion, its TTLs as old as the cache entry."""
         f = self.forward.get(data[2:])
         if f is None:
             return None
@@ -98,13 +101,16 @@ class ReplayTable:
             if not still_valid(f.deps, snap):
                 return None
             f.version = snap.version
-        if now >= f.until:
-            found = render(f.query)
-            if found is None or not found[1] or len(found[0]) != len(f.body) + 2:
-                del self.forward[data[2:]]   # gone from the cache (or changed): the fast path decides
-                self.size -= len(f.body)
-                return None
-            f.body, f.until = found[0][2:], found[1]
+        if now >= f.expires:
+            del self.forward[data[2:]]   # expired: the forwarder refreshes it (or serves it stale)
+            self.size -= len(f.body)
+            return None
+        age = int(now - f.stored)
+        if age != f.age:
+            body = bytearray(f.body)
+            for offset, base in zip(f.offsets, f.bases):
+                _TTL.pack_into(body, offset, base - age if base > age else 0)
+            f.body, f.age = bytes(body), age
         return data[:2] + f.body, f.count_key
 
     def wanted(self, data: bytes, ra: bool, version: int) -> bool:

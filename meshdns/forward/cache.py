@@ -37,6 +37,16 @@ class Hit:
     stale: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Countdown:
+    """How a fresh entry's served TTLs count down: field i reads max(0, bases[i] - whole age) until `expires`."""
+
+    stored: float
+    expires: float
+    offsets: tuple[int, ...]   # the TTL fields' byte offsets (as in the reply; render keeps them)
+    bases: tuple[int, ...]
+
+
 class ReplyCache:
     def __init__(self, *, max_entries: int, min_ttl: float = 0.0, max_ttl: float = 3600.0,
                  serve_stale: float = 3600.0, clock: Callable[[], float] = time.monotonic):
@@ -104,6 +114,15 @@ class ReplyCache:
             return None
         entry, age = found
         return entry.stored + min(int(age) + 1, entry.ttl)
+
+    def countdown(self, key: Hashable) -> Countdown | None:
+        found = self._fresh(key)
+        if found is None:
+            return None
+        entry, _ = found
+        clamp = self._clamp
+        return Countdown(entry.stored, entry.stored + entry.ttl, entry.reply.ttl_offsets,
+                         tuple(int(clamp(t)) for t in entry.reply.ttls))
 
     def get_stale(self, key: Hashable) -> Hit | None:
         """An expired entry still within serve_stale (for when every upstream failed)."""

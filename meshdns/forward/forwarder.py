@@ -23,7 +23,7 @@ from ..config import Config, ConfigError
 from ..dns import rdata
 from ..dns.names import own_domain
 from ..dns.wire import CD, RD, Query
-from .cache import Hit, ReplyCache
+from .cache import Countdown, Hit, ReplyCache
 from .client import ForwardStats, Server, UpstreamClient
 from .message import Reply, lower_question, render
 
@@ -58,7 +58,7 @@ class Forwarder:
         self.client = UpstreamClient(timeout=timeout, strategy=strategy, payload=udp_payload,
                                      stats=self.stats, rng=rng)
         self.cache = cache if cache is not None else ReplyCache(max_entries=0)
-        self.clock = self.cache.clock   # the time `cached_until` answers in
+        self.clock = self.cache.clock   # the time `countdown` answers in
         self._inflight: dict[CacheKey, asyncio.Task] = {}
         self._rendered: dict[tuple, tuple[float, bytes]] = {}   # see cached()
         # The worker processes' counters; each worker has a cache of its own.
@@ -89,36 +89,36 @@ class Forwarder:
         return bool(self.servers_for(qname))
 
     def cached(self, query: Query) -> bytes | None:
-        """A fresh cached reply rendered for this client, with nothing scheduled (the common case)."""
-        found = self.cached_until(query)
-        return None if found is None else found[0]
-
-    def cached_until(self, query: Query, *, count: bool = True) -> tuple[bytes, float] | None:
-        """A fresh cached reply for this client, and the clock() time until which these bytes stay right.
+        """A fresh cached reply rendered for this client, with nothing scheduled (the common case).
 
         The rendered bytes depend only on the question, the client's RD/CD bits and EDNS, and the
         whole seconds of age; they are kept until that age ticks (or the entry expires), and each
-        hit only patches in the client's ID and its spelling of the question. 0 as the time: do not keep.
+        hit only patches in the client's ID and its spelling of the question.
         """
         do = query.edns is not None and query.edns.do
         key = (query.qname_lower, query.qtype, query.qclass, do)
         shape = (key, query.flags & (RD | CD), query.edns is not None)
         memo = self._rendered.get(shape)
         if memo is not None and self.cache.clock() < memo[0]:
-            self.stats.cache["hit"] += count
+            self.stats.cache["hit"] += 1
             body, q = memo[1], query.question
-            return query.id.to_bytes(2, "big") + body[2:12] + q + body[12 + len(q):], memo[0]
+            return query.id.to_bytes(2, "big") + body[2:12] + q + body[12 + len(q):]
         hit = self.cache.get(key)
         if hit is None:
             return None
-        self.stats.cache["hit"] += count
+        self.stats.cache["hit"] += 1
         reply = render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
         until = self.cache.fresh_until(key)
         if until is not None:
             if len(self._rendered) >= max(1024, self.cache.max_entries):
                 self._rendered.clear()
             self._rendered[shape] = (until, reply)
-        return reply, until or 0.0
+        return reply
+
+    def countdown(self, query: Query) -> Countdown | None:
+        """How the TTLs of the reply `cached` gives for this question count down (see ReplyCache)."""
+        do = query.edns is not None and query.edns.do
+        return self.cache.countdown((query.qname_lower, query.qtype, query.qclass, do))
 
     async def forward(self, query: Query, packet: bytes = b"", *, tcp: bool = False) -> bytes | None:
         hit = await self.lookup(query, tcp=tcp)
