@@ -230,14 +230,11 @@ def _render(entry: Compiled, version: int, flags: int, question: bytes, authorit
     p = entry.plan
     fixed = (len(authority), 1 if opt else 0)
     auth = b"".join(authority)
-    if not entry.groups:
-        groups = [((0, b"", b"", 0, 0),)]
-    else:
-        groups = [g[1] for g in entry.groups]
+    groups = [g[1] for g in entry.groups] or [((0, b"", b"", 0, 0),)]  # no records: one empty unit
     rendered, size = [], 0
-    for gi, units in enumerate(groups):
+    for units, orders in zip(groups, entry.orders or ([[0]],)):
         tails = []
-        for order in (entry.orders[gi] if entry.groups else [[0]]):
+        for order in orders:
             chosen = [units[i] for i in order]
             if p.limit and len(chosen) > p.limit:
                 chosen = chosen[:p.limit]

@@ -2,7 +2,7 @@
 
 Stub resolvers ask the same names with the same packet; only the ID changes.
 When a compiled answer's only per-query choices are the split pick and a
-uniform shuffle of at most five records, every reply it can give is rendered
+uniform shuffle of at most four records, every reply it can give is rendered
 once. A repeat query is then one dict lookup on the packet after its ID, the
 same RNG calls the fast path makes to choose, and the ID put back in front:
 byte-identical to the fast path (tests compare them), at a fraction of the work.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ..catalog.snapshot import Snapshot
 from .resolver import still_valid
-from .weighting import ORDERS, weighted_pick
+from .weighting import uniform_orders, weighted_pick
 
 _TTL = struct.Struct("!I")
 MAX_ORDERS = 24        # shuffles rendered per group: up to four equal-weight records
@@ -61,13 +61,11 @@ class Forwarded:
 
 def orders_for(weights: list) -> list[list[int]] | None:
     """Every order `weighted_order` can return for these weights, in its index order; None if too many."""
-    n = len(weights)
-    if n <= 1:
-        return [list(range(n))]
-    first = weights[0]
-    if n in ORDERS and first > 0 and weights.count(first) == n and len(ORDERS[n]) <= MAX_ORDERS:
-        return ORDERS[n]
-    return None  # weighted shuffles draw one number per record: not enumerable
+    if len(weights) <= 1:
+        return [list(range(len(weights)))]
+    orders = uniform_orders(weights)
+    # weighted shuffles draw one number per record: not enumerable
+    return orders if orders is not None and len(orders) <= MAX_ORDERS else None
 
 
 class ReplayTable:

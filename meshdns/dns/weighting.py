@@ -6,7 +6,7 @@ from itertools import permutations
 from typing import Sequence
 
 # every order of n equally weighted records, so a uniform shuffle costs one random() call
-ORDERS = {n: [list(p) for p in permutations(range(n))] for n in range(2, 6)}
+_ORDERS = {n: [list(p) for p in permutations(range(n))] for n in range(2, 6)}
 
 
 def weighted_order(weights: Sequence[float], rng: random.Random) -> list[int]:
@@ -17,13 +17,21 @@ def weighted_order(weights: Sequence[float], rng: random.Random) -> list[int]:
     n = len(weights)
     if n <= 1:
         return list(range(n))
-    first = weights[0]
-    if n <= 5 and first > 0 and weights.count(first) == n:
-        orders = ORDERS[n]
+    orders = uniform_orders(weights)
+    if orders is not None:
         return orders[int(rng.random() * len(orders))]
     rand = rng.random
     keys = [rand() ** (1.0 / w) if w > 0 else -rand() for w in weights]
     return sorted(range(n), key=keys.__getitem__, reverse=True)
+
+
+def uniform_orders(weights: Sequence[float]) -> list[list[int]] | None:
+    """Every order a shuffle of two to five equal positive weights can take; None for any other weights."""
+    n = len(weights)
+    first = weights[0] if n else 0
+    if n in _ORDERS and first > 0 and weights.count(first) == n:
+        return _ORDERS[n]
+    return None
 
 
 def weighted_pick(weights: Sequence[float], rng: random.Random) -> int:
