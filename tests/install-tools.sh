@@ -1,8 +1,10 @@
 #!/bin/sh
 # System tools the tests use: dig (bind9-dnsutils), unbound, curl, ss (iproute2),
-# mkfs.ext4/e2fsck (e2fsprogs) and openssl.
+# mkfs.ext4/e2fsck (e2fsprogs) and openssl; and CoreDNS, built from the Go
+# module proxy once into ~/.cache (tests/coredns/build.sh).
 # Installs only what is missing; needs Debian/Ubuntu (apt-get) and root or sudo.
 set -eu
+coredns() { sh "$(dirname "$0")/coredns/build.sh" >/dev/null; }
 need=""
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need="$need unbound"
@@ -10,7 +12,7 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v ss >/dev/null 2>&1 || need="$need iproute2"
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /sbin/mkfs.ext4 ] || need="$need e2fsprogs"  # disk-full / read-only tests
 command -v openssl >/dev/null 2>&1 || need="$need openssl"     # certificates for the API over TLS
-[ -z "$need" ] && exit 0
+if [ -z "$need" ]; then coredns; exit 0; fi
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install these with your package manager:$need" >&2
   exit 1
@@ -23,3 +25,4 @@ $as_root apt-get update -qq
 $as_root apt-get install -y -qq --no-install-recommends $need
 # Debian starts unbound as a system service on port 53; the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then $as_root systemctl disable --now unbound >/dev/null 2>&1 || true; fi
+coredns
