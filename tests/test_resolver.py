@@ -210,3 +210,16 @@ def test_soa_serial_is_catalog_version():
     snap = catalog(inst("a", "10.0.0.1"))
     serial = ask("consul.", "SOA", snap).answer[0].rdata[-20:-16]
     assert int.from_bytes(serial, "big") == snap.version
+
+
+def test_split_fail_open_serves_each_targets_tag_never_maintenance():
+    snap = catalog(inst("a", "10.0.0.1", health=Health.CRITICAL),
+                   inst("a", "10.0.0.2", health=Health.MAINTENANCE),
+                   inst("b", "10.0.1.1", tags=["v2"], health=Health.CRITICAL),
+                   inst("b", "10.0.1.2", tags=["v1"], health=Health.CRITICAL),   # b, but not the target's tag
+                   inst("b", "10.0.1.3", tags=["v2"], health=Health.MAINTENANCE),
+                   splits=[Split("s", (SplitTarget("a", 50), SplitTarget("b", 50, "v2")), on_all_unhealthy="all")])
+    sides = {tuple(texts(ask("s.service.consul.", "A", snap, seed=n).answer)) for n in range(40)}
+    assert sides == {("@ A 10.0.0.1",), ("@ A 10.0.1.1",)}
+    assert texts(ask("s.service.consul.", "SRV", snap).answer) == [
+        "@ SRV 1 65535 80 0a000001.addr.dc1.consul.", "@ SRV 1 65535 80 0a000101.addr.dc1.consul."]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..catalog.model import Health, Instance, Split
+from ..catalog.model import Instance, Split
+from ..catalog.rules import healthy, split_sides
 from ..catalog.snapshot import Snapshot
 from ..config import SoaConfig
 from . import names, rdata
@@ -227,14 +228,6 @@ def _known_dc(dc: str | None, snap: Snapshot) -> str | None:
 # -- services ---------------------------------------------------------------
 
 
-def healthy(instances: tuple[Instance, ...], *, only_passing: bool, tag: str = "") -> list[Instance]:
-    limit = Health.PASSING if only_passing else Health.WARNING
-    out = [i for i in instances if i.health <= limit]
-    if tag:
-        out = [i for i in out if any(t.lower() == tag for t in i.tags)]
-    return out
-
-
 def _service(lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
     dc = _known_dc(lk.datacenter, snap)
     if dc is None:
@@ -325,40 +318,27 @@ def _srv_unit(inst, address, snap, domain, ttl, shuffle_weight, srv_weight) -> U
 
 def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, dc: str) -> Plan:
     ttl = int(split.ttl) if split.ttl is not None else opts.ttl_for_service(split.name)
-    sides = []
-    for target in split.targets:
-        if target.weight <= 0:
-            continue
-        insts = healthy(snap.services.get((dc, target.service.lower()), ()),
-                        only_passing=opts.only_passing, tag=target.tag.lower())
-        if insts:
-            sides.append((target, insts))
+    sides = split_sides(split, snap, only_passing=opts.only_passing)
     if not sides:
-        if split.on_all_unhealthy != "all":
-            return _negative(NXDOMAIN, lk.domain, snap, opts)
-        sides = [(t, list(snap.services.get((dc, t.service.lower()), ()))) for t in split.targets]
-        sides = [(t, [i for i in insts if i.health is not Health.MAINTENANCE]) for t, insts in sides]
-        sides = [(t, insts) for t, insts in sides if insts]
-        if not sides:
-            return _negative(NXDOMAIN, lk.domain, snap, opts)
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
     if qtype == rdata.SRV:
         shares, insts_all = [], []
-        total_target = sum(t.weight for t, _ in sides) or 1.0
-        for target, insts in sides:
-            inst_w = [max(_weight(i), 0) for i in insts]
-            denom = sum(inst_w) or len(insts)
-            for inst, w in zip(insts, inst_w):
-                shares.append(target.weight / total_target * (w or 1) / denom)
+        for side in sides:
+            inst_w = [max(_weight(i), 0) for i in side.instances]
+            denom = sum(inst_w) or len(inst_w)
+            for inst, w in zip(side.instances, inst_w):
+                shares.append(side.share * (w or 1) / denom)
                 insts_all.append(inst)
         units = _instance_units(insts_all, qtype, snap, opts, lk.domain, ttl, shares, scale_shares(shares))
         if not units:
             return _negative(NOERROR, lk.domain, snap, opts)
         return Plan(groups=(Group(1.0, tuple(units), "*"),), split=split.name)
     groups = []
-    for target, insts in sides:
-        units = _instance_units(insts, qtype, snap, opts, lk.domain, ttl, [float(_weight(i)) for i in insts])
+    for side in sides:
+        units = _instance_units(side.instances, qtype, snap, opts, lk.domain, ttl,
+                                [float(_weight(i)) for i in side.instances])
         if units:
-            groups.append(Group(target.weight, tuple(units), _target_label(target)))
+            groups.append(Group(side.target.weight, tuple(units), _target_label(side.target)))
     if not groups:
         return _negative(NOERROR, lk.domain, snap, opts)
     return Plan(groups=tuple(groups), limit=_limit(qtype, opts), split=split.name)
