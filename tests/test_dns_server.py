@@ -26,15 +26,18 @@ def test_service_a(server):
 
 def test_service_srv_with_additional(server):
     msg = query(server.dns_port, "legacy-billing.service.consul", "SRV")
-    assert sorted(rrset_values(msg)) == ["1 10 8080 c0a81cd5.addr.dc1.consul.", "1 10 8080 c0a81cd6.addr.dc1.consul."]
+    # the instances use their nodes' addresses: the target is the node, as Consul answers
+    assert sorted(rrset_values(msg)) == ["1 10 8080 billing-vm-1.node.dc1.consul.",
+                                         "1 10 8080 billing-vm-2.node.dc1.consul."]
     extra = {rr.name.to_text(): [rd.to_text() for rd in rr] for rr in msg.additional}
-    assert extra == {"c0a81cd5.addr.dc1.consul.": ["192.168.28.213"], "c0a81cd6.addr.dc1.consul.": ["192.168.28.214"]}
+    assert extra == {"billing-vm-1.node.dc1.consul.": ["192.168.28.213"],
+                     "billing-vm-2.node.dc1.consul.": ["192.168.28.214"]}
 
 
 def test_dig_srv_and_a(server):
     out = dig(server.dns_port, "legacy-billing.service.consul", "SRV", "+noall", "+answer", "+additional")
-    assert "SRV\t1 10 8080 c0a81cd5.addr.dc1.consul." in out
-    assert "c0a81cd6.addr.dc1.consul. 0\tIN\tA\t192.168.28.214" in out
+    assert "SRV\t1 10 8080 billing-vm-1.node.dc1.consul." in out
+    assert "billing-vm-2.node.dc1.consul. 0\tIN\tA\t192.168.28.214" in out
     assert dig(server.dns_port, "+short", "oracle-db.service.consul").split() == ["192.168.30.10"]
 
 
@@ -82,8 +85,9 @@ def test_soa_and_ns(server):
 
 
 def test_ptr(server):
-    assert dig(server.dns_port, "+short", "-x", "192.168.28.213").split() == [
-        "billing-vm-1.node.dc1.consul.", "legacy-billing.service.dc1.consul."]
+    # a node's IP names the node only (Consul looks at nodes first); an instance's own IP names its service
+    assert dig(server.dns_port, "+short", "-x", "192.168.28.213").split() == ["billing-vm-1.node.dc1.consul."]
+    assert dig(server.dns_port, "+short", "-x", "192.168.30.21").split() == ["redis.service.dc1.consul."]
 
 
 def test_hostname_instance_is_cname(server):

@@ -77,7 +77,7 @@ CASES = [
     ("web.service.consul.", "TXT", NOERROR, []),
     ("v6.service.consul.", "AAAA", NOERROR, ["@ AAAA fd00::1"]),
     ("db.service.consul.", "A", NOERROR, ["@ A 10.0.9.9"]),  # node address fallback
-    ("db.service.consul.", "SRV", NOERROR, ["@ SRV 1 1 5432 0a000909.addr.dc1.consul."]),
+    ("db.service.consul.", "SRV", NOERROR, ["@ SRV 1 1 5432 db-1.node.dc1.consul."]),  # no IP of its own
     ("ext.service.consul.", "A", NOERROR, ["@ CNAME api.example.com."]),
     ("ext.service.consul.", "SRV", NOERROR, ["@ SRV 1 1 443 api.example.com."]),
     ("down.service.consul.", "A", NXDOMAIN, []),            # no healthy instance
@@ -101,7 +101,7 @@ CASES = [
     ("a.b.c.service.consul.", "A", NXDOMAIN, []),
     ("random.junk.consul.", "HINFO", NXDOMAIN, []),         # CoreDNS loop-detect probe
     ("1.0.0.10.in-addr.arpa.", "PTR", NOERROR, ["@ PTR web.service.dc1.consul."]),
-    ("9.9.0.10.in-addr.arpa.", "PTR", NOERROR, ["@ PTR db-1.node.dc1.consul.", "@ PTR db.service.dc1.consul."]),
+    ("9.9.0.10.in-addr.arpa.", "PTR", NOERROR, ["@ PTR db-1.node.dc1.consul."]),  # a node's IP: the node only
 ]
 
 
@@ -120,6 +120,16 @@ def test_srv_additional_has_target_addresses():
     ans = ask("web.service.consul.", "SRV")
     assert texts(ans.additional) == ["0a000001.addr.dc1.consul. A 10.0.0.1", "0a000002.addr.dc1.consul. A 10.0.0.2",
                                      "0a000003.addr.dc1.consul. A 10.0.0.3"]
+
+
+def test_srv_target_is_the_node_for_an_instance_without_an_ip_of_its_own():
+    snap = catalog(inst("db", node="db-1", port=5432), inst("db", "10.0.9.9", id="own", node="db-1", port=5433),
+                   inst("db", node="edge", port=5434), nodes=[Node("db-1", "10.0.9.9", DC), Node("edge", "fd00::9", DC)])
+    ans = ask("db.service.consul.", "SRV", snap)
+    assert texts(ans.answer) == ["@ SRV 1 1 5432 db-1.node.dc1.consul.", "@ SRV 1 1 5433 0a000909.addr.dc1.consul.",
+                                 "@ SRV 1 1 5434 edge.node.dc1.consul."]
+    assert texts(ans.additional) == ["0a000909.addr.dc1.consul. A 10.0.9.9", "db-1.node.dc1.consul. A 10.0.9.9",
+                                     "edge.node.dc1.consul. AAAA fd00::9"]
 
 
 def test_reverse_names_with_non_ascii_digits_are_not_ours():

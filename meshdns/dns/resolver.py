@@ -295,17 +295,20 @@ def _dedupe(units: list[Unit]) -> list[Unit]:
 
 
 def _srv_unit(inst, address, snap, domain, ttl, shuffle_weight, srv_weight) -> Unit | None:
+    """SRV target: <hex>.addr for an instance's own IP, <node>.node for one that uses its node's IP
+    (as Consul), the hostname for a hostname; the target's addresses go in the additional section."""
     version = names.ip_version(address) if address else -1
     additional: tuple[Record, ...] = ()
-    if version in (4, 6):
+    if version in (4, 6) and inst.address:
         target = f"{names.encode_addr(address)}.addr.{inst.datacenter}.{domain}"
-        additional = tuple(_address_records(target, address, rdata.ANY, ttl))
     elif version == 0:
         target = address if address.endswith(".") else address + "."
     elif inst.node:
         target = f"{inst.node.lower()}.node.{inst.datacenter}.{domain}"
     else:
         return None
+    if version in (4, 6):
+        additional = tuple(_address_records(target, address, rdata.ANY, ttl))
     try:
         rec = Record(None, rdata.SRV, ttl, rdata.srv(1, max(0, min(65535, int(srv_weight))), inst.port, target))
     except (ValueError, UnicodeEncodeError):
@@ -393,13 +396,16 @@ def _apex(lk: ApexLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> 
 def _reverse(rev: ReverseLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan | None:
     """PTR for a catalog IP; None (forward) when the IP is not ours."""
     domain = opts.domains[0]
-    targets = [f"{n}.node.{dc}.{domain}" for dc, n in sorted(snap.ip_nodes.get(rev.ip, ()))]
-    targets += [f"{s}.service.{dc}.{domain}" for dc, s in sorted(snap.ip_services.get(rev.ip, ()))]
+    nodes = snap.ip_nodes.get(rev.ip)
+    if nodes:  # as Consul: a node's IP names the node, services only when no node has it
+        targets = [f"{n}.node.{dc}.{domain}" for dc, n in sorted(nodes)]
+    else:
+        targets = [f"{s}.service.{dc}.{domain}" for dc, s in sorted(snap.ip_services.get(rev.ip, ()))]
     if not targets:
         return None
     if qtype not in (rdata.PTR, rdata.ANY):
         return Plan()  # NODATA; no SOA of ours covers arpa names
-    ttl = opts.node_ttl if snap.ip_nodes.get(rev.ip) else opts.ttl_for_service(targets[0].split(".", 1)[0])
+    ttl = opts.node_ttl if nodes else opts.ttl_for_service(targets[0].split(".", 1)[0])
     records = []
     for t in targets:
         try:
