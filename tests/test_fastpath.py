@@ -43,6 +43,7 @@ NAMES = [
     ("x.y.consul", "HINFO"), ("213.28.168.192.in-addr.arpa", "PTR"), ("intranet.corp.internal", "A"),
     ("wiki.corp.internal", "A"), ("corp.internal", "SOA"), ("nothing.corp.internal", "A"),
     ("_ldap._tcp.corp.internal", "SRV"), ("big.service.consul", "A"), ("big.service.consul", "SRV"),
+    ("_redis._primary.consul", "SRV"), ("_redis._tcp.dc1.consul", "A"), ("primary.cache.redis.service.consul", "A"),
 ]
 
 

@@ -37,7 +37,7 @@ def catalog(*instances, nodes=(), splits=()):
 
 SNAP = catalog(
     inst("web", "10.0.0.1", tags=["v1"]),
-    inst("web", "10.0.0.2", tags=["v2"]),
+    inst("web", "10.0.0.2", tags=["v2", "Rel.2024"]),
     inst("web", "10.0.0.3", health=Health.WARNING),
     inst("web", "10.0.0.4", health=Health.CRITICAL),
     inst("web", "10.0.0.5", health=Health.MAINTENANCE),
@@ -46,7 +46,8 @@ SNAP = catalog(
     inst("ext", "api.example.com", port=443),
     inst("down", "10.0.1.1", health=Health.CRITICAL),
     inst("east-svc", "10.1.0.1", dc="east"),
-    nodes=[Node("db-1", "10.0.9.9", DC, meta=(("rack", "r1"),)), Node("edge", "fd00::9", DC)],
+    nodes=[Node("db-1", "10.0.9.9", DC, meta=(("rack", "r1"), ("rfc1035-Policy", "v=spf1 -all"), (" x=y", "`z"))),
+           Node("edge", "fd00::9", DC)],
 )
 OPTS = ResolverOptions(domains=("consul.", "mesh.internal."), soa=SoaConfig(min_ttl=5))
 
@@ -86,7 +87,8 @@ CASES = [
     ("east-svc.service.east.consul.", "A", NOERROR, ["@ A 10.1.0.1"]),
     ("web.service.nowhere.consul.", "A", NXDOMAIN, []),
     ("db-1.node.consul.", "A", NOERROR, ["@ A 10.0.9.9"]),
-    ("db-1.node.dc1.consul.", "TXT", NOERROR, ['@ TXT "rack=r1"']),
+    # node meta as Consul: key=value (RFC 1464 quoting), a rfc1035- key gives the bare value
+    ("db-1.node.dc1.consul.", "TXT", NOERROR, ['@ TXT "` x`=y=``z"', '@ TXT "rack=r1"', '@ TXT "v=spf1 -all"']),
     ("edge.node.consul.", "AAAA", NOERROR, ["@ AAAA fd00::9"]),
     ("edge.node.consul.", "A", NOERROR, []),
     ("ghost.node.consul.", "A", NXDOMAIN, []),
@@ -99,6 +101,20 @@ CASES = [
     ("mesh.internal.", "NS", NOERROR, ["@ NS ns.mesh.internal."]),
     ("consul.", "A", NOERROR, []),
     ("a.b.c.service.consul.", "A", NXDOMAIN, []),
+    ("rel.2024.web.service.consul.", "A", NOERROR, ["@ A 10.0.0.2"]),  # a tag with a dot, as Consul
+    ("rel.2024.web.service.dc1.consul.", "SRV", NOERROR, ["@ SRV 1 1 80 0a000002.addr.dc1.consul."]),
+    # RFC 2782 names without `.service`, as Consul reads them (SRV only; other types: NODATA)
+    ("_web._v2.consul.", "SRV", NOERROR, ["@ SRV 1 1 80 0a000002.addr.dc1.consul."]),
+    ("_web._tcp.dc1.consul.", "SRV", NOERROR,
+     ["@ SRV 1 1 80 0a000001.addr.dc1.consul.", "@ SRV 1 1 80 0a000002.addr.dc1.consul.",
+      "@ SRV 1 1 80 0a000003.addr.dc1.consul."]),
+    ("_east-svc._tcp.east.mesh.internal.", "SRV", NOERROR, ["@ SRV 1 1 80 0a010001.addr.east.mesh.internal."]),
+    ("_web._tcp.consul.", "A", NOERROR, []),
+    ("_nope._tcp.consul.", "SRV", NXDOMAIN, []),
+    ("_nope._tcp.consul.", "A", NXDOMAIN, []),
+    ("_web._tcp.nowhere.consul.", "SRV", NXDOMAIN, []),
+    ("_web.consul.", "SRV", NXDOMAIN, []),
+    ("x._web._tcp.consul.", "SRV", NXDOMAIN, []),
     ("random.junk.consul.", "HINFO", NXDOMAIN, []),         # CoreDNS loop-detect probe
     ("1.0.0.10.in-addr.arpa.", "PTR", NOERROR, ["@ PTR web.service.dc1.consul."]),
     ("9.9.0.10.in-addr.arpa.", "PTR", NOERROR, ["@ PTR db-1.node.dc1.consul."]),  # a node's IP: the node only

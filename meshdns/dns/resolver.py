@@ -232,6 +232,10 @@ def _service(lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOption
     dc = _known_dc(lk.datacenter, snap)
     if dc is None:
         return _negative(NXDOMAIN, lk.domain, snap, opts)
+    if lk.srv_only and qtype != rdata.SRV:
+        # the name exists when its SRV answer does; other types get NODATA (RFC 2308), not Consul's NXDOMAIN
+        srv = _service(lk, rdata.SRV, snap, opts)
+        return srv if srv.rcode == NXDOMAIN else _negative(NOERROR, lk.domain, snap, opts)
     split = snap.splits.get(lk.service) if dc == snap.datacenter and not lk.tag else None
     if split is not None:
         return _split(split, lk, qtype, snap, opts, dc)
@@ -361,10 +365,21 @@ def _node(lk: NodeLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> 
         return _negative(NXDOMAIN, lk.domain, snap, opts)
     records = _address_records(None, node.address, qtype, opts.node_ttl)
     if qtype in (rdata.TXT, rdata.ANY) and node.meta:
-        records += [Record(None, rdata.TXT, opts.node_ttl, rdata.txt(f"{k}={v}")) for k, v in node.meta]
+        records += [Record(None, rdata.TXT, opts.node_ttl, rdata.txt(_meta_txt(k, v))) for k, v in node.meta]
     if not records:
         return _negative(NOERROR, lk.domain, snap, opts)
     return Plan(groups=_single(records))
+
+
+def _meta_txt(key: str, value: str) -> str:
+    """Node meta as TXT, as Consul: a `rfc1035-` key gives the bare value, others `key=value` (RFC 1464)."""
+    if key.lower().startswith("rfc1035-"):
+        return value
+    stripped = key.strip(" ")
+    lead = len(key) - len(key.lstrip(" "))
+    trail = len(key) - len(key.rstrip(" ")) if stripped else 0
+    body = stripped.replace("`", "``").replace("=", "`=")
+    return "` " * lead + body + "` " * trail + "=" + value.replace("`", "``")
 
 
 def _addr(lk: AddrLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
