@@ -240,3 +240,94 @@ def test_tcp_idle_connection_closed(start_server):
 def test_a_record_limit(start_server, limit):
     srv = start_server({"dns": {"a_record_limit": limit}})
     assert len(rrset_values(query(srv.dns_port, "redis.service.consul"))) == limit
+
+
+HOSTNAMES = '''
+[[node]]
+name = "db-1"
+address = "10.30.0.5"
+
+[[service]]
+name = "wiki-alias"
+address = "wiki.corp.test"
+port = 443
+
+[[service]]
+name = "db-alias"
+address = "db-1.node.consul"
+port = 5432
+
+[[service]]
+name = "missing-alias"
+address = "nothere.corp.test"
+port = 80
+
+[[service]]
+name = "mixed"
+address = "10.30.0.9"
+port = 80
+
+[[service]]
+name = "mixed"
+address = "api.example.org"
+port = 443
+'''
+
+CORP_TEST = '''$ORIGIN corp.test.
+$TTL 300
+@        IN SOA ns1 hostmaster 1 3600 600 86400 60
+intranet IN A 10.31.0.10
+         IN A 10.31.0.11
+wiki     IN CNAME intranet
+'''
+
+
+@pytest.fixture
+def hostnames(start_server, upstreams, tmp_path):
+    """Hostname instances pointing into our own names, and a recursor that must never be asked for them."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "hosts.toml").write_text(HOSTNAMES)
+    (zones / "corp.test.zone").write_text(CORP_TEST)
+    recursor = upstreams(name="recursor")
+    recursor.add("api.example.org", "A", "10.99.0.1")
+    srv = start_server({"forwarding": {"recursors": [recursor.address], "timeout": "500ms"}}, zones=zones)
+    return srv, recursor
+
+
+def test_hostname_in_our_zone_is_cname_plus_records_without_recursion(hostnames):
+    srv, recursor = hostnames
+    msg = query(srv.dns_port, "wiki-alias.service.consul", "A", rd=True)
+    assert [(rr.name.to_text(), dns.rdatatype.to_text(rr.rdtype), sorted(rd.to_text() for rd in rr))
+            for rr in msg.answer] == [
+        ("wiki-alias.service.consul.", "CNAME", ["wiki.corp.test."]),
+        ("wiki.corp.test.", "CNAME", ["intranet.corp.test."]),
+        ("intranet.corp.test.", "A", ["10.31.0.10", "10.31.0.11"])]
+    out = dig(srv.dns_port, "+short", "db-alias.service.consul")
+    assert out.split() == ["db-1.node.consul.", "10.30.0.5"]
+    # a name our zone does not have is not asked upstream either: the CNAME alone
+    missing = query(srv.dns_port, "missing-alias.service.consul", "A", rd=True)
+    assert [rr.rdtype for rr in missing.answer] == [dns.rdatatype.CNAME]
+    assert recursor.count() == 0
+
+
+def test_never_a_cname_beside_addresses(hostnames):
+    srv, recursor = hostnames
+    for _ in range(10):
+        assert dig(srv.dns_port, "+short", "mixed.service.consul").split() == ["10.30.0.9"]
+    aaaa = query(srv.dns_port, "mixed.service.consul", "AAAA")
+    assert rcode(aaaa) == "NOERROR" and aaaa.answer == []            # NODATA, not a CNAME
+    assert sorted(rrset_values(query(srv.dns_port, "mixed.service.consul", "SRV"))) == [
+        "1 1 443 api.example.org.", "1 1 80 0a1e0009.addr.dc1.consul."]
+
+
+def test_srv_for_a_hostname_we_serve_has_its_records_in_additional(hostnames):
+    srv, recursor = hostnames
+    msg = query(srv.dns_port, "wiki-alias.service.consul", "SRV")
+    assert rrset_values(msg) == ["1 1 443 wiki.corp.test."]
+    assert [(rr.name.to_text(), dns.rdatatype.to_text(rr.rdtype), sorted(rd.to_text() for rd in rr))
+            for rr in msg.additional] == [("wiki.corp.test.", "CNAME", ["intranet.corp.test."]),
+                                          ("intranet.corp.test.", "A", ["10.31.0.10", "10.31.0.11"])]
+    out = dig(srv.dns_port, "db-alias.service.consul", "SRV", "+noall", "+additional")
+    assert "db-1.node.consul.\t0\tIN\tA\t10.30.0.5" in out
+    assert recursor.count() == 0

@@ -249,3 +249,79 @@ def test_split_fail_open_serves_each_targets_tag_never_maintenance():
     assert sides == {("@ A 10.0.0.1",), ("@ A 10.0.1.1",)}
     assert texts(ask("s.service.consul.", "SRV", snap).answer) == [
         "@ SRV 1 65535 80 0a000001.addr.dc1.consul.", "@ SRV 1 65535 80 0a000101.addr.dc1.consul."]
+
+
+HOSTS = catalog(
+    inst("mixed", "10.0.2.1", port=81), inst("mixed", "api.example.com", port=443),
+    inst("ext2", "a.example.com", weights=Weights(3, 1)), inst("ext2", "b.example.com", weights=Weights(1, 1)),
+    inst("alias-node", "db-1.node.consul", port=5432),          # a hostname we serve ourselves
+    inst("alias-svc", "Web.Service.Consul.", port=80),
+    inst("alias-chain", "alias-node.service.consul", port=1),
+    inst("alias-gone", "ghost.node.consul", port=1),
+    inst("loop-a", "loop-b.service.consul"), inst("loop-b", "loop-a.service.consul"),
+    inst("web", "10.0.0.1"), inst("web", "10.0.0.2"),
+    inst("v6", "fd00::1"),
+    nodes=[Node("db-1", "10.0.9.9", DC), Node("edge", "fd00::9", DC)],
+)
+
+
+@pytest.mark.parametrize("qname,qtype,answer", [
+    # a service with IP instances answers with those only, for every type (never a CNAME beside them)
+    ("mixed.service.consul.", "A", ["@ A 10.0.2.1"]),
+    ("mixed.service.consul.", "AAAA", []),
+    ("mixed.service.consul.", "CNAME", []),
+    ("mixed.service.consul.", "SRV", ["@ SRV 1 1 443 api.example.com.", "@ SRV 1 1 81 0a000201.addr.dc1.consul."]),
+    # a hostname we serve: CNAME plus the target's records, resolved here
+    ("alias-node.service.consul.", "A", ["@ CNAME db-1.node.consul.", "db-1.node.consul. A 10.0.9.9"]),
+    ("alias-node.service.consul.", "AAAA", ["@ CNAME db-1.node.consul."]),
+    ("alias-node.service.consul.", "CNAME", ["@ CNAME db-1.node.consul."]),
+    ("alias-svc.service.consul.", "A", ["@ CNAME Web.Service.Consul.", "web.service.consul. A 10.0.0.1",
+                                        "web.service.consul. A 10.0.0.2"]),
+    ("alias-chain.service.consul.", "A", ["@ CNAME alias-node.service.consul.",
+                                          "alias-node.service.consul. CNAME db-1.node.consul.",
+                                          "db-1.node.consul. A 10.0.9.9"]),
+    ("alias-gone.service.consul.", "A", ["@ CNAME ghost.node.consul."]),
+    # a loop is followed once round, so the client sees it and stops
+    ("loop-a.service.consul.", "A", ["@ CNAME loop-b.service.consul.",
+                                     "loop-b.service.consul. CNAME loop-a.service.consul."]),
+])
+def test_hostname_instances(qname, qtype, answer):
+    ans = ask(qname, qtype, HOSTS)
+    assert (ans.rcode, texts(ans.answer)) == (NOERROR, answer)
+
+
+def test_a_service_of_hostnames_answers_one_cname_chosen_by_weight():
+    firsts = [texts(ask("ext2.service.consul.", "A", HOSTS, seed=n).answer) for n in range(2000)]
+    assert all(len(f) == 1 for f in firsts)
+    share = sum(f == ["@ CNAME a.example.com."] for f in firsts) / len(firsts)
+    assert 0.72 < share < 0.78 and {tuple(f) for f in firsts} == {("@ CNAME a.example.com.",),
+                                                                   ("@ CNAME b.example.com.",)}
+
+
+def test_the_target_of_a_cname_we_serve_is_shuffled_too():
+    orders = {tuple(r.rdata for r in ask("alias-svc.service.consul.", "A", HOSTS, seed=n).answer[1:])
+              for n in range(40)}
+    assert orders == {(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])), (bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1]))}
+
+
+def test_srv_for_a_hostname_we_serve_carries_its_addresses():
+    ans = ask("alias-chain.service.consul.", "SRV", HOSTS)
+    assert texts(ans.answer) == ["@ SRV 1 1 1 alias-node.service.consul."]
+    assert texts(ans.additional) == ["alias-node.service.consul. CNAME db-1.node.consul.",
+                                     "db-1.node.consul. A 10.0.9.9"]
+    svc = ask("alias-svc.service.consul.", "SRV", HOSTS)
+    assert texts(svc.additional) == ["web.service.consul. A 10.0.0.1", "web.service.consul. A 10.0.0.2"]
+    assert ask("mixed.service.consul.", "SRV", HOSTS).additional[-1:] != ()   # the IP target keeps its A
+    assert texts(ask("ext2.service.consul.", "SRV", HOSTS).additional) == []  # not ours: the client resolves it
+
+
+def test_a_cname_into_our_names_is_invalidated_with_its_target():
+    store = Store(datacenter=DC)
+    store.publish("t", SourceState(services={(DC, "alias"): (inst("alias", "web.service.consul"),),
+                                             (DC, "web"): (inst("web", "10.0.0.1"),)}))
+    p = plan("alias.service.consul.", 1, store.snapshot, OPTS)
+    from meshdns.dns.resolver import still_valid
+    assert still_valid(p.deps, store.snapshot)
+    store.publish("t", SourceState(services={(DC, "alias"): (inst("alias", "web.service.consul"),),
+                                             (DC, "web"): (inst("web", "10.0.0.7"),)}))
+    assert not still_valid(p.deps, store.snapshot)
