@@ -331,3 +331,25 @@ def test_srv_for_a_hostname_we_serve_has_its_records_in_additional(hostnames):
     out = dig(srv.dns_port, "db-alias.service.consul", "SRV", "+noall", "+additional")
     assert "db-1.node.consul.\t0\tIN\tA\t10.30.0.5" in out
     assert recursor.count() == 0
+
+
+def test_udp_srv_trimmed_to_whole_srv_and_address_pairs(start_server, tmp_path):
+    """As Consul: a trimmed SRV answer keeps each SRV record with its target's address, and sets TC."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "big.toml").write_text("".join(
+        f'[[node]]\nname = "vm-{i}"\naddress = "10.40.0.{i + 1}"\n\n'
+        f'[[service]]\nname = "big"\nnode = "vm-{i}"\nport = 80\n\n'
+        f'[[service]]\nname = "big"\naddress = "fd00:40::{i + 1:x}"\nport = 81\n\n' for i in range(40)))
+    srv = start_server(zones=zones)
+    for edns, payload in ((None, 512), (0, 1232), (0, 700)):
+        msg = query(srv.dns_port, "big.service.consul", "SRV", edns=edns, payload=payload)
+        assert msg.flags & dns.flags.TC
+        targets = sorted(rd.target.to_text() for rrset in msg.answer for rd in rrset)
+        addressed = sorted(rr.name.to_text() for rr in msg.additional for _ in rr)
+        assert 0 < len(targets) < 80 and targets == addressed, (payload, targets, addressed)
+        assert len(msg.to_wire()) <= payload
+    out = dig(srv.dns_port, "big.service.consul", "SRV", "+noedns", "+ignore", "+noall", "+answer", "+additional")
+    lines = [line.split("\t") for line in out.splitlines() if line]
+    srv_targets = sorted(line[-1].split()[-1] for line in lines if "SRV" in line)
+    assert srv_targets and srv_targets == sorted(line[0].split()[0] for line in lines if "SRV" not in line)

@@ -217,10 +217,12 @@ class FastPath:
         for rec in authority:
             size += len(rec)
         if size > limit:
-            # rare: cut back into records and trim exactly as the general path does
+            # rare: cut back into records and trim exactly as the general path does (whole units)
             sections = (_split_records(an_part), list(authority), _split_records(ar_part))
+            chosen = units if entry.static is None else entry.groups[0][1] if entry.groups else ()
             reply = assemble(parse_query(data), p.rcode, sections, limit=limit, our_payload=self.udp_payload,
-                             aa=p.authoritative, ra=ra, set_tc=self.enable_truncate)
+                             aa=p.authoritative, ra=ra, set_tc=self.enable_truncate,
+                             units=[(u[3], u[4]) for u in chosen])
             return reply, entry, target
         header = _H.pack(data[0] << 8 | data[1], flags, 1, n_an, len(authority), n_ar + (1 if arcount else 0))
         if not tcp and entry.orders is not None and self.replay.wanted(data, ra, snap.version):
