@@ -277,7 +277,7 @@ def _service(lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOption
         return _negative(NXDOMAIN, lk.domain, snap, opts)
     ttl = opts.ttl_for_service(lk.service)
     if qtype == rdata.SRV:
-        groups = _srv_groups(insts, snap, lk.domain, ttl, [float(_weight(i)) for i in insts], None, chase)
+        groups = _srv_groups(insts, snap, lk.domain, ttl, [float(_weight(i)) for i in insts], None, "", chase)
     else:
         groups = _address_groups(insts, qtype, snap, ttl, 1.0, "", chase)
     if not groups:
@@ -322,11 +322,14 @@ def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase) -> lis
     addressed = [(i, snap.instance_address(i)) for i in insts]
     ips = [(i, a) for i, a in addressed if names.ip_version(a) in (4, 6)]
     if ips:
-        units = [Unit(float(_weight(i)), tuple(recs)) for i, a in ips if (recs := _address_records(None, a, qtype, ttl))]
+        units = [Unit(float(_weight(i)), tuple(_address_records(None, a, qtype, ttl))) for i, a in ips]
+        units = [u for u in units if u.answer]
         if len({u.answer for u in units}) < len(units):
             units = _dedupe(units)
         return [Group(weight, tuple(units), label)] if units else []
-    hosts = [(i, a) for i, a in addressed if a and qtype in (rdata.A, rdata.AAAA, rdata.ANY, rdata.CNAME)]
+    if qtype not in (rdata.A, rdata.AAAA, rdata.ANY, rdata.CNAME):
+        return []
+    hosts = [(i, a) for i, a in addressed if a]
     total = sum(_weight(i) for i, _ in hosts)
     groups = []
     for inst, host in hosts:
@@ -350,11 +353,12 @@ def _dedupe(units: list[Unit]) -> list[Unit]:
     return list(merged.values())
 
 
-def _srv_groups(insts, snap, domain, ttl, weights, srv_weights, chase: Chase) -> list[Group]:
-    units = [_srv_unit(inst, snap, domain, ttl, weights[n], srv_weights[n] if srv_weights else _weight(inst), chase)
-             for n, inst in enumerate(insts)]
+def _srv_groups(insts, snap, domain, ttl, weights, srv_weights, label, chase: Chase) -> list[Group]:
+    """One group of SRV units (shuffled by `weights`; SRV weight field `srv_weights`, else the instance's)."""
+    units = [_srv_unit(inst, snap, domain, ttl, weights[n], srv_weights[n] if srv_weights else _weight(inst),
+                       chase) for n, inst in enumerate(insts)]
     units = [u for u in units if u is not None]
-    return [Group(1.0, tuple(units))] if units else []
+    return [Group(1.0, tuple(units), label)] if units else []
 
 
 def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase) -> Unit | None:
@@ -392,7 +396,8 @@ def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase)
 # -- splits -----------------------------------------------------------------
 
 
-def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, chase: Chase) -> Plan:
+def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions,
+           chase: Chase) -> Plan:
     ttl = int(split.ttl) if split.ttl is not None else opts.ttl_for_service(split.name)
     sides = split_sides(split, snap, only_passing=opts.only_passing)
     if not sides:
@@ -405,10 +410,10 @@ def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: Re
             for inst, w in zip(side.instances, inst_w):
                 shares.append(side.share * (w or 1) / denom)
                 insts_all.append(inst)
-        groups = _srv_groups(insts_all, snap, lk.domain, ttl, shares, scale_shares(shares), chase)
+        groups = _srv_groups(insts_all, snap, lk.domain, ttl, shares, scale_shares(shares), "*", chase)
         if not groups:
             return _negative(NOERROR, lk.domain, snap, opts)
-        return Plan(groups=(Group(1.0, groups[0].units, "*"),), split=split.name)
+        return Plan(groups=tuple(groups), split=split.name)
     groups = [g for side in sides for g in _address_groups(side.instances, qtype, snap, ttl, side.target.weight,
                                                             _target_label(side.target), chase)]
     if not groups:

@@ -134,8 +134,8 @@ class ZonesSource:
                     inst = _on_node_dc(inst, nodes)
                 if inst.node and (inst.datacenter, inst.node.lower()) not in nodes:
                     line = c.lines.get(inst.id, 1)
-                    elsewhere = sorted(dc for dc, n in nodes if n == inst.node.lower())
-                    hint = f" (nodes of that name are in {', '.join(elsewhere)}: set datacenter)" if elsewhere else ""
+                    elsewhere = ", ".join(sorted(dc for dc, n in nodes if n == inst.node.lower()))
+                    hint = f" (nodes of that name are in {elsewhere}: set datacenter)" if elsewhere else ""
                     return None, (path, f"{path}:{line}: service {inst.service!r}: unknown node {inst.node!r}"
                                         f" in datacenter {inst.datacenter!r}{hint}")
                 if inst.id in checks and self.health_status is not None:
