@@ -251,6 +251,8 @@ targets = [ {{ service = "legacy-billing", weight = 50 }}, {{ service = "billing
         expected_dns = {("10.1.0.1",): 200}                       # maintenance hidden, warning not passing
         expected_shares = [("legacy-billing", None, 1.0)]
     served = _served(srv.dns_port, "front.service.consul")
-    shares = api(srv.http, "GET", "/v1/config/service-splitter/front").json()["EffectiveShares"]
+    entry = api(srv.http, "GET", "/v1/config/service-splitter/front").json()
     assert served == expected_dns
-    assert [(s["Service"], s.get("ServiceSubset"), s["Share"]) for s in shares] == expected_shares
+    assert [(s["Service"], s.get("ServiceSubset"), s["Share"]) for s in entry["EffectiveShares"]] == expected_shares
+    # failing open serves instances that are not healthy, and says so
+    assert entry["HealthyTargets"] == ([] if fail_open else ["legacy-billing"])
