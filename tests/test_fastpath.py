@@ -12,6 +12,7 @@ from meshdns.catalog.store import Store
 from meshdns.config import SoaConfig
 from meshdns.dns.handler import DnsHandler
 from meshdns.dns.resolver import ResolverOptions
+from meshdns.sources.zonefiles import parse_master
 from meshdns.sources.zones import ZonesSource
 
 CLIENT = ("127.0.0.1", 5353)
@@ -86,6 +87,15 @@ def test_with_recursion_a_lone_cname_goes_to_the_general_path(handler):
     """The general path resolves a lone CNAME's target for clients that may recurse; the fast path must not
     answer those on its own."""
     wire = dns.message.make_query("payments-gateway.service.consul", "A").to_wire()
+    assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=True) is None
+    assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=False) is not None
+
+
+def test_with_recursion_a_zone_cname_to_elsewhere_goes_to_the_general_path(handler):
+    zone = parse_master("ext.test.zone", "$ORIGIN ext.test.\n@ IN SOA ns hm 1 2 3 4 5\nwww IN CNAME www.example.org.\n",
+                        default_origin="ext.test.", source="t")
+    handler.store.publish("ext", SourceState(zones={zone.origin: zone}))
+    wire = dns.message.make_query("www.ext.test", "A").to_wire()
     assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=True) is None
     assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=False) is not None
 

@@ -68,9 +68,9 @@ def compile_plan(p: Plan, version: int) -> Compiled:
         _, an, ar, n_an, n_ar = units[0] if units else (0, b"", b"", 0, 0)
         static = (prefix + an, ar, n_prefix + n_an, n_ar)
     authority = () if p.soa_domain else tuple(encode_record(r) for r in p.authority)
-    # only CNAMEs to names we do not serve: with recursion the general path resolves the one it picks
-    cname_only = bool(p.groups) and all(not g.units and len(g.prefix) == 1 and g.prefix[0].rtype == rdata.CNAME
-                                        for g in p.groups)
+    # every answer is one CNAME (to a name we do not serve): with recursion the general path resolves it
+    cname_only = bool(p.groups) and all([r.rtype for r in g.prefix + tuple(r for u in g.units for r in u.answer)]
+                                        == [rdata.CNAME] for g in p.groups)
     orders = None if p.forward else tuple(orders_for(g[3]) for g in groups)
     if orders is not None and None in orders:
         orders = None
