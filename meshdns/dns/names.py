@@ -85,7 +85,7 @@ def parse_own(qname: str, domain: str) -> Lookup:
     return AddrLookup(decode_addr(head[0]), dc, domain)
 
 
-def _service(head: list[str], dc: str | None, domain: str) -> Lookup:
+def _service(head: list[str], dc: str | None, domain: str, *, srv_only: bool = False) -> Lookup:
     if len(head) == 1:
         if head[0].startswith("_"):
             return UnknownLookup(domain)
@@ -93,7 +93,7 @@ def _service(head: list[str], dc: str | None, domain: str) -> Lookup:
     first, second = head[0], head[-1]
     if len(head) == 2 and first.startswith("_") and second.startswith("_"):  # RFC 2782 _svc._proto / _svc._tag
         tag = second[1:]
-        return ServiceLookup(first[1:], "" if tag in ("tcp", "udp") else tag, dc, domain)
+        return ServiceLookup(first[1:], "" if tag in ("tcp", "udp") else tag, dc, domain, srv_only)
     return ServiceLookup(second, ".".join(head[:-1]), dc, domain)  # a tag may hold dots, as in Consul
 
 
@@ -107,8 +107,7 @@ def _bare_rfc2782(labels: list[str], domain: str) -> Lookup:
         return UnknownLookup(domain)
     if len(head) != 2 or not head[0].startswith("_"):
         return UnknownLookup(domain)
-    lookup = _service(head, dc, domain)
-    return ServiceLookup(lookup.service, lookup.tag, dc, domain, srv_only=True)
+    return _service(head, dc, domain, srv_only=True)
 
 
 def decode_addr(label: str) -> str | None:
