@@ -94,7 +94,7 @@ def test_service_without_address_uses_the_node_address(srv):
     assert api(srv.http, "PUT", "/v1/catalog/register", body).status == 200
     assert rrset_values(query(srv.dns_port, "legacy-ftp.service.consul")) == ["192.168.10.20"]
     srv_rr = rrset_values(query(srv.dns_port, "legacy-ftp.service.consul", "SRV"))
-    assert srv_rr == ["1 1 21 c0a80a14.addr.dc1.consul."]
+    assert srv_rr == ["1 1 21 esm-target.node.dc1.consul."]  # no address of its own: the node, as Consul
     # moving the node moves the service
     api(srv.http, "PUT", "/v1/catalog/register", {"Node": "esm-target", "Address": "192.168.10.21"})
     assert rrset_values(query(srv.dns_port, "legacy-ftp.service.consul")) == ["192.168.10.21"]

@@ -26,15 +26,18 @@ def test_service_a(server):
 
 def test_service_srv_with_additional(server):
     msg = query(server.dns_port, "legacy-billing.service.consul", "SRV")
-    assert sorted(rrset_values(msg)) == ["1 10 8080 c0a81cd5.addr.dc1.consul.", "1 10 8080 c0a81cd6.addr.dc1.consul."]
+    # the instances use their nodes' addresses: the target is the node, as Consul answers
+    assert sorted(rrset_values(msg)) == ["1 10 8080 billing-vm-1.node.dc1.consul.",
+                                         "1 10 8080 billing-vm-2.node.dc1.consul."]
     extra = {rr.name.to_text(): [rd.to_text() for rd in rr] for rr in msg.additional}
-    assert extra == {"c0a81cd5.addr.dc1.consul.": ["192.168.28.213"], "c0a81cd6.addr.dc1.consul.": ["192.168.28.214"]}
+    assert extra == {"billing-vm-1.node.dc1.consul.": ["192.168.28.213"],
+                     "billing-vm-2.node.dc1.consul.": ["192.168.28.214"]}
 
 
 def test_dig_srv_and_a(server):
     out = dig(server.dns_port, "legacy-billing.service.consul", "SRV", "+noall", "+answer", "+additional")
-    assert "SRV\t1 10 8080 c0a81cd5.addr.dc1.consul." in out
-    assert "c0a81cd6.addr.dc1.consul. 0\tIN\tA\t192.168.28.214" in out
+    assert "SRV\t1 10 8080 billing-vm-1.node.dc1.consul." in out
+    assert "billing-vm-2.node.dc1.consul. 0\tIN\tA\t192.168.28.214" in out
     assert dig(server.dns_port, "+short", "oracle-db.service.consul").split() == ["192.168.30.10"]
 
 
@@ -82,8 +85,9 @@ def test_soa_and_ns(server):
 
 
 def test_ptr(server):
-    assert dig(server.dns_port, "+short", "-x", "192.168.28.213").split() == [
-        "billing-vm-1.node.dc1.consul.", "legacy-billing.service.dc1.consul."]
+    # a node's IP names the node only (Consul looks at nodes first); an instance's own IP names its service
+    assert dig(server.dns_port, "+short", "-x", "192.168.28.213").split() == ["billing-vm-1.node.dc1.consul."]
+    assert dig(server.dns_port, "+short", "-x", "192.168.30.21").split() == ["redis.service.dc1.consul."]
 
 
 def test_hostname_instance_is_cname(server):
@@ -236,3 +240,116 @@ def test_tcp_idle_connection_closed(start_server):
 def test_a_record_limit(start_server, limit):
     srv = start_server({"dns": {"a_record_limit": limit}})
     assert len(rrset_values(query(srv.dns_port, "redis.service.consul"))) == limit
+
+
+HOSTNAMES = '''
+[[node]]
+name = "db-1"
+address = "10.30.0.5"
+
+[[service]]
+name = "wiki-alias"
+address = "wiki.corp.test"
+port = 443
+
+[[service]]
+name = "db-alias"
+address = "db-1.node.consul"
+port = 5432
+
+[[service]]
+name = "missing-alias"
+address = "nothere.corp.test"
+port = 80
+
+[[service]]
+name = "mixed"
+address = "10.30.0.9"
+port = 80
+
+[[service]]
+name = "mixed"
+address = "api.example.org"
+port = 443
+'''
+
+CORP_TEST = '''$ORIGIN corp.test.
+$TTL 300
+@        IN SOA ns1 hostmaster 1 3600 600 86400 60
+intranet IN A 10.31.0.10
+         IN A 10.31.0.11
+wiki     IN CNAME intranet
+'''
+
+
+@pytest.fixture
+def hostnames(start_server, upstreams, tmp_path):
+    """Hostname instances pointing into our own names, and a recursor that must never be asked for them."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "hosts.toml").write_text(HOSTNAMES)
+    (zones / "corp.test.zone").write_text(CORP_TEST)
+    recursor = upstreams(name="recursor")
+    recursor.add("api.example.org", "A", "10.99.0.1")
+    srv = start_server({"forwarding": {"recursors": [recursor.address], "timeout": "500ms"}}, zones=zones)
+    return srv, recursor
+
+
+def test_hostname_in_our_zone_is_cname_plus_records_without_recursion(hostnames):
+    srv, recursor = hostnames
+    msg = query(srv.dns_port, "wiki-alias.service.consul", "A", rd=True)
+    assert [(rr.name.to_text(), dns.rdatatype.to_text(rr.rdtype), sorted(rd.to_text() for rd in rr))
+            for rr in msg.answer] == [
+        ("wiki-alias.service.consul.", "CNAME", ["wiki.corp.test."]),
+        ("wiki.corp.test.", "CNAME", ["intranet.corp.test."]),
+        ("intranet.corp.test.", "A", ["10.31.0.10", "10.31.0.11"])]
+    out = dig(srv.dns_port, "+short", "db-alias.service.consul")
+    assert out.split() == ["db-1.node.consul.", "10.30.0.5"]
+    # a name our zone does not have is not asked upstream either: the CNAME alone
+    missing = query(srv.dns_port, "missing-alias.service.consul", "A", rd=True)
+    assert [rr.rdtype for rr in missing.answer] == [dns.rdatatype.CNAME]
+    assert recursor.count() == 0
+
+
+def test_never_a_cname_beside_addresses(hostnames):
+    srv, recursor = hostnames
+    for _ in range(10):
+        assert dig(srv.dns_port, "+short", "mixed.service.consul").split() == ["10.30.0.9"]
+    aaaa = query(srv.dns_port, "mixed.service.consul", "AAAA")
+    assert rcode(aaaa) == "NOERROR" and aaaa.answer == []            # NODATA, not a CNAME
+    assert sorted(rrset_values(query(srv.dns_port, "mixed.service.consul", "SRV"))) == [
+        "1 1 443 api.example.org.", "1 1 80 0a1e0009.addr.dc1.consul."]
+
+
+def test_srv_for_a_hostname_we_serve_has_its_records_in_additional(hostnames):
+    srv, recursor = hostnames
+    msg = query(srv.dns_port, "wiki-alias.service.consul", "SRV")
+    assert rrset_values(msg) == ["1 1 443 wiki.corp.test."]
+    assert [(rr.name.to_text(), dns.rdatatype.to_text(rr.rdtype), sorted(rd.to_text() for rd in rr))
+            for rr in msg.additional] == [("wiki.corp.test.", "CNAME", ["intranet.corp.test."]),
+                                          ("intranet.corp.test.", "A", ["10.31.0.10", "10.31.0.11"])]
+    out = dig(srv.dns_port, "db-alias.service.consul", "SRV", "+noall", "+additional")
+    assert "db-1.node.consul.\t0\tIN\tA\t10.30.0.5" in out
+    assert recursor.count() == 0
+
+
+def test_udp_srv_trimmed_to_whole_srv_and_address_pairs(start_server, tmp_path):
+    """As Consul: a trimmed SRV answer keeps each SRV record with its target's address, and sets TC."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "big.toml").write_text("".join(
+        f'[[node]]\nname = "vm-{i}"\naddress = "10.40.0.{i + 1}"\n\n'
+        f'[[service]]\nname = "big"\nnode = "vm-{i}"\nport = 80\n\n'
+        f'[[service]]\nname = "big"\naddress = "fd00:40::{i + 1:x}"\nport = 81\n\n' for i in range(40)))
+    srv = start_server(zones=zones)
+    for edns, payload in ((None, 512), (0, 1232), (0, 700)):
+        msg = query(srv.dns_port, "big.service.consul", "SRV", edns=edns, payload=payload)
+        assert msg.flags & dns.flags.TC
+        targets = sorted(rd.target.to_text() for rrset in msg.answer for rd in rrset)
+        addressed = sorted(rr.name.to_text() for rr in msg.additional for _ in rr)
+        assert 0 < len(targets) < 80 and targets == addressed, (payload, targets, addressed)
+        assert len(msg.to_wire()) <= payload
+    out = dig(srv.dns_port, "big.service.consul", "SRV", "+noedns", "+ignore", "+noall", "+answer", "+additional")
+    lines = [line.split("\t") for line in out.splitlines() if line]
+    srv_targets = sorted(line[-1].split()[-1] for line in lines if "SRV" in line)
+    assert srv_targets and srv_targets == sorted(line[0].split()[0] for line in lines if "SRV" not in line)

@@ -7,11 +7,12 @@ import dns.message
 import pytest
 
 from harness import ZONES
-from meshdns.catalog.model import Health, Instance, SourceState, Split, SplitTarget
+from meshdns.catalog.model import Health, Instance, SourceState, Split, SplitTarget, Weights
 from meshdns.catalog.store import Store
 from meshdns.config import SoaConfig
 from meshdns.dns.handler import DnsHandler
 from meshdns.dns.resolver import ResolverOptions
+from meshdns.sources.zonefiles import parse_master
 from meshdns.sources.zones import ZonesSource
 
 CLIENT = ("127.0.0.1", 5353)
@@ -25,6 +26,12 @@ def handler():
         Instance("x", "x", "x").weights, passing=i)) for i in range(1, 6))}
     extra[("dc1", "big")] = tuple(Instance(f"big-{i}", "big", "dc1", f"10.8.{i // 200}.{i % 200}", 80)
                                   for i in range(120))
+    # hostname instances: into our own names, a weighted choice of two CNAMEs, beside an IP instance
+    hosted = {"alias": [("oracle-db.service.consul", 1)], "wiki": [("wiki.corp.internal", 1)],
+              "hosts": [("a.example.com", 3), ("b.example.com", 1)], "mixed": [("10.7.0.1", 1), ("api.example.com", 1)]}
+    for name, members in hosted.items():
+        extra[("dc1", name)] = tuple(Instance(f"{name}-{a}", name, "dc1", a, 443, weights=Weights(w, 1))
+                                     for a, w in members)
     store.publish("test", SourceState(services=extra, splits={"billing": Split(
         "billing", (SplitTarget("legacy-billing", 90), SplitTarget("web", 10)))}))
     opts = ResolverOptions(domains=("consul.", "mesh.internal."), soa=SoaConfig(min_ttl=3), a_record_limit=0)
@@ -43,6 +50,10 @@ NAMES = [
     ("x.y.consul", "HINFO"), ("213.28.168.192.in-addr.arpa", "PTR"), ("intranet.corp.internal", "A"),
     ("wiki.corp.internal", "A"), ("corp.internal", "SOA"), ("nothing.corp.internal", "A"),
     ("_ldap._tcp.corp.internal", "SRV"), ("big.service.consul", "A"), ("big.service.consul", "SRV"),
+    ("_redis._primary.consul", "SRV"), ("_redis._tcp.dc1.consul", "A"), ("primary.cache.redis.service.consul", "A"),
+    ("alias.service.consul", "A"), ("alias.service.consul", "SRV"), ("wiki.service.consul", "A"),
+    ("wiki.service.consul", "SRV"), ("hosts.service.consul", "A"), ("hosts.service.consul", "CNAME"),
+    ("mixed.service.consul", "A"), ("mixed.service.consul", "AAAA"), ("mixed.service.consul", "SRV"),
 ]
 
 
@@ -76,6 +87,15 @@ def test_with_recursion_a_lone_cname_goes_to_the_general_path(handler):
     """The general path resolves a lone CNAME's target for clients that may recurse; the fast path must not
     answer those on its own."""
     wire = dns.message.make_query("payments-gateway.service.consul", "A").to_wire()
+    assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=True) is None
+    assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=False) is not None
+
+
+def test_with_recursion_a_zone_cname_to_elsewhere_goes_to_the_general_path(handler):
+    zone = parse_master("ext.test.zone", "$ORIGIN ext.test.\n@ IN SOA ns hm 1 2 3 4 5\nwww IN CNAME www.example.org.\n",
+                        default_origin="ext.test.", source="t")
+    handler.store.publish("ext", SourceState(zones={zone.origin: zone}))
+    wire = dns.message.make_query("www.ext.test", "A").to_wire()
     assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=True) is None
     assert handler.fast.answer(wire, handler.store.snapshot, handler.rng, tcp=False, ra=False) is not None
 

@@ -208,3 +208,51 @@ def test_last_write_wins_between_zone_file_and_api(start_server, tmp_path):
     api(srv.http, "PUT", "/v1/config", splitter(0, 100))
     assert api(srv.http, "GET", "/v1/config/service-splitter/billing").json()["Meta"]["meshdns-source"] == "config"
     assert rrset_values(query(srv.dns_port, "billing.service.consul")) == NEW
+
+
+def _served(port, name, n=200):
+    """What DNS serves for a split name: {answer (sorted addresses): how many times}."""
+    counts = {}
+    for a in answers(port, name, n=n):
+        counts[tuple(a)] = counts.get(tuple(a), 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("case", ["maintenance_and_warning_with_only_passing", "fail_open"])
+def test_effective_shares_are_what_dns_serves(start_server, tmp_path, case):
+    """The API's EffectiveShares and the DNS answers come from one function: they agree in every case."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    fail_open = case == "fail_open"
+    (zones / "s.toml").write_text(f'''
+[[split]]
+name = "front"
+on_all_unhealthy = "{'all' if fail_open else 'nxdomain'}"
+targets = [ {{ service = "legacy-billing", weight = 50 }}, {{ service = "billing", tag = "v2", weight = 50 }} ]
+''')
+    srv = start_server({"dns": {"only_passing": not fail_open}}, zones=zones)
+    down = "critical" if fail_open else "passing"
+
+    def reg(ip, name, status, tags=()):
+        body = {"Name": name, "ID": f"{name}-{ip}", "Address": ip, "Port": 80, "Tags": list(tags),
+                "Check": {"TTL": "10m", "Status": status}}
+        assert api(srv.http, "PUT", "/v1/agent/service/register", body).status == 200
+
+    reg("10.1.0.1", "legacy-billing", down)
+    reg("10.1.0.2", "legacy-billing", down)
+    assert api(srv.http, "PUT", "/v1/agent/service/maintenance/legacy-billing-10.1.0.2?enable=true").status == 200
+    reg("10.2.0.1", "billing", "critical" if fail_open else "warning", tags=["v2"])
+    reg("10.2.0.2", "billing", "critical", tags=["v1"])            # billing, but not the target's tag
+    if fail_open:
+        assert api(srv.http, "PUT", "/v1/agent/service/maintenance/legacy-billing-10.1.0.1?enable=true").status == 200
+        expected_dns = {("10.2.0.1",): 200}
+        expected_shares = [("billing", "v2", 1.0)]
+    else:
+        expected_dns = {("10.1.0.1",): 200}                       # maintenance hidden, warning not passing
+        expected_shares = [("legacy-billing", None, 1.0)]
+    served = _served(srv.dns_port, "front.service.consul")
+    entry = api(srv.http, "GET", "/v1/config/service-splitter/front").json()
+    assert served == expected_dns
+    assert [(s["Service"], s.get("ServiceSubset"), s["Share"]) for s in entry["EffectiveShares"]] == expected_shares
+    # failing open serves instances that are not healthy, and says so
+    assert entry["HealthyTargets"] == ([] if fail_open else ["legacy-billing"])

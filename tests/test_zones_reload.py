@@ -100,3 +100,29 @@ def test_sighup_reloads_and_sigterm_exits_cleanly(zones, tmp_path):
     finally:
         assert proc.stop() == 0
     assert "stopped" in proc.stderr()
+
+
+def test_service_on_a_node_of_another_datacenter_lives_there(start_server, tmp_path):
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    write(zones / "nodes.toml", '[[node]]\nname = "east-vm"\naddress = "10.7.0.1"\ndatacenter = "east"\n')
+    write(zones / "svc.toml", '[[service]]\nname = "ledger"\nnode = "east-vm"\nport = 80\n\n'
+                              '[[service]]\nname = "app"\naddress = "10.7.0.9"\nport = 80\n')
+    srv = start_server(zones=zones)
+    assert srv.app.zones.errors == {}
+    assert rrset_values(query(srv.dns_port, "ledger.service.east.consul")) == ["10.7.0.1"]
+    assert rrset_values(query(srv.dns_port, "ledger.service.east.consul", "SRV")) == ["1 1 80 east-vm.node.east.consul."]
+    assert query(srv.dns_port, "ledger.service.consul").rcode() == 3      # not in ours
+    assert rrset_values(query(srv.dns_port, "app.service.consul")) == ["10.7.0.9"]  # the rest of the file too
+
+
+def test_a_node_name_in_two_other_datacenters_is_named_in_the_error(start_server, tmp_path):
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    write(zones / "nodes.toml", '[[node]]\nname = "vm"\naddress = "10.7.0.1"\ndatacenter = "east"\n\n'
+                                '[[node]]\nname = "vm"\naddress = "10.8.0.1"\ndatacenter = "west"\n')
+    write(zones / "svc.toml", '[[service]]\nname = "ledger"\nnode = "vm"\nport = 80\n')
+    srv = start_server(zones=zones)
+    path = str(zones / "svc.toml")
+    assert srv.app.zones.errors[path] == (f"{path}:1: service 'ledger': unknown node 'vm' in datacenter 'dc1' "
+                                          "(nodes of that name are in east, west: set datacenter)")

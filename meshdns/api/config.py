@@ -9,9 +9,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..catalog.model import Split
+from ..catalog.rules import healthy, split_sides
 from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, dns_label
-from ..dns.resolver import healthy
 from ..sources.config_entries import KIND, splitter_json
 from ..sources.registrations import NotFound
 from .common import ctx_of, read, read_json
@@ -20,17 +20,11 @@ routes = web.RouteTableDef()
 
 
 def effective(split: Split, snap: Snapshot, *, only_passing: bool) -> list[dict]:
-    """The share of answers each target gets right now (unhealthy targets drop out)."""
-    dc = snap.datacenter
-    live = [(t, len(healthy(snap.services.get((dc, t.service), ()), only_passing=only_passing, tag=t.tag)))
-            for t in split.targets if t.weight > 0]
-    live = [(t, n) for t, n in live if n]
-    if not live and split.on_all_unhealthy == "all":
-        live = [(t, len(snap.services.get((dc, t.service), ()))) for t in split.targets if t.weight > 0]
-        live = [(t, n) for t, n in live if n]
-    total = sum(t.weight for t, _ in live)
-    return [{"Service": t.service, **({"ServiceSubset": t.tag} if t.tag else {}), "HealthyInstances": n,
-             "Share": round(t.weight / total, 6)} for t, n in live]
+    """The share of answers each target gets right now: the sides DNS answers with, from the same function."""
+    return [{"Service": side.target.service, **({"ServiceSubset": side.target.tag} if side.target.tag else {}),
+             "HealthyInstances": len(healthy(side.instances, only_passing=only_passing)),  # 0 when failing open
+             "Share": round(side.share, 6)}
+            for side in split_sides(split, snap, only_passing=only_passing)]
 
 
 def describe(split: Split, snap: Snapshot, index: int, *, only_passing: bool) -> dict:

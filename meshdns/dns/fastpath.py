@@ -36,8 +36,9 @@ class Compiled:
 
     version: int
     plan: Plan
-    # per group: (weight, units, label, unit weights, (answer, additional) records per unit or None);
-    # per unit: (weight, answer bytes, additional bytes, answer count, additional count)
+    # per group: (weight, units, label, unit weights, (answer, additional) records per unit or None,
+    # prefix bytes, prefix count); per unit: (weight, answer bytes, additional bytes, answer count,
+    # additional count)
     groups: tuple
     static: tuple[bytes, bytes, int, int] | None  # (answer, additional, counts) when nothing is shuffled
     authority: tuple[bytes, ...]
@@ -57,16 +58,19 @@ def compile_plan(p: Plan, version: int) -> Compiled:
                       for u in g.units)
         weights = [u[0] for u in units]
         shapes = {(u[3], u[4]) for u in units}
-        # per group: (weight, units, label, unit weights, records per unit when all units agree)
-        groups.append((g.weight, units, g.label, weights, shapes.pop() if len(shapes) == 1 else None))
+        groups.append((g.weight, units, g.label, weights, shapes.pop() if len(shapes) == 1 else None,
+                       b"".join(encode_record(r) for r in g.prefix), len(g.prefix)))
     static = None
     if not groups:
         static = (b"", b"", 0, 0)
-    elif len(groups) == 1 and len(groups[0][1]) == 1:
-        static = groups[0][1][0][1:]
+    elif len(groups) == 1 and len(groups[0][1]) <= 1:
+        _, units, _, _, _, prefix, n_prefix = groups[0]
+        _, an, ar, n_an, n_ar = units[0] if units else (0, b"", b"", 0, 0)
+        static = (prefix + an, ar, n_prefix + n_an, n_ar)
     authority = () if p.soa_domain else tuple(encode_record(r) for r in p.authority)
-    cname_only = (len(p.groups) == 1 and len(p.groups[0].units) == 1 and len(p.groups[0].units[0].answer) == 1
-                  and p.groups[0].units[0].answer[0].rtype == rdata.CNAME)
+    # every answer is one CNAME (to a name we do not serve): with recursion the general path resolves it
+    cname_only = bool(p.groups) and all([r.rtype for r in g.prefix + tuple(r for u in g.units for r in u.answer)]
+                                        == [rdata.CNAME] for g in p.groups)
     orders = None if p.forward else tuple(orders_for(g[3]) for g in groups)
     if orders is not None and None in orders:
         orders = None
@@ -195,7 +199,7 @@ class FastPath:
         else:
             groups = entry.groups
             group = groups[0] if len(groups) == 1 else groups[weighted_pick(entry.group_weights, rng)]
-            _, units, target, weights, shape = group
+            _, units, target, weights, shape, prefix, n_prefix = group
             if len(units) > 1:
                 units = [units[i] for i in weighted_order(weights, rng)]
             if p.limit and len(units) > p.limit:
@@ -207,14 +211,18 @@ class FastPath:
             else:
                 n_an = sum(u[3] for u in units)
                 n_ar = sum(u[4] for u in units)
+            if n_prefix:
+                an_part, n_an = prefix + an_part, n_prefix + n_an
         size = qend + 4 + len(an_part) + len(ar_part) + len(opt)
         for rec in authority:
             size += len(rec)
         if size > limit:
-            # rare: cut back into records and trim exactly as the general path does
+            # rare: cut back into records and trim exactly as the general path does (whole units)
             sections = (_split_records(an_part), list(authority), _split_records(ar_part))
+            chosen = units if entry.static is None else entry.groups[0][1] if entry.groups else ()
             reply = assemble(parse_query(data), p.rcode, sections, limit=limit, our_payload=self.udp_payload,
-                             aa=p.authoritative, ra=ra, set_tc=self.enable_truncate)
+                             aa=p.authoritative, ra=ra, set_tc=self.enable_truncate,
+                             units=[(u[3], u[4]) for u in chosen])
             return reply, entry, target
         header = _H.pack(data[0] << 8 | data[1], flags, 1, n_an, len(authority), n_ar + (1 if arcount else 0))
         if not tcp and entry.orders is not None and self.replay.wanted(data, ra, snap.version):
@@ -230,16 +238,16 @@ def _render(entry: Compiled, version: int, flags: int, question: bytes, authorit
     p = entry.plan
     fixed = (len(authority), 1 if opt else 0)
     auth = b"".join(authority)
-    groups = [g[1] for g in entry.groups] or [((0, b"", b"", 0, 0),)]  # no records: one empty unit
+    groups = entry.groups or ((0, ((0, b"", b"", 0, 0),), "", [0], None, b"", 0),)  # no records: one empty unit
     rendered, size = [], 0
-    for units, orders in zip(groups, entry.orders or ([[0]],)):
+    for (_, units, _, _, _, prefix, n_prefix), orders in zip(groups, entry.orders or ([[0]],)):
         tails = []
         for order in orders:
             chosen = [units[i] for i in order]
             if p.limit and len(chosen) > p.limit:
                 chosen = chosen[:p.limit]
-            tail = b"".join((_H.pack(0, flags, 1, sum(u[3] for u in chosen), fixed[0],
-                                     sum(u[4] for u in chosen) + fixed[1])[2:], question,
+            tail = b"".join((_H.pack(0, flags, 1, n_prefix + sum(u[3] for u in chosen), fixed[0],
+                                     sum(u[4] for u in chosen) + fixed[1])[2:], question, prefix,
                              *(u[1] for u in chosen), auth, *(u[2] for u in chosen), opt))
             if len(tail) + 2 > limit:
                 return None

@@ -188,7 +188,8 @@ class DnsHandler:
         self.stats.queries[(query.qtype, ans.rcode, p.kind)] += 1
         if ans.split:
             self.stats.splits[(ans.split, ans.target)] += 1
-        if may_recurse and cname_target(query.qtype, ans) is not None:
+        target = cname_target(query.qtype, ans) if may_recurse else None
+        if target is not None and self.store.snapshot.zone_for(target) is None:  # never forward our zones' names
             return self._chase(query, ans, tcp)
         limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
         return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,

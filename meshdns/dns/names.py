@@ -13,6 +13,7 @@ class ServiceLookup:
     tag: str
     datacenter: str | None
     domain: str
+    srv_only: bool = False  # an RFC 2782 name without `.service`: Consul answers it for SRV only
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ def parse_own(qname: str, domain: str) -> Lookup:
     elif len(labels) >= 3 and labels[-2] in KINDS:
         kind, head, dc = labels[-2], labels[:-2], labels[-1]
     else:
-        return UnknownLookup(domain)
+        return _bare_rfc2782(labels, domain)
     if kind == "service":
         return _service(head, dc, domain)
     if kind == "node":
@@ -84,18 +85,29 @@ def parse_own(qname: str, domain: str) -> Lookup:
     return AddrLookup(decode_addr(head[0]), dc, domain)
 
 
-def _service(head: list[str], dc: str | None, domain: str) -> Lookup:
+def _service(head: list[str], dc: str | None, domain: str, *, srv_only: bool = False) -> Lookup:
     if len(head) == 1:
         if head[0].startswith("_"):
             return UnknownLookup(domain)
         return ServiceLookup(head[0], "", dc, domain)
-    if len(head) == 2:
-        first, second = head
-        if first.startswith("_") and second.startswith("_"):  # RFC 2782 _svc._proto / _svc._tag
-            tag = second[1:]
-            return ServiceLookup(first[1:], "" if tag in ("tcp", "udp") else tag, dc, domain)
-        return ServiceLookup(second, first, dc, domain)
-    return UnknownLookup(domain)
+    first, second = head[0], head[-1]
+    if len(head) == 2 and first.startswith("_") and second.startswith("_"):  # RFC 2782 _svc._proto / _svc._tag
+        tag = second[1:]
+        return ServiceLookup(first[1:], "" if tag in ("tcp", "udp") else tag, dc, domain, srv_only)
+    return ServiceLookup(second, ".".join(head[:-1]), dc, domain)  # a tag may hold dots, as in Consul
+
+
+def _bare_rfc2782(labels: list[str], domain: str) -> Lookup:
+    """`_svc._tag[.dc].consul`: Consul reads an SRV name without `.service` from its last `_` label."""
+    if labels[-1].startswith("_"):
+        head, dc = labels, None
+    elif len(labels) >= 2 and labels[-2].startswith("_"):
+        head, dc = labels[:-1], labels[-1]
+    else:
+        return UnknownLookup(domain)
+    if len(head) != 2 or not head[0].startswith("_"):
+        return UnknownLookup(domain)
+    return _service(head, dc, domain, srv_only=True)
 
 
 def decode_addr(label: str) -> str | None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
-from ..catalog.model import Health, Instance, Split
+from ..catalog.model import Instance, Split
+from ..catalog.rules import healthy, split_sides
 from ..catalog.snapshot import Snapshot
 from ..config import SoaConfig
 from . import names, rdata
@@ -40,11 +42,13 @@ class Unit:
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """A set of units answered together; a split A answer picks one group."""
+    """A set of units answered together; a split A answer picks one group, and so does a service
+    whose instances are hostnames (one CNAME per answer)."""
 
     weight: float
     units: tuple[Unit, ...]
     label: str = ""
+    prefix: tuple[Record, ...] = ()   # answer records before the shuffled units: a CNAME (and its chain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,9 @@ class Answer:
     forward: bool = False
     split: str = ""
     target: str = ""
+    # (answer, additional) record counts of each unit, in order, after the group's prefix: a UDP
+    # answer trimmed to fit keeps whole units (an SRV record with its target's addresses)
+    units: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,22 +110,21 @@ class ResolverOptions:
 def realize(plan: Plan, rng: random.Random) -> Answer:
     groups = plan.groups
     label = ""
+    prefix: tuple[Record, ...] = ()
     if not groups:
         units: tuple[Unit, ...] | list[Unit] = ()
-    elif len(groups) == 1:
-        units, label = groups[0].units, groups[0].label
     else:
-        chosen = groups[weighted_pick([g.weight for g in groups], rng)]
-        units, label = chosen.units, chosen.label
+        chosen = groups[0] if len(groups) == 1 else groups[weighted_pick([g.weight for g in groups], rng)]
+        units, label, prefix = chosen.units, chosen.label, chosen.prefix
     if len(units) > 1:
         order = weighted_order([u.weight for u in units], rng)
         units = [units[i] for i in order]
     if plan.limit and len(units) > plan.limit:
         units = units[: plan.limit]
-    answer = tuple(r for u in units for r in u.answer)
+    answer = prefix + tuple(r for u in units for r in u.answer)
     additional = tuple(r for u in units for r in u.additional)
     return Answer(plan.rcode, answer, plan.authority, additional, plan.authoritative,
-                  plan.forward, plan.split, label)
+                  plan.forward, plan.split, label, tuple((len(u.answer), len(u.additional)) for u in units))
 
 
 def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: random.Random) -> Answer:
@@ -147,7 +153,9 @@ def still_valid(deps, snap: Snapshot) -> bool:
     return True
 
 
-def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list, kind: list) -> Plan:
+def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list, kind: list,
+          chain: tuple[str, ...] = ()) -> Plan:
+    """chain: the names whose CNAMEs led here (a CNAME is followed at most MAX_CHASE times, never round a loop)."""
     domain = names.own_domain(qname, opts.domains)
     zone = snap.zone_for(qname) if snap.zones else None
     if zone is not None and (domain is None or len(zone.zone.origin) > len(domain)):
@@ -182,7 +190,8 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
             # an instance without an address answers with its node's: the answer depends on that node too
             deps += [("nodes", (i.datacenter, i.node.lower()), snap.nodes.get((i.datacenter, i.node.lower())))
                      for i in insts or () if not i.address and i.node]
-        return _service(lookup, qtype, snap, opts)
+        chain += (qname,)
+        return _service(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, deps, chain))
     if isinstance(lookup, NodeLookup):
         dc = lookup.datacenter or snap.datacenter
         deps.append(("nodes", (dc, lookup.node), snap.nodes.get((dc, lookup.node))))
@@ -195,6 +204,31 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
         return _apex(lookup, qtype, snap, opts)
     assert isinstance(lookup, UnknownLookup)
     return _negative(NXDOMAIN, domain, snap, opts)
+
+
+MAX_CHASE = 3  # CNAME hops followed inside our own names (Consul's recursion limit)
+
+
+def _chase(target: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list,
+           chain: tuple[str, ...]) -> tuple[Group, ...]:
+    """The answer groups for a CNAME target we serve ourselves (our domains, our zones), owners
+    spelled out; () for names we do not serve, and for names without data of that type."""
+    name = target.lower() if target.endswith(".") else target.lower() + "."
+    if len(chain) > MAX_CHASE or name in chain:
+        return ()
+    if names.own_domain(name, opts.domains) is None and snap.zone_for(name) is None:
+        return ()
+    p = _plan(name, qtype, snap, opts, deps, [""], chain)
+    if p.forward or p.rcode != NOERROR:
+        return ()
+    return tuple(Group(g.weight, tuple(Unit(u.weight, _owned(u.answer, name), _owned(u.additional, name))
+                                       for u in g.units), g.label, _owned(g.prefix, name))
+                 for g in p.groups)
+
+
+def _owned(records: tuple[Record, ...], owner: str) -> tuple[Record, ...]:
+    """Records answering `owner`, with the question-name placeholder replaced by it."""
+    return tuple(r if r.name is not None else Record(owner, r.rtype, r.ttl, r.rdata) for r in records)
 
 
 def _soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
@@ -227,29 +261,31 @@ def _known_dc(dc: str | None, snap: Snapshot) -> str | None:
 # -- services ---------------------------------------------------------------
 
 
-def healthy(instances: tuple[Instance, ...], *, only_passing: bool, tag: str = "") -> list[Instance]:
-    limit = Health.PASSING if only_passing else Health.WARNING
-    out = [i for i in instances if i.health <= limit]
-    if tag:
-        out = [i for i in out if any(t.lower() == tag for t in i.tags)]
-    return out
-
-
-def _service(lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+def _service(lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, chase: Chase) -> Plan:
     dc = _known_dc(lk.datacenter, snap)
     if dc is None:
         return _negative(NXDOMAIN, lk.domain, snap, opts)
+    if lk.srv_only and qtype != rdata.SRV:
+        # the name exists when its SRV answer does; other types get NODATA (RFC 2308), not Consul's NXDOMAIN
+        srv = _service(lk, rdata.SRV, snap, opts, chase)
+        return srv if srv.rcode == NXDOMAIN else _negative(NOERROR, lk.domain, snap, opts)
     split = snap.splits.get(lk.service) if dc == snap.datacenter and not lk.tag else None
     if split is not None:
-        return _split(split, lk, qtype, snap, opts, dc)
+        return _split(split, lk, qtype, snap, opts, chase)
     insts = healthy(snap.services.get((dc, lk.service), ()), only_passing=opts.only_passing, tag=lk.tag)
     if not insts:
         return _negative(NXDOMAIN, lk.domain, snap, opts)
     ttl = opts.ttl_for_service(lk.service)
-    units = _instance_units(insts, qtype, snap, opts, lk.domain, ttl, [float(_weight(i)) for i in insts])
-    if not units:
+    if qtype == rdata.SRV:
+        groups = _srv_groups(insts, snap, lk.domain, ttl, [float(_weight(i)) for i in insts], None, "", chase)
+    else:
+        groups = _address_groups(insts, qtype, snap, ttl, 1.0, "", chase)
+    if not groups:
         return _negative(NOERROR, lk.domain, snap, opts)
-    return Plan(groups=(Group(1.0, tuple(units)),), limit=_limit(qtype, opts))
+    return Plan(groups=tuple(groups), limit=_limit(qtype, opts))
+
+
+Chase = Callable[[str, int], tuple[Group, ...]]
 
 
 def _weight(inst: Instance) -> int:
@@ -275,21 +311,37 @@ def _address_records(owner: str | None, address: str, qtype: int, ttl: int) -> l
     return []
 
 
-def _instance_units(insts, qtype, snap, opts, domain, ttl, weights, srv_weights=None) -> list[Unit]:
-    units = []
-    for n, inst in enumerate(insts):
-        address = snap.instance_address(inst)
-        if qtype == rdata.SRV:
-            unit = _srv_unit(inst, address, snap, domain, ttl, weights[n],
-                             srv_weights[n] if srv_weights else _weight(inst))
-        else:
-            recs = _address_records(None, address, qtype, ttl)
-            unit = Unit(weights[n], tuple(recs)) if recs else None
-        if unit is not None:
-            units.append(unit)
-    if qtype not in (rdata.SRV, rdata.CNAME) and len({u.answer for u in units}) < len(units):
-        units = _dedupe(units)
-    return units
+def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase) -> list[Group]:
+    """A/AAAA/ANY/CNAME answer groups for healthy instances (total weight `weight`).
+
+    A CNAME never stands beside other records at one name (RFC 1034): when any instance has an
+    IP, the IP instances answer alone, as Consul does, and hostname instances serve SRV only. A
+    service of hostnames answers one CNAME, chosen by instance weight, followed by the target's
+    records when the target is a name we serve ourselves.
+    """
+    addressed = [(i, snap.instance_address(i)) for i in insts]
+    ips = [(i, a) for i, a in addressed if names.ip_version(a) in (4, 6)]
+    if ips:
+        units = [Unit(float(_weight(i)), tuple(_address_records(None, a, qtype, ttl))) for i, a in ips]
+        units = [u for u in units if u.answer]
+        if len({u.answer for u in units}) < len(units):
+            units = _dedupe(units)
+        return [Group(weight, tuple(units), label)] if units else []
+    if qtype not in (rdata.A, rdata.AAAA, rdata.ANY, rdata.CNAME):
+        return []
+    hosts = [(i, a) for i, a in addressed if a]
+    total = sum(_weight(i) for i, _ in hosts)
+    groups = []
+    for inst, host in hosts:
+        cname = _address_records(None, host, rdata.CNAME, ttl)
+        if not cname:
+            continue
+        share = weight * (_weight(inst) / total if total > 0 else 1 / len(hosts))
+        inner = chase(host, qtype) if qtype != rdata.CNAME else ()
+        inner_total = sum(g.weight for g in inner)
+        groups += [Group(share * g.weight / inner_total, g.units, label, (cname[0],) + g.prefix) for g in inner
+                   if inner_total > 0] or [Group(share, (), label, (cname[0],))]
+    return groups
 
 
 def _dedupe(units: list[Unit]) -> list[Unit]:
@@ -301,18 +353,39 @@ def _dedupe(units: list[Unit]) -> list[Unit]:
     return list(merged.values())
 
 
-def _srv_unit(inst, address, snap, domain, ttl, shuffle_weight, srv_weight) -> Unit | None:
+def _srv_groups(insts, snap, domain, ttl, weights, srv_weights, label, chase: Chase) -> list[Group]:
+    """One group of SRV units (shuffled by `weights`; SRV weight field `srv_weights`, else the instance's)."""
+    units = [_srv_unit(inst, snap, domain, ttl, weights[n], srv_weights[n] if srv_weights else _weight(inst),
+                       chase) for n, inst in enumerate(insts)]
+    units = [u for u in units if u is not None]
+    return [Group(1.0, tuple(units), label)] if units else []
+
+
+def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase) -> Unit | None:
+    """SRV target: <hex>.addr for an instance's own IP, <node>.node for one that uses its node's IP
+    (as Consul), the hostname for a hostname; the target's addresses go in the additional section
+    (for a hostname: when it is a name we serve, with its CNAME chain)."""
+    address = snap.instance_address(inst)
     version = names.ip_version(address) if address else -1
     additional: tuple[Record, ...] = ()
-    if version in (4, 6):
+    if version in (4, 6) and inst.address:
         target = f"{names.encode_addr(address)}.addr.{inst.datacenter}.{domain}"
-        additional = tuple(_address_records(target, address, rdata.ANY, ttl))
     elif version == 0:
         target = address if address.endswith(".") else address + "."
     elif inst.node:
         target = f"{inst.node.lower()}.node.{inst.datacenter}.{domain}"
     else:
         return None
+    if version in (4, 6):
+        additional = tuple(_address_records(target, address, rdata.ANY, ttl))
+    elif version == 0:
+        found: list[Record] = []
+        for qtype in (rdata.A, rdata.AAAA):
+            inner = chase(target, qtype)
+            if len(inner) == 1:  # one answer for the target (not a split or a choice of CNAMEs): add it
+                found += [r for r in inner[0].prefix + tuple(r for u in inner[0].units for r in u.answer)
+                          if r not in found]
+        additional = tuple(found)
     try:
         rec = Record(None, rdata.SRV, ttl, rdata.srv(1, max(0, min(65535, int(srv_weight))), inst.port, target))
     except (ValueError, UnicodeEncodeError):
@@ -323,42 +396,26 @@ def _srv_unit(inst, address, snap, domain, ttl, shuffle_weight, srv_weight) -> U
 # -- splits -----------------------------------------------------------------
 
 
-def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, dc: str) -> Plan:
+def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions,
+           chase: Chase) -> Plan:
     ttl = int(split.ttl) if split.ttl is not None else opts.ttl_for_service(split.name)
-    sides = []
-    for target in split.targets:
-        if target.weight <= 0:
-            continue
-        insts = healthy(snap.services.get((dc, target.service.lower()), ()),
-                        only_passing=opts.only_passing, tag=target.tag.lower())
-        if insts:
-            sides.append((target, insts))
+    sides = split_sides(split, snap, only_passing=opts.only_passing)
     if not sides:
-        if split.on_all_unhealthy != "all":
-            return _negative(NXDOMAIN, lk.domain, snap, opts)
-        sides = [(t, list(snap.services.get((dc, t.service.lower()), ()))) for t in split.targets]
-        sides = [(t, [i for i in insts if i.health is not Health.MAINTENANCE]) for t, insts in sides]
-        sides = [(t, insts) for t, insts in sides if insts]
-        if not sides:
-            return _negative(NXDOMAIN, lk.domain, snap, opts)
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
     if qtype == rdata.SRV:
         shares, insts_all = [], []
-        total_target = sum(t.weight for t, _ in sides) or 1.0
-        for target, insts in sides:
-            inst_w = [max(_weight(i), 0) for i in insts]
-            denom = sum(inst_w) or len(insts)
-            for inst, w in zip(insts, inst_w):
-                shares.append(target.weight / total_target * (w or 1) / denom)
+        for side in sides:
+            inst_w = [max(_weight(i), 0) for i in side.instances]
+            denom = sum(inst_w) or len(inst_w)
+            for inst, w in zip(side.instances, inst_w):
+                shares.append(side.share * (w or 1) / denom)
                 insts_all.append(inst)
-        units = _instance_units(insts_all, qtype, snap, opts, lk.domain, ttl, shares, scale_shares(shares))
-        if not units:
+        groups = _srv_groups(insts_all, snap, lk.domain, ttl, shares, scale_shares(shares), "*", chase)
+        if not groups:
             return _negative(NOERROR, lk.domain, snap, opts)
-        return Plan(groups=(Group(1.0, tuple(units), "*"),), split=split.name)
-    groups = []
-    for target, insts in sides:
-        units = _instance_units(insts, qtype, snap, opts, lk.domain, ttl, [float(_weight(i)) for i in insts])
-        if units:
-            groups.append(Group(target.weight, tuple(units), _target_label(target)))
+        return Plan(groups=tuple(groups), split=split.name)
+    groups = [g for side in sides for g in _address_groups(side.instances, qtype, snap, ttl, side.target.weight,
+                                                            _target_label(side.target), chase)]
     if not groups:
         return _negative(NOERROR, lk.domain, snap, opts)
     return Plan(groups=tuple(groups), limit=_limit(qtype, opts), split=split.name)
@@ -378,10 +435,21 @@ def _node(lk: NodeLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> 
         return _negative(NXDOMAIN, lk.domain, snap, opts)
     records = _address_records(None, node.address, qtype, opts.node_ttl)
     if qtype in (rdata.TXT, rdata.ANY) and node.meta:
-        records += [Record(None, rdata.TXT, opts.node_ttl, rdata.txt(f"{k}={v}")) for k, v in node.meta]
+        records += [Record(None, rdata.TXT, opts.node_ttl, rdata.txt(_meta_txt(k, v))) for k, v in node.meta]
     if not records:
         return _negative(NOERROR, lk.domain, snap, opts)
     return Plan(groups=_single(records))
+
+
+def _meta_txt(key: str, value: str) -> str:
+    """Node meta as TXT, as Consul: a `rfc1035-` key gives the bare value, others `key=value` (RFC 1464)."""
+    if key.lower().startswith("rfc1035-"):
+        return value
+    stripped = key.strip(" ")
+    lead = len(key) - len(key.lstrip(" "))
+    trail = len(key) - len(key.rstrip(" ")) if stripped else 0
+    body = stripped.replace("`", "``").replace("=", "`=")
+    return "` " * lead + body + "` " * trail + "=" + value.replace("`", "``")
 
 
 def _addr(lk: AddrLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
@@ -413,13 +481,16 @@ def _apex(lk: ApexLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> 
 def _reverse(rev: ReverseLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan | None:
     """PTR for a catalog IP; None (forward) when the IP is not ours."""
     domain = opts.domains[0]
-    targets = [f"{n}.node.{dc}.{domain}" for dc, n in sorted(snap.ip_nodes.get(rev.ip, ()))]
-    targets += [f"{s}.service.{dc}.{domain}" for dc, s in sorted(snap.ip_services.get(rev.ip, ()))]
+    nodes = snap.ip_nodes.get(rev.ip)
+    if nodes:  # as Consul: a node's IP names the node, services only when no node has it
+        targets = [f"{n}.node.{dc}.{domain}" for dc, n in sorted(nodes)]
+    else:
+        targets = [f"{s}.service.{dc}.{domain}" for dc, s in sorted(snap.ip_services.get(rev.ip, ()))]
     if not targets:
         return None
     if qtype not in (rdata.PTR, rdata.ANY):
         return Plan()  # NODATA; no SOA of ours covers arpa names
-    ttl = opts.node_ttl if snap.ip_nodes.get(rev.ip) else opts.ttl_for_service(targets[0].split(".", 1)[0])
+    ttl = opts.node_ttl if nodes else opts.ttl_for_service(targets[0].split(".", 1)[0])
     records = []
     for t in targets:
         try:

@@ -180,11 +180,13 @@ def encode_response(query: Query, answer: Answer, *, limit: int, our_payload: in
                 [encode_record(r) for r in answer.authority],
                 [encode_record(r) for r in answer.additional])
     return assemble(query, rcode, sections, limit=limit, our_payload=our_payload,
-                    aa=answer.authoritative, ra=recursion_available, set_tc=set_tc)
+                    aa=answer.authoritative, ra=recursion_available, set_tc=set_tc, units=answer.units)
 
 
 def assemble(query: Query, rcode: int, sections, *, limit: int, our_payload: int, aa: bool,
-             ra: bool, set_tc: bool) -> bytes:
+             ra: bool, set_tc: bool, units=()) -> bytes:
+    """units: (answer, additional) record counts per unit after any leading answer records (see
+    Answer.units); an answer with additional records is trimmed to whole units."""
     an, ns, ar = sections
     opt = _opt(our_payload, rcode, query.edns.do) if query.edns is not None else b""
     room = limit - 12 - len(query.question) - len(opt)
@@ -192,9 +194,13 @@ def assemble(query: Query, rcode: int, sections, *, limit: int, our_payload: int
     out_an, out_ns, out_ar = an, ns, ar
     size = sum(map(len, an)) + sum(map(len, ns)) + sum(map(len, ar))
     if size > room:
-        out_an, room = _fit(an, room)
-        out_ns, room = _fit(ns, room) if len(out_an) == len(an) else ([], room)
-        out_ar, room = _fit(ar, room) if len(out_ns) == len(ns) else ([], room)
+        fitted = _fit_units(an, ns, ar, units, room) if units and ar else None
+        if fitted is not None:
+            out_an, out_ar = fitted
+        else:
+            out_an, room = _fit(an, room)
+            out_ns, room = _fit(ns, room) if len(out_an) == len(an) else ([], room)
+            out_ar, room = _fit(ar, room) if len(out_ns) == len(ns) else ([], room)
         tc = set_tc and (len(out_an) < len(an) or len(out_ns) < len(ns))
     flags = QR | (query.flags & (0x7800 | RD | CD)) | (rcode & 0xF)
     if aa:
@@ -216,6 +222,29 @@ def _fit(records: list[bytes], room: int) -> tuple[list[bytes], int]:
         out.append(r)
         room -= len(r)
     return out, room
+
+
+def _fit_units(an: list[bytes], ns: list[bytes], ar: list[bytes], units, room: int):
+    """(answer, additional) keeping whole units in order, as Consul trims an SRV answer: each SRV
+    record stays with its target's addresses. None when the leading records and authority do not fit."""
+    i = len(an) - sum(n for n, _ in units)
+    if i < 0:
+        return None
+    out_an, out_ar = an[:i], []
+    room -= sum(map(len, out_an)) + sum(map(len, ns))
+    if room < 0:
+        return None
+    j = 0
+    for n_an, n_ar in units:
+        part_an, part_ar = an[i:i + n_an], ar[j:j + n_ar]
+        need = sum(map(len, part_an)) + sum(map(len, part_ar))
+        if need > room:
+            break
+        out_an += part_an
+        out_ar += part_ar
+        room -= need
+        i, j = i + n_an, j + n_ar
+    return out_an, out_ar
 
 
 def error_response(query: Query, rcode: int, *, our_payload: int = 1232) -> bytes:

@@ -33,6 +33,8 @@ class TomlContent:
     checks: tuple[tuple[str, CheckSpec], ...] = ()  # (instance id, check)
     # where each service came from, to report cross-file errors at the right line
     lines: dict[str, int] = field(default_factory=dict)
+    # ids of instances placed on a node with no `datacenter` of their own: they live in the node's
+    node_dc: frozenset[str] = frozenset()
 
 
 _TABLE_RE = re.compile(r"^\s*\[\[\s*(node|service|split)\s*\]\]")
@@ -77,7 +79,7 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: 
         if extra:
             raise ZoneFileError(path, line, f"{label}.{extra[0]}: unknown key")
 
-    nodes, instances, splits, checks, where = [], [], [], [], {}
+    nodes, instances, splits, checks, where, node_dc = [], [], [], [], {}, set()
     for i, line, item in items("node"):
         label = f"node[{i}]"
         check_keys(item, _NODE_KEYS, label, line)
@@ -103,6 +105,8 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: 
             raise ZoneFileError(path, line, f"{label}.id: duplicate id {inst.id!r}")
         where[inst.id] = line
         instances.append(inst)
+        if inst.node and "datacenter" not in item:
+            node_dc.add(inst.id)
         if check is not None:
             checks.append((inst.id, check))
     for i, line, item in items("split"):
@@ -117,7 +121,7 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: 
         except (FieldError, ConfigError) as exc:
             raise ZoneFileError(path, line, str(exc)) from None
         where["split:" + splits[-1].name] = line
-    return TomlContent(tuple(nodes), tuple(instances), tuple(splits), tuple(checks), where)
+    return TomlContent(tuple(nodes), tuple(instances), tuple(splits), tuple(checks), where, frozenset(node_dc))
 
 
 def _dc(item: dict, label: str, default: str) -> str:

@@ -130,9 +130,14 @@ class ZonesSource:
                 continue
             checks = dict(c.checks)
             for inst in c.instances:
+                if inst.id in c.node_dc:
+                    inst = _on_node_dc(inst, nodes)
                 if inst.node and (inst.datacenter, inst.node.lower()) not in nodes:
                     line = c.lines.get(inst.id, 1)
-                    return None, (path, f"{path}:{line}: service {inst.service!r}: unknown node {inst.node!r}")
+                    elsewhere = ", ".join(sorted(dc for dc, n in nodes if n == inst.node.lower()))
+                    hint = f" (nodes of that name are in {elsewhere}: set datacenter)" if elsewhere else ""
+                    return None, (path, f"{path}:{line}: service {inst.service!r}: unknown node {inst.node!r}"
+                                        f" in datacenter {inst.datacenter!r}{hint}")
                 if inst.id in checks and self.health_status is not None:
                     inst = _with_health(inst, self.health_status(inst.id, checks[inst.id]))
                 services.setdefault((inst.datacenter, inst.service.lower()), []).append(inst)
@@ -174,6 +179,16 @@ class ZonesSource:
                 self.reload()
             except Exception:
                 log.exception("reloading %s failed; previous content kept", self.directory)
+
+
+def _on_node_dc(inst: Instance, nodes: dict) -> Instance:
+    """An instance with no datacenter of its own lives in its node's: ours when the node is here,
+    else the one datacenter that has a node of that name (ambiguity stays an unknown node)."""
+    name = inst.node.lower()
+    if (inst.datacenter, name) in nodes:
+        return inst
+    found = [dc for dc, n in nodes if n == name]
+    return replace(inst, datacenter=found[0]) if len(found) == 1 else inst
 
 
 def _with_health(inst: Instance, health: Health) -> Instance:

@@ -27,10 +27,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from ...catalog.rules import healthy
 from ...catalog.snapshot import Snapshot
 from ...catalog.store import Store
 from ...dns.names import ip_version
-from ...dns.resolver import healthy
 from .mapping import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, managed_by_meshdns
 from .watch import Backoff, _describe
 
