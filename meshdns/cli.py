@@ -62,8 +62,9 @@ def serve(args: argparse.Namespace) -> int:
         pass
 
     def ready(app) -> None:
-        print(f"meshdns ready dns={cfg.dns.listen[0]}:{app.dns_port} http={cfg.http.listen[0]}:{app.http_port}",
-              flush=True)
+        waiting = "" if app.zones.ready else " (zone files failed to load: /readyz answers 503 until they are fixed)"
+        print(f"meshdns ready dns={cfg.dns.listen[0]}:{app.dns_port} http={cfg.http.listen[0]}:{app.http_port}"
+              f"{waiting}", flush=True)
 
     async def main() -> None:
         application = app_module.build(cfg)
