@@ -236,3 +236,21 @@ def test_tcp_idle_connection_closed(start_server):
 def test_a_record_limit(start_server, limit):
     srv = start_server({"dns": {"a_record_limit": limit}})
     assert len(rrset_values(query(srv.dns_port, "redis.service.consul"))) == limit
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_address_in_use_names_the_dns_address_port_and_protocol(tmp_path, proto):
+    import subprocess
+    import sys
+    from harness import ROOT
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as taken:
+        taken.bind(("127.0.0.1", 0))
+        if proto == "tcp":
+            taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "meshdns", "serve", "--dns", f"127.0.0.1:{port}",
+                              "--http", "127.0.0.1:0", "--data-dir", str(tmp_path / "data")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen for DNS on 127.0.0.1:{port} ({proto}): address already in use" in out.stderr, out.stderr
