@@ -180,6 +180,7 @@ class KubernetesConfig:
     sync_to_kubernetes: str = "off"
     write_namespace: str = "default"
     watch_timeout: float = 300.0
+    watch_idle_timeout: float = 60.0  # a watch with no bytes (not even a bookmark) this long is dead
     request_timeout: float = 30.0
     backoff: float = 0.5
     max_backoff: float = 30.0
@@ -418,10 +419,13 @@ def _parse_kubernetes(raw: Any, index: int) -> KubernetesConfig:
                                    ("off", "externalname", "endpoints"), key=t.key("sync_to_kubernetes")),
         write_namespace=t.get("write_namespace", str, d.write_namespace),
         watch_timeout=t.duration("watch_timeout", d.watch_timeout),
+        watch_idle_timeout=t.duration("watch_idle_timeout", d.watch_idle_timeout),
         request_timeout=t.duration("request_timeout", d.request_timeout),
         backoff=t.duration("backoff", d.backoff),
         max_backoff=t.duration("max_backoff", d.max_backoff),
     )
+    if cfg.watch_idle_timeout <= 0:
+        raise ConfigError(f"{t.key('watch_idle_timeout')}: must be more than 0")
     t.done()
     return cfg
 
