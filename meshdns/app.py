@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from .catalog.store import Store
-from .config import Config, ConfigError
+from .config import Config, ConfigError, read_secret_files
 from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.rrl import RateLimiter
@@ -108,6 +108,7 @@ def zones_directory(cfg: Config) -> Path:
 
 
 def build(cfg: Config) -> App:
+    cfg = read_secret_files(cfg)
     check_exposure(cfg)
     zones_dir = zones_directory(cfg)
     store = Store(datacenter=cfg.datacenter)

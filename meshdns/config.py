@@ -124,6 +124,7 @@ class AclToken:
     write: tuple[str, ...] = ()
     management: bool = False
     read: bool = True
+    secret_file: str = ""   # where `secret` is read from at start-up (e.g. a mounted Kubernetes Secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,12 +348,14 @@ def _parse_acl(t: _Table) -> tuple[AclToken, ...]:
     tokens = []
     for i, raw in enumerate(t.get("tokens", list, [])):
         tt = _Table(raw, f"{t.key('tokens')}[{i}]")
-        secret = tt.get("secret", str, "")
-        if not secret:
-            raise ConfigError(f"{tt.key('secret')}: required and must not be empty")
+        secret, secret_file = tt.get("secret", str, ""), tt.get("secret_file", str, "")
+        if secret and secret_file:
+            raise ConfigError(f"{tt.key('secret')}: give secret or secret_file, not both")
+        if not (secret or secret_file):
+            raise ConfigError(f"{tt.key('secret')}: required and must not be empty (or give secret_file)")
         tokens.append(AclToken(secret=secret, write=tt.strings("write", ()),
                                management=tt.get("management", bool, False),
-                               read=tt.get("read", bool, True)))
+                               read=tt.get("read", bool, True), secret_file=secret_file))
         tt.done()
     t.done()
     return tuple(tokens)
@@ -472,6 +475,25 @@ def load_config(path: str | Path | None) -> Config:
         return parse_config(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_secret_files(cfg: Config) -> Config:
+    """The config with each token's `secret_file` read (at start-up, not at parse time: the file is often a
+    mounted Secret that only the running server can see). A trailing newline is not part of the secret."""
+    tokens = []
+    for i, token in enumerate(cfg.acl_tokens):
+        if token.secret_file:
+            key = f"acl.tokens[{i}].secret_file"
+            try:
+                secret = Path(token.secret_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(f"{key}: cannot read {token.secret_file}: {reason}") from None
+            if not secret:
+                raise ConfigError(f"{key}: {token.secret_file} is empty")
+            token = replace(token, secret=secret)
+        tokens.append(token)
+    return replace(cfg, acl_tokens=tuple(tokens))
 
 
 def with_overrides(cfg: Config, **flags: Any) -> Config:
