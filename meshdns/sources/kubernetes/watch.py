@@ -88,7 +88,7 @@ class Silent(Exception):
 class Timeouts:
     watch: float      # server-side timeoutSeconds of one watch request
     request: float    # client-side connect/read timeout of every request
-    idle: float = 60.0  # a watch with no bytes this long is dead
+    idle: float       # a watch with no bytes this long is dead (watch_idle_timeout)
 
     @property
     def watch_seconds(self) -> int:
@@ -162,8 +162,8 @@ class Watcher:
                 if self._stop.is_set():
                     break
                 self.resource_version = None   # what the dead stream missed is in the next list
-                self._emit_failed(f"read timed out: no bytes on the watch for {self.timeouts.watch_read:g}s "
-                                  "(watch_idle_timeout), listing again", gone=False)
+                self._emit_failed(f"read timed out: no bytes on the watch for {self.timeouts.watch_read:g}s, "
+                                  "presumed dead; listing again", gone=False)
             except Exception as exc:  # any failure: keep the last state, back off, try again
                 if self._stop.is_set():
                     break
