@@ -3,7 +3,8 @@
 # meshdns container image.
 #
 #   docker build -t meshdns:0.1.0 .
-#   docker run --rm -p 8600:8600/udp -p 8600:8600/tcp meshdns:0.1.0
+#   docker run --rm -p 8600:8600/udp -p 8600:8600/tcp \
+#     -v "$PWD/zones:/etc/meshdns/zones:ro" meshdns:0.1.0
 #   dig @127.0.0.1 -p 8600 legacy-billing.service.consul SRV
 #
 # Stage 1 builds wheels for meshdns and its dependencies; the final stage
@@ -14,7 +15,8 @@
 #                       API refuses other addresses unless ACL tokens are
 #                       configured (or --http-insecure is given). Mount a config
 #                       with [[acl.tokens]] to publish it.
-# Registrations are stored in the /var/lib/meshdns volume.
+# Registrations are stored in the /var/lib/meshdns volume. /etc/meshdns/zones
+# is empty: mount your zone files there (the repository's zones/ is a demo).
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -33,8 +35,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && groupadd --system --gid 10001 meshdns \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /var/lib/meshdns --shell /usr/sbin/nologin meshdns \
-    && install -d -o 10001 -g 10001 -m 0750 /var/lib/meshdns
-COPY zones /etc/meshdns/zones
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/meshdns \
+    && install -d -m 0755 /etc/meshdns/zones
 COPY deploy/docker/meshdns.toml /etc/meshdns/meshdns.toml
 USER 10001:10001
 WORKDIR /var/lib/meshdns

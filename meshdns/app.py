@@ -8,10 +8,11 @@ import random
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from .catalog.store import Store
-from .config import Config, ConfigError
+from .config import Config, ConfigError, read_secret_files
 from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.rrl import RateLimiter
@@ -95,11 +96,24 @@ def make_server(cfg: Config, handler) -> DnsServer:
                      busy_poll=cfg.dns.busy_poll)
 
 
+def zones_directory(cfg: Config) -> Path:
+    """The zones directory, which must exist: a mistyped path must not start a server that serves nothing."""
+    path = Path(cfg.zones).expanduser()
+    if not path.is_dir():
+        where = path.resolve()
+        problem = "is not a directory" if path.exists() else "does not exist"
+        raise ConfigError(f"zones: {where} {problem}; create it (it may stay empty) or point --zones / "
+                          f"zones = at your zone files")
+    return path
+
+
 def build(cfg: Config) -> App:
+    cfg = read_secret_files(cfg)
     check_exposure(cfg)
+    zones_dir = zones_directory(cfg)
     store = Store(datacenter=cfg.datacenter)
     health = HealthRunner()
-    zones = ZonesSource(cfg.zones, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"))
+    zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"))
     handler, forwarder = make_handler(cfg, store)
     dns = make_server(cfg, handler)
     app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
@@ -153,7 +167,8 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
                              config=config))
     app.health, app.registrations, app.api = health, regs, api
     api.ctx.kubernetes = app.kubernetes
-    app.readiness["zones"] = lambda: SourceStatus(synced=zones.synced, errors=dict(zones.errors))
+    # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
+    app.readiness["zones"] = lambda: SourceStatus(synced=zones.ready, errors=dict(zones.errors))
     app.readiness["registrations"] = regs.status
 
     regs.load()  # before DNS listens: a restart never answers without the registrations

@@ -62,8 +62,9 @@ def serve(args: argparse.Namespace) -> int:
         pass
 
     def ready(app) -> None:
-        print(f"meshdns ready dns={cfg.dns.listen[0]}:{app.dns_port} http={cfg.http.listen[0]}:{app.http_port}",
-              flush=True)
+        waiting = "" if app.zones.ready else " (zone files failed to load: /readyz answers 503 until they are fixed)"
+        print(f"meshdns ready dns={cfg.dns.listen[0]}:{app.dns_port} http={cfg.http.listen[0]}:{app.http_port}"
+              f"{waiting}", flush=True)
 
     async def main() -> None:
         application = app_module.build(cfg)
@@ -85,13 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"meshdns {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
-    from . import client
+    from . import client, query
     client.add_parsers(sub)
+    query.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
     if args.command in ("register", "deregister"):
         return client.main(args)
+    if args.command == "query":
+        return query.main(args)
     return 2
 
 

@@ -124,6 +124,7 @@ class AclToken:
     write: tuple[str, ...] = ()
     management: bool = False
     read: bool = True
+    secret_file: str = ""   # where `secret` is read from at start-up (e.g. a mounted Kubernetes Secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,7 @@ class KubernetesConfig:
     sync_to_kubernetes: str = "off"
     write_namespace: str = "default"
     watch_timeout: float = 300.0
+    watch_idle_timeout: float = 60.0  # a watch with no bytes (not even a bookmark) this long is dead
     request_timeout: float = 30.0
     backoff: float = 0.5
     max_backoff: float = 30.0
@@ -346,12 +348,14 @@ def _parse_acl(t: _Table) -> tuple[AclToken, ...]:
     tokens = []
     for i, raw in enumerate(t.get("tokens", list, [])):
         tt = _Table(raw, f"{t.key('tokens')}[{i}]")
-        secret = tt.get("secret", str, "")
-        if not secret:
-            raise ConfigError(f"{tt.key('secret')}: required and must not be empty")
+        secret, secret_file = tt.get("secret", str, ""), tt.get("secret_file", str, "")
+        if secret and secret_file:
+            raise ConfigError(f"{tt.key('secret')}: give secret or secret_file, not both")
+        if not (secret or secret_file):
+            raise ConfigError(f"{tt.key('secret')}: required and must not be empty (or give secret_file)")
         tokens.append(AclToken(secret=secret, write=tt.strings("write", ()),
                                management=tt.get("management", bool, False),
-                               read=tt.get("read", bool, True)))
+                               read=tt.get("read", bool, True), secret_file=secret_file))
         tt.done()
     t.done()
     return tuple(tokens)
@@ -418,10 +422,13 @@ def _parse_kubernetes(raw: Any, index: int) -> KubernetesConfig:
                                    ("off", "externalname", "endpoints"), key=t.key("sync_to_kubernetes")),
         write_namespace=t.get("write_namespace", str, d.write_namespace),
         watch_timeout=t.duration("watch_timeout", d.watch_timeout),
+        watch_idle_timeout=t.duration("watch_idle_timeout", d.watch_idle_timeout),
         request_timeout=t.duration("request_timeout", d.request_timeout),
         backoff=t.duration("backoff", d.backoff),
         max_backoff=t.duration("max_backoff", d.max_backoff),
     )
+    if cfg.watch_idle_timeout <= 0:
+        raise ConfigError(f"{t.key('watch_idle_timeout')}: must be more than 0")
     t.done()
     return cfg
 
@@ -468,6 +475,25 @@ def load_config(path: str | Path | None) -> Config:
         return parse_config(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_secret_files(cfg: Config) -> Config:
+    """The config with each token's `secret_file` read (at start-up, not at parse time: the file is often a
+    mounted Secret that only the running server can see). A trailing newline is not part of the secret."""
+    tokens = []
+    for i, token in enumerate(cfg.acl_tokens):
+        if token.secret_file:
+            key = f"acl.tokens[{i}].secret_file"
+            try:
+                secret = Path(token.secret_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(f"{key}: cannot read {token.secret_file}: {reason}") from None
+            if not secret:
+                raise ConfigError(f"{key}: {token.secret_file} is empty")
+            token = replace(token, secret=secret)
+        tokens.append(token)
+    return replace(cfg, acl_tokens=tuple(tokens))
 
 
 def with_overrides(cfg: Config, **flags: Any) -> Config:

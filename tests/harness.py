@@ -31,6 +31,9 @@ ZONES = ROOT / "zones"
 
 
 def make_config(tmp_path: Path, overrides: dict[str, Any] | None = None, *, zones: Path | None = None) -> Config:
+    """zones: a directory of zone files (made, empty, when it does not exist yet); default the shipped zones/."""
+    if zones is not None:
+        zones.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {"zones": str(zones or ZONES), "data_dir": str(tmp_path / "data"),
                             "dns": {"listen": "127.0.0.1:0"}, "http": {"listen": "127.0.0.1:0"}}
     for key, value in (overrides or {}).items():

@@ -11,7 +11,9 @@ creationTimestamp, a clusterIP, nodePorts, defaulted ports.
 
 Test controls (callable from any thread): apply/delete objects, close every
 open stream, compact history, go down (refuse connections) and come back,
-freeze (accept but never answer, a silent partition).
+freeze (accept but never answer, a silent partition), mute the open watch
+streams (they stay connected and send nothing more, a half-open connection,
+while new requests are answered).
 """
 from __future__ import annotations
 
@@ -86,6 +88,7 @@ class _Stream:
     selector: dict[str, str]
     bookmarks: bool
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    muted: bool = False   # connected, but not a byte more (not even its end at timeoutSeconds)
 
 
 class KubeDouble:
@@ -247,6 +250,15 @@ class KubeDouble:
 
     def thaw(self) -> None:
         self.call(lambda: self._thawed.set())
+
+    def mute_streams(self) -> None:
+        """The watch streams open now send nothing more, ever (events, bookmarks, their end); new requests,
+        and the watches they open, are served as usual: a half-open connection, as after a NAT or
+        load-balancer timeout."""
+        def run():
+            for s in self._streams:
+                s.muted = True
+        self.call(run)
 
     def bookmark(self) -> None:
         """Send a BOOKMARK now on every stream that allowed them."""
@@ -461,6 +473,10 @@ class KubeDouble:
             await resp.prepare(request)
             while True:
                 remaining = deadline - loop.time()
+                if stream.muted:
+                    if await stream.queue.get() is _CLOSE:   # only the end of the test ends it
+                        break
+                    continue
                 if remaining <= 0:
                     break
                 wait = remaining if not (stream.bookmarks and self.bookmark_interval) \
@@ -474,6 +490,8 @@ class KubeDouble:
                         continue
                 if item is _CLOSE:
                     break
+                if stream.muted:
+                    continue
                 await self._thawed.wait()
                 await resp.write(json.dumps(item).encode() + b"\n")
             await self._thawed.wait()   # frozen: not even the end of the stream gets through

@@ -1,13 +1,18 @@
-"""Abuse resistance at the DNS port: rate limits, ANY, connection caps."""
+"""Abuse resistance at the DNS port: rate limits, ANY, connection caps, caches under a flood."""
+import random
 import socket
 import time
 
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdatatype
 
 from harness import query, rrset_values
 from meshdns.dns.rrl import RateLimiter
+from test_fastpath import handler  # noqa: F401  (the fixture)
+
+CLIENT = ("127.0.0.1", 5353)
 
 
 class Clock:
@@ -81,3 +86,96 @@ def test_tcp_connection_cap(start_server):
             s.close()
     time.sleep(0.2)
     assert rrset_values(query(srv.dns_port, "oracle-db.service.consul", tcp=True)) == ["192.168.30.10"]
+
+
+# -- caches and limits under a flood: least recently used goes first ----------------------
+
+
+def test_spoofed_sources_from_many_networks_do_not_reset_the_limit_of_an_abusive_one():
+    clock = Clock()   # frozen: no token comes back, so any "send" to the abuser is a reset limit
+    rrl = RateLimiter(rate=5, exempt=(), clock=clock, slip=2, max_buckets=100)
+    assert [rrl.check("192.0.2.10") for _ in range(5)] == ["send"] * 5
+    verdicts = []
+    for i in range(1000):   # ten times the table, one packet from each of 1000 other /24s
+        rrl.check(f"10.{i // 256}.{i % 256}.1")
+        if i % 10 == 0:
+            verdicts.append(rrl.check("192.0.2.10"))
+    assert len(verdicts) == 100 and "send" not in verdicts
+    assert verdicts.count("slip") == 50          # still every 2nd over-limit response
+    # the networks heard from last keep their buckets (one token used); the oldest, quiet ones are gone
+    assert [rrl.check("10.3.231.1") for _ in range(5)] == ["send"] * 4 + ["drop"]
+    assert [rrl.check("10.0.0.1") for _ in range(5)] == ["send"] * 5
+
+
+def test_a_flood_of_one_off_names_keeps_popular_answers_compiled_and_rendered(handler):
+    from meshdns.dns.fastpath import FastPath
+    from meshdns.dns.replay import ReplayTable
+    handler.fast = FastPath(handler.opts, udp_payload=1232, enable_truncate=True, max_entries=100)
+    handler.fast.replay = ReplayTable(budget=20_000)
+    popular = dns.message.make_query("legacy-billing.service.consul", "A", use_edns=False).to_wire()
+    key = popular[12:-4] + popular[-4:-2]
+    client = ("198.51.100.7", 5353)
+    expected = {"192.168.28.213", "192.168.28.214"}
+
+    def ask_popular():
+        for tcp in (False, True):   # UDP is answered from the rendered replies, TCP from the compiled answer
+            reply = dns.message.from_wire(handler.handle(popular, client, tcp=tcp))
+            assert {rr.to_text() for rr in reply.answer[0]} == expected
+
+    for _ in range(2):
+        ask_popular()
+    compiled, rendered = handler.fast.cache[key], handler.fast.replay.tables[False][popular[2:]]
+    rng = random.Random(7)
+    for i in range(1000):   # ten times the compiled answers kept; five times the replay budget
+        wire = dns.message.make_query(f"r{rng.getrandbits(48):x}.service.consul", "A", use_edns=False).to_wire()
+        for _ in range(2):
+            assert dns.message.from_wire(handler.handle(wire, client, tcp=False)).rcode() == dns.rcode.NXDOMAIN
+        if i % 5 == 0:
+            ask_popular()
+    assert len(handler.fast.cache) == 100 and 0 < handler.fast.replay.size <= 20_000
+    assert handler.fast.cache[key] is compiled                             # never compiled again
+    assert handler.fast.replay.tables[False][popular[2:]] is rendered      # never rendered again
+
+
+def test_a_flood_of_one_off_forwarded_names_keeps_the_popular_ones_cached(handler):
+    from test_forward_cache import upstream_reply
+    from meshdns.dns.handler import RecursionPolicy
+    from meshdns.dns.wire import parse_query
+    from meshdns.forward.cache import ReplyCache
+    from meshdns.forward.forwarder import Forwarder
+    from meshdns.forward.message import lower_question, parse_reply
+
+    clock = Clock()
+    forwarder = Forwarder(domains=("consul.",), recursors=(("127.0.0.1", 9),), cache=ReplyCache(
+        max_entries=300, clock=clock))
+    handler.forwarder = forwarder
+    handler.fast.forward_hit = handler._forward_hit
+    handler.fast.forward_countdown = forwarder.countdown
+    handler.recursion = RecursionPolicy(("127.0.0.0/8",))
+
+    def upstream_answered(name):
+        """The query for name, its reply cached as if an upstream had just answered it."""
+        wire = dns.message.make_query(name, "A", use_edns=0).to_wire()
+        question = lower_question(parse_query(wire).question)
+        forwarder.cache.put((name.lower(), 1, 1, False), parse_reply(upstream_reply(
+            question, 7, answers=[(name, 3600, "A", "192.0.2.8")]), qid=7, question=question))
+        return wire
+
+    popular = upstream_answered("www.example.org.")
+
+    def ask(wire):
+        reply = handler.handle(wire, CLIENT, tcp=False)
+        assert isinstance(reply, bytes), "not answered from the cache: it would go upstream"
+        return dns.message.from_wire(reply)
+
+    rng = random.Random(7)
+    for i in range(1500):   # five times the cache, with the clock moving: 100 new names a second
+        clock.now += 0.01
+        wire = upstream_answered(f"r{rng.getrandbits(48):x}.example.org.")
+        for _ in range(2):
+            ask(wire)
+        if i % 5 == 0:   # over UDP: after the second time, from the rendered reply the forwarder never sees
+            assert ask(popular).answer[0][0].to_text() == "192.0.2.8"
+    assert len(forwarder.cache) == 300
+    assert forwarder.cache.get(("www.example.org.", 1, 1, False)) is not None
+    assert popular[2:] in handler.fast.replay.forward

@@ -164,3 +164,31 @@ def test_config_entry_writes_need_a_token_covering_the_split_name(srv):
     assert api(srv.http, "DELETE", "/v1/config/service-splitter/billing", token=BILLING).status == 200
     assert api(srv.http, "DELETE", "/v1/config/service-splitter/redis", token=MGMT).status == 200
     assert splits(srv) == []
+
+
+def test_a_token_read_from_a_secret_file(start_server, tmp_path, caplog):
+    """As a mounted Kubernetes Secret gives it: one file per token, often with a trailing newline."""
+    caplog.set_level(logging.DEBUG)
+    secret = tmp_path / "acl" / "registrar"
+    secret.parent.mkdir()
+    secret.write_text(BILLING + "\n")
+    srv = start_server({"acl": {"tokens": [{"secret_file": str(secret), "write": ["billing"]}]}},
+                       zones=tmp_path / "zones")
+    assert api(srv.http, "PUT", "/v1/agent/service/register", body("billing")).status == 403
+    assert api(srv.http, "PUT", "/v1/agent/service/register", body("billing"), token=BILLING).status == 200
+    assert api(srv.http, "GET", "/readyz").status == 200      # probes need no token
+    assert BILLING not in caplog.text
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "both"])
+def test_an_unusable_secret_file_stops_start_up_naming_it(tmp_path, case):
+    from meshdns.app import build
+    secret = tmp_path / "registrar"
+    if case == "empty":
+        secret.write_text("\n")
+    token = {"secret_file": str(secret), **({"secret": BILLING} if case == "both" else {})}
+    message = {"missing": f"acl.tokens[0].secret_file: cannot read {secret}: No such file",
+               "empty": f"acl.tokens[0].secret_file: {secret} is empty",
+               "both": "acl.tokens[0].secret: give secret or secret_file, not both"}[case]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build(make_config(tmp_path, {"acl": {"tokens": [token]}}))

@@ -13,6 +13,8 @@ def test_defaults():
     assert cfg.dns.listen == ("127.0.0.1", 8600) and cfg.http.listen == ("127.0.0.1", 8500)
     assert cfg.forwarding.recursors == () and "10.0.0.0/8" in cfg.forwarding.allow_recursion
     assert cfg.dns.busy_poll == pytest.approx(100e-6)
+    assert parse_config({"kubernetes": [{}]}).kubernetes[0].watch_idle_timeout == 60.0
+    assert parse_config({"kubernetes": [{"watch_idle_timeout": "90s"}]}).kubernetes[0].watch_idle_timeout == 90.0
     assert parse_config({"dns": {"busy_poll": "250us"}}).dns.busy_poll == pytest.approx(250e-6)
 
 
@@ -25,6 +27,8 @@ def test_defaults():
     ({"forwarding": {"strategy": "roundrobin"}}, "forwarding.strategy"),
     ({"forwarding": {"zone": [{"name": "cluster.local"}]}}, "forwarding.zone[0].servers"),
     ({"kubernetes": [{"address_mode": "pods"}]}, "kubernetes[0].address_mode"),
+    ({"kubernetes": [{"watch_idle_timeout": "0s"}]}, "kubernetes[0].watch_idle_timeout: must be more than 0"),
+    ({"kubernetes": [{"watch_idle_timeout": "soon"}]}, "kubernetes[0].watch_idle_timeout"),
     ({"acl": {"tokens": [{"write": ["x"]}]}}, "acl.tokens[0].secret"),
     ({"dns": {"a_record_limit": -1}}, "dns.a_record_limit"),
     ({"dns": {"busy_poll": "1s"}}, "dns.busy_poll: at most 10ms"),

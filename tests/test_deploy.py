@@ -111,7 +111,9 @@ def test_image_is_multi_stage_slim_and_runs_meshdns_as_non_root():
     assert f"deploy/docker/meshdns.toml {config_path}" in copies
     volume = json.loads([args for instr, args in final if instr == "VOLUME"][-1])
     assert volume == [image_config().data_dir]
-    assert f"zones {image_config().zones}" in copies
+    # the zones directory is made empty: the demo zones/ is not production data
+    assert not any(c.split()[0] == "zones" for c in copies)
+    assert f"install -d -m 0755 {image_config().zones}" in runs
 
 
 def test_image_listens_on_8600_and_keeps_the_unauthenticated_api_on_loopback():
@@ -210,7 +212,7 @@ def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_else():
         for f in files:
             assert not dockerignore_excludes(f), f"{f} is copied but excluded by .dockerignore"
     for f in (".git/HEAD", ".meshdns/registrations.db", "tests/test_deploy.py",
-              "meshdns/__pycache__/app.cpython-311.pyc", "deploy/kubernetes/deployment.yaml"):
+              "meshdns/__pycache__/app.cpython-311.pyc", "deploy/kubernetes/deployment.yaml", "zones/billing.toml"):
         assert dockerignore_excludes(f), f
 
 
@@ -297,8 +299,8 @@ def test_cluster_config_parses_and_uses_the_in_cluster_api():
     (kube,) = cfg.kubernetes
     assert kube.in_cluster and kube.datacenter == cfg.datacenter
     assert [(z.name, z.servers) for z in cfg.forwarding.zones] == [("cluster.local.", (("10.96.0.10", 53),))]
-    # The kubelet probes the pod IP: the API must be allowed off loopback.
-    assert not is_loopback(cfg.http.listen[0]) and (cfg.http.insecure or cfg.acl_tokens)
+    # The kubelet probes the pod IP: the API listens off loopback, so writes need a token.
+    assert not is_loopback(cfg.http.listen[0]) and cfg.acl_tokens and not cfg.http.insecure
 
 
 def test_deployment_files_are_where_the_cluster_config_says():
@@ -323,12 +325,72 @@ def test_ports_probes_and_service_agree_with_the_config():
     assert (live["path"], live["port"]) == ("/healthz", "http")
     service = objects()[("Service", "meshdns")]["spec"]
     assert sorted((p["port"], p["protocol"], ports[p["targetPort"]][1]) for p in service["ports"]) == [
-        (53, "TCP", "TCP"), (53, "UDP", "UDP")]
+        (53, "TCP", "TCP"), (53, "UDP", "UDP"), (8500, "TCP", "TCP")]
     ipaddress.ip_address(service["clusterIP"])
     labels = objects()[("Deployment", "meshdns")]["spec"]["template"]["metadata"]["labels"]
     assert service["selector"].items() <= labels.items()
     pdb = objects()[("PodDisruptionBudget", "meshdns")]["spec"]
     assert pdb["minAvailable"] == 1 and pdb["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_api_is_published_only_with_tokens_read_from_a_secret():
+    """The Service publishes 8500: every write then needs a token, and no token secret is in the ConfigMap."""
+    published = [p for p in objects()[("Service", "meshdns")]["spec"]["ports"] if p["targetPort"] == "http"]
+    cfg = cluster_config()
+    assert published and cfg.acl_tokens and not cfg.http.insecure
+    for token in cfg.acl_tokens:
+        assert token.secret == "" and token.secret_file, "a secret in a ConfigMap is readable by anyone who reads it"
+        volume = mount_of(token.secret_file)
+        assert volume["secret"]["secretName"] == "meshdns-acl" and not volume["secret"].get("optional")
+    assert any(t.management for t in cfg.acl_tokens)
+
+
+def test_the_shipped_cluster_config_refuses_writes_without_its_token(tmp_path):
+    """The cluster's config, run with its Secret laid out as the kubelet does: probes and reads need no
+    token, a write needs the one from the Secret."""
+    from harness import api
+    text = objects()[("ConfigMap", "meshdns-config")]["data"]["meshdns.toml"]
+    data = tomllib.loads(text)
+    acl = tmp_path / "acl"
+    acl.mkdir()
+    for token in data["acl"]["tokens"]:
+        name = Path(token["secret_file"]).name
+        (acl / name).write_text(f"{name}-t0ken-from-the-secret\n")
+        token["secret_file"] = str(acl / name)
+    data.update(zones=str(tmp_path / "zones"), data_dir=str(tmp_path / "data"))
+    data.pop("kubernetes")          # no cluster here
+    data["dns"]["listen"], data["http"]["listen"] = "127.0.0.1:0", "127.0.0.1:0"
+    (tmp_path / "zones").mkdir()
+    srv = ServerThread(parse_config(data)).start()
+    try:
+        assert api(srv.http, "GET", "/readyz").status == 200 and api(srv.http, "GET", "/metrics").status == 200
+        body = {"Name": "billing", "ID": "billing-1", "Address": "127.0.0.9", "Port": 80}
+        assert api(srv.http, "PUT", "/v1/agent/service/register", body).status == 403
+        assert api(srv.http, "PUT", "/v1/agent/service/register", body, token="admin-t0ken-from-the-secret").status \
+            == 200
+    finally:
+        srv.stop()
+
+
+def test_network_policy_admits_dns_from_anyone_and_the_api_only_from_chosen_sources():
+    policy = objects()[("NetworkPolicy", "meshdns")]["spec"]
+    labels = objects()[("Deployment", "meshdns")]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    container_ports = {(p["containerPort"], p["protocol"]) for p in container()["ports"]}
+    admitted = {}
+    for rule in policy["ingress"]:
+        assert rule.get("ports"), "a rule without ports opens every port"
+        for port in rule["ports"]:
+            assert (port["port"], port["protocol"]) in container_ports, port
+            admitted[(port["port"], port["protocol"])] = rule.get("from")
+    cfg = cluster_config()
+    dns_port, http_port = cfg.dns.listen[1], cfg.http.listen[1]
+    assert admitted[(dns_port, "UDP")] is None and admitted[(dns_port, "TCP")] is None   # every client
+    sources = admitted[(http_port, "TCP")]
+    assert sources, "the API must not be open to every pod"
+    assert all(s.get("namespaceSelector", {}).get("matchLabels") or s.get("ipBlock") for s in sources)
+    assert not any(s.get("ipBlock", {}).get("cidr") in ("0.0.0.0/0", "::/0") for s in sources)
 
 
 def test_pods_are_locked_down_and_spread():
@@ -466,6 +528,29 @@ def test_vm_config_parses_and_its_token_example_works_when_uncommented():
     cfg = load_toml(opened)
     assert cfg.http.listen == ("0.0.0.0", 8500)
     assert [(t.secret, t.write) for t in cfg.acl_tokens] == [("<64 hex characters>", ("legacy-billing",))]
+
+
+def test_the_documented_wheel_build_gives_the_wheel_the_vm_install_names(tmp_path):
+    """deploy/vm/README.md builds the wheel that its install line (and the unit's comment) installs."""
+    import zipfile
+    readme = (VM / "README.md").read_text()
+    build = next(line.split("#")[0].split() for line in readme.splitlines() if " -m pip wheel " in line)
+    wheel = re.search(r"meshdns-[\w.]+-py3-none-any\.whl", readme).group(0)
+    assert f"pip install ./{wheel}" in readme and wheel in (VM / "meshdns.service").read_text()
+    source = tmp_path / "src"   # a copy: building writes build/ and *.egg-info next to the sources
+    shutil.copytree(ROOT / "meshdns", source / "meshdns", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    # offline here: the build tools installed with the test extra stand in for pip's isolated download
+    args = [sys.executable, *build[1:]] + ["--no-build-isolation", "--quiet"]
+    out = subprocess.run(args, cwd=source, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    built = source / build[build.index("--wheel-dir") + 1] / wheel
+    assert built.is_file(), sorted(p.name for p in built.parent.iterdir())
+    names = zipfile.ZipFile(built).namelist()
+    assert "meshdns/cli.py" in names and not any(n.startswith("zones/") for n in names)
+    entry_points = zipfile.ZipFile(built).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "meshdns = meshdns.cli:main" in entry_points
 
 
 def test_meshdns_unit_binds_53_unprivileged_and_hardened():

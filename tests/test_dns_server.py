@@ -353,3 +353,21 @@ def test_udp_srv_trimmed_to_whole_srv_and_address_pairs(start_server, tmp_path):
     lines = [line.split("\t") for line in out.splitlines() if line]
     srv_targets = sorted(line[-1].split()[-1] for line in lines if "SRV" in line)
     assert srv_targets and srv_targets == sorted(line[0].split()[0] for line in lines if "SRV" not in line)
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_address_in_use_names_the_dns_address_port_and_protocol(tmp_path, proto):
+    import subprocess
+    import sys
+    from harness import ROOT
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as taken:
+        taken.bind(("127.0.0.1", 0))
+        if proto == "tcp":
+            taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "meshdns", "serve", "--dns", f"127.0.0.1:{port}",
+                              "--http", "127.0.0.1:0", "--data-dir", str(tmp_path / "data")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen for DNS on 127.0.0.1:{port} ({proto}): address already in use" in out.stderr, out.stderr

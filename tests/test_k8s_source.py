@@ -201,6 +201,31 @@ def test_silent_partition_is_noticed_by_the_client_timeout(double, tmp_path, zon
     eventually(lambda: a(srv, "web.service.consul") == ["10.244.1.9"], timeout=6)
 
 
+def test_a_silent_watch_is_dropped_then_the_kind_listed_again(tmp_path, zones, start_server):
+    """A watch that stays connected but carries no byte (a half-open connection) for watch_idle_timeout is
+    dead: each kind is listed again and watched anew. Quiet watches that get bookmarks are kept."""
+    with KubeDouble(rbac=RBAC, bookmark_interval=0.1) as double:
+        web(double, ("10.244.1.5", True))
+        srv = start(start_server, zones, cluster(double, tmp_path, watch_timeout="5m", watch_idle_timeout="2s"))
+        source = srv.app.kubernetes[0]
+        eventually(lambda: source.connected and source.bookmarks >= 60, timeout=30,
+                   what="quiet watches kept alive by bookmarks")
+        assert (source.relists, source.errors) == (0, 0)
+        lists = double.list_count
+        double.mute_streams()
+        double.apply(endpoint_slice("web", endpoints=[("10.244.1.9", True)]))   # the muted watch never tells
+        eventually(lambda: a(srv, "web.service.consul") == ["10.244.1.9"], timeout=30,
+                   what="the change, through a new list")
+        eventually(lambda: source.relists == 3 and source.connected, timeout=30, what="every kind listed again")
+        assert double.list_count >= lists + 3
+        assert "no bytes on the watch for 2s" in source.last_error and "timed out" in source.last_error
+        watches = [p for m, p in double.requests if "watch=true" in p]
+        assert watches and all("allowWatchBookmarks=true" in p for p in watches)
+        # and it goes on from there: the new watches deliver events
+        double.apply(endpoint_slice("web", endpoints=[("10.244.1.10", True)]))
+        eventually(lambda: a(srv, "web.service.consul") == ["10.244.1.10"], timeout=30)
+
+
 def test_two_clusters_are_two_datacenters(tmp_path, zones, start_server):
     with KubeDouble(rbac=RBAC) as east, KubeDouble(rbac=RBAC) as west:
         web(east, ("10.1.0.5", True))

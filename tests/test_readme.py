@@ -1,9 +1,10 @@
-"""The README's promises: two quick-start commands (the second is what CI runs), and dig examples that work."""
+"""The README's promises: two quick-start commands (the second is what CI runs), dig examples that work,
+`meshdns query` for machines without dig, and a strangler-fig walkthrough that runs without a cluster."""
 import re
 import shlex
 import subprocess
 
-from harness import ROOT, dig
+from harness import ROOT, api, dig
 
 README = (ROOT / "README.md").read_text()
 
@@ -43,3 +44,61 @@ def test_every_dig_example_in_names_answers_from_the_shipped_zones(server):
         assert "status: NOERROR" in out, (line, out)
         answers = [a for a in out.splitlines() if a and not a.startswith(";")]
         assert answers, (line, out)
+
+
+def sh_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, re.S)
+
+
+def run_sh(block: str, tmp_path, *, dns_port: int, http_port: int) -> str:
+    """Run a README shell block against a test server: its ports put in, `meshdns` being this tree's."""
+    import os
+    import sys
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "meshdns"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m meshdns "$@"\n')
+    wrapper.chmod(0o755)
+    block = block.replace("http://127.0.0.1:8500", f"http://127.0.0.1:{http_port}")
+    block = block.replace("meshdns query ", f"meshdns query --server 127.0.0.1:{dns_port} ")
+    out = subprocess.run(["sh", "-ec", block], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert out.returncode == 0, (block, out.stderr)
+    return out.stdout
+
+
+def test_try_it_works_without_dig(server, tmp_path):
+    try_it = section("Quick start").split("The server prints")[1]
+    (block,) = [b for b in sh_blocks(try_it)]
+    assert block.startswith("meshdns query ") and "dig" not in block
+    out = run_sh(block, tmp_path, dns_port=server.dns_port, http_port=server.http_port)
+    assert "status: NOERROR" in out
+    answers = out.split(";; ANSWER SECTION:\n")[1].split("\n\n")[0].splitlines()
+    assert len(answers) == 2 and all(" SRV " in a.replace("\t", " ") for a in answers), out
+
+
+def test_the_strangler_fig_walkthrough_runs_on_a_laptop(start_server, tmp_path):
+    """Every shell step of the walkthrough against the quick start's server (the shipped zones/, no cluster).
+    A step whose health check would probe a non-loopback address is not run here (the tests stay on
+    loopback); the walkthrough says it may be skipped on a laptop."""
+    srv = start_server({"dns": {"rng_seed": 11}})
+    ports = {"dns_port": srv.dns_port, "http_port": srv.http_port}
+    probing = re.compile(r'"HTTP": "http://(?!127\.)')
+    blocks = sh_blocks(section("Splits: the strangler-fig migration"))
+    skipped = [b for b in blocks if probing.search(b)]
+    assert len(skipped) == 1 and "legacy-billing" in skipped[0]
+    outputs = [run_sh(b, tmp_path, **ports) for b in blocks if not probing.search(b)]
+    assert len(outputs) == 3   # the stand-in, the 90/10 split, watching it
+    splitter = api(srv.http, "GET", "/v1/config/service-splitter/billing").json()
+    assert [(s["Service"], s["Weight"]) for s in splitter["Splits"]] == [("legacy-billing", 90), ("billing", 10)]
+    counts = {line.split()[1]: int(line.split()[0]) for line in outputs[-1].splitlines()
+              if re.fullmatch(r"\s*\d+ [\d.]+", line)}
+    # one side per answer: both VMs together, or the stand-in pod
+    assert set(counts) <= {"192.168.28.213", "192.168.28.214", "10.244.1.5"}, counts
+    vm_answers, pod_answers = counts.get("192.168.28.213", 0), counts.get("10.244.1.5", 0)
+    assert counts.get("192.168.28.214", 0) == vm_answers and vm_answers + pod_answers == 20, counts
+    assert vm_answers > pod_answers, counts
+    assert "# TYPE meshdns_split_answers_total counter" in outputs[-1]
+    counted = re.findall(r'meshdns_split_answers_total\{split="billing",target="[^"]+"\} (\d+)',
+                         api(srv.http, "GET", "/metrics").text)
+    assert sorted(int(float(n)) for n in counted if float(n)) == sorted(n for n in (vm_answers, pod_answers) if n)

@@ -9,6 +9,7 @@ import pytest
 from test_fastpath import NAMES, handler, shapes  # noqa: F401  (the fixture)
 from meshdns.catalog.model import Health, Instance, SourceState, Split, SplitTarget
 from meshdns.dns.handler import RecursionPolicy
+from meshdns.dns.replay import ReplayTable
 from meshdns.forward.forwarder import Forwarder
 
 CLIENT = ("127.0.0.1", 5353)
@@ -109,7 +110,7 @@ def test_recursion_offered_only_to_allowed_clients(handler):
 
 
 def test_kept_replies_stay_within_the_byte_budget(handler):
-    handler.fast.replay.budget = 4000
+    handler.fast.replay = ReplayTable(budget=4000)
     extra = {("dc1", f"s{i}"): tuple(Instance(f"s{i}-{j}", f"s{i}", "dc1", f"10.7.{i}.{j}", 80) for j in range(3))
              for i in range(40)}
     handler.store.publish("budget", SourceState(services=extra, splits={"x": Split("x", (SplitTarget("s1", 1),))}))

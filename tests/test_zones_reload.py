@@ -2,10 +2,12 @@
 import logging
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from harness import ServerProcess, query, rrset_values, wait_until
+from harness import ROOT, ServerProcess, api, query, rrset_values, wait_until
 
 
 def write(path, text):
@@ -126,3 +128,60 @@ def test_a_node_name_in_two_other_datacenters_is_named_in_the_error(start_server
     path = str(zones / "svc.toml")
     assert srv.app.zones.errors[path] == (f"{path}:1: service 'ledger': unknown node 'vm' in datacenter 'dc1' "
                                           "(nodes of that name are in east, west: set datacenter)")
+
+
+def readyz(srv):
+    r = api(srv.http, "GET", "/readyz")
+    return r.status, r.json()["sources"]["zones"]
+
+
+def test_a_file_broken_at_start_up_is_not_ready_until_fixed(start_server, zones, caplog):
+    """Nothing previous to keep: /readyz is 503 naming the file; fixed (or removed) -> 200 without a restart."""
+    caplog.set_level(logging.INFO, logger="meshdns.sources.zones")
+    write(zones / "bad.toml", SVC.format(ip="10.1.1.2").replace("port = 80", "port = 99999"))
+    write(zones / "gone.toml", "[[service]\n")
+    srv = start_server(zones=zones)
+    status, source = readyz(srv)
+    bad, gone = str(zones / "bad.toml"), str(zones / "gone.toml")
+    assert status == 503 and source["synced"] is False
+    assert sorted(source["errors"]) == [bad, gone] and source["errors"][bad].startswith(f"{bad}:1: service[0].port")
+    assert answers(srv.dns_port) == ["10.1.1.1"]          # everything that loads is served meanwhile
+    logged = [r.getMessage() for r in caplog.records]
+    assert not any("previous content kept" in m for m in logged), logged
+    assert any(m.startswith("not ready: 2 zone file(s)") for m in logged), logged
+
+    write(zones / "bad.toml", SVC.format(ip="10.1.1.2"))
+    wait_until(lambda: bad not in readyz(srv)[1]["errors"], what="bad.toml loaded")
+    assert readyz(srv)[0] == 503                           # gone.toml still fails
+    (zones / "gone.toml").unlink()
+    wait_until(lambda: readyz(srv)[0] == 200, what="ready once every file loads")
+    assert readyz(srv)[1] == {"synced": True, "errors": {}}
+    assert sorted(answers(srv.dns_port)) == ["10.1.1.1", "10.1.1.2"]
+
+    # broken after that: the previous content is kept and the source stays ready, saying why
+    write(zones / "bad.toml", "[[service]\n")
+    wait_until(lambda: bad in readyz(srv)[1]["errors"])
+    assert readyz(srv)[0] == 200 and sorted(answers(srv.dns_port)) == ["10.1.1.1", "10.1.1.2"]
+
+
+def serve(*args, cwd=ROOT):
+    """`meshdns serve` (this tree's) run to its exit."""
+    return subprocess.run([sys.executable, "-m", "meshdns", "serve", "--dns", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                           *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_zones_path_that_does_not_exist_stops_serve_naming_it(tmp_path):
+    missing = tmp_path / "zonez"
+    out = serve("--data-dir", str(tmp_path / "data"), "--zones", str(missing))
+    assert out.returncode == 2 and f"zones: {missing} does not exist" in out.stderr, out.stderr
+    config = tmp_path / "meshdns.toml"
+    config.write_text('zones = "zonez"\n')
+    out = serve("--config", str(config), "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert out.returncode == 2 and f"zones: {missing} does not exist" in out.stderr, out.stderr
+    (tmp_path / "zones.toml").write_text("")
+    out = serve("--data-dir", str(tmp_path / "data"), "--zones", str(tmp_path / "zones.toml"))
+    assert out.returncode == 2 and f"zones: {tmp_path / 'zones.toml'} is not a directory" in out.stderr
+    # the default is zones/ in the working directory
+    out = serve("--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert out.returncode == 2 and f"zones: {tmp_path / 'zones'} does not exist" in out.stderr, out.stderr

@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
+from cachetools import LRUCache
+
 from ..catalog.snapshot import Snapshot
 from ..forward.cache import Countdown
 from . import rdata
@@ -84,7 +86,8 @@ class FastPath:
         self.udp_payload = udp_payload
         self.enable_truncate = enable_truncate
         self.max_entries = max_entries
-        self.cache: dict[bytes, Compiled] = {}
+        # least recently used goes first: a flood of one-off names cannot push out the names asked every day
+        self.cache: LRUCache = LRUCache(max_entries)
         self.replay = ReplayTable()
         self._soa: dict[str, bytes] = {}
         self._soa_version = -1
@@ -106,8 +109,6 @@ class FastPath:
         entry = compile_plan(plan(qname, qtype, snap, self.opts), snap.version)
         entry.qname = qname
         entry.count_key = (qtype, entry.plan.rcode, entry.plan.kind)
-        if len(self.cache) >= self.max_entries:
-            self.cache.clear()  # bounded; rebuilt on demand from the current snapshot
         self.cache[key] = entry
         return entry
 
@@ -177,7 +178,7 @@ class FastPath:
                     self.replay.keep_forwarded(data, Forwarded(
                         snap.version, entry.plan.deps, reply[2:], (qtype, reply[3] & 0xF, "forward"),
                         countdown.stored, countdown.expires, tuple(o - 2 for o in countdown.offsets),
-                        countdown.bases))
+                        countdown.bases, countdown.touch))
             return reply, entry, ""
         p = entry.plan
         if ra and entry.cname_only and entry.count_key[0] in (rdata.A, rdata.AAAA):

@@ -15,13 +15,17 @@ snapshot objects it was built from; one that carries the SOA (whose serial is
 the catalog version) lives for one version. A cached forwarded reply is kept
 the same way until its cache entry expires; its TTL fields are rewritten as
 whole seconds of age pass, as the forwarder would render them.
-Memory is bounded by a byte budget.
+Each table is bounded by a byte budget, least recently used first out, so
+a flood of one-off names cannot push out the replies asked for all the time.
 """
 from __future__ import annotations
 
 import random
 import struct
 from dataclasses import dataclass
+from typing import Callable
+
+from cachetools import LRUCache
 
 from ..catalog.snapshot import Snapshot
 from .resolver import still_valid
@@ -29,7 +33,8 @@ from .weighting import uniform_orders, weighted_pick
 
 _TTL = struct.Struct("!I")
 MAX_ORDERS = 24        # shuffles rendered per group: up to four equal-weight records
-BUDGET = 32 << 20      # bytes of rendered replies kept (all keys); over it, start again
+BUDGET = 16 << 20      # bytes of rendered replies kept per table (with RA, without, forwarded)
+SEEN = 65536           # packets remembered as asked once
 
 
 @dataclass(slots=True)
@@ -56,6 +61,7 @@ class Forwarded:
     expires: float      # clock() when it stops being fresh: then the forwarder decides again
     offsets: tuple[int, ...]  # TTL fields in `body`
     bases: tuple[int, ...]    # their values at age 0
+    touch: Callable[[], object] | None = None  # marks the forwarder's cache entry used (once a second)
     age: int = -1       # the whole seconds of age `body` shows (-1: not yet written)
 
 
@@ -71,10 +77,14 @@ def orders_for(weights: list) -> list[list[int]] | None:
 class ReplayTable:
     def __init__(self, *, budget: int = BUDGET):
         self.budget = budget
-        self.tables: tuple[dict[bytes, Replay], dict[bytes, Replay]] = ({}, {})  # without / with RA
-        self.forward: dict[bytes, Forwarded] = {}  # forwarded names, for clients offered recursion
-        self._seen: dict[bytes, int] = {}  # keys asked once at this version: rendered when asked again
-        self.size = 0
+        self.tables: tuple[LRUCache, LRUCache] = (_table(budget), _table(budget))  # without / with RA
+        self.forward: LRUCache = _table(budget)  # forwarded names, for clients offered recursion
+        self._seen: LRUCache = LRUCache(SEEN)  # keys asked once at this version: rendered when asked again
+
+    @property
+    def size(self) -> int:
+        """Bytes of replies kept, all tables."""
+        return sum(t.currsize for t in (*self.tables, self.forward))
 
     def reply(self, data: bytes, ra: bool, snap: Snapshot, rng: random.Random) -> tuple[bytes, Replay, str] | None:
         r = self.tables[ra].get(data[2:])
@@ -101,10 +111,11 @@ class ReplayTable:
             f.version = snap.version
         if now >= f.expires:
             del self.forward[data[2:]]   # expired: the forwarder refreshes it (or serves it stale)
-            self.size -= len(f.body)
             return None
         age = int(now - f.stored)
         if age != f.age:
+            if f.touch is not None:
+                f.touch()
             body = bytearray(f.body)
             for offset, base in zip(f.offsets, f.bases):
                 _TTL.pack_into(body, offset, base - age if base > age else 0)
@@ -117,33 +128,21 @@ class ReplayTable:
         if self._seen.get(key) == version:
             del self._seen[key]
             return True
-        if len(self._seen) >= 65536:
-            self._seen.clear()
         self._seen[key] = version
         return False
 
     def keep(self, data: bytes, ra: bool, replay: Replay) -> None:
-        self._make_room(replay.size)
-        table = self.tables[ra]
-        old = table.get(data[2:])
-        if old is not None:
-            self.size -= old.size
-        table[data[2:]] = replay
-        self.size += replay.size
+        if replay.size <= self.budget:
+            self.tables[ra][data[2:]] = replay
 
     def keep_forwarded(self, data: bytes, forwarded: Forwarded) -> None:
-        self._make_room(len(forwarded.body))
-        old = self.forward.get(data[2:])
-        if old is not None:
-            self.size -= len(old.body)
-        self.forward[data[2:]] = forwarded
-        self.size += len(forwarded.body)
+        if len(forwarded.body) <= self.budget:
+            self.forward[data[2:]] = forwarded
 
-    def _make_room(self, size: int) -> None:
-        if self.size + size > self.budget:
-            self.clear()
 
-    def clear(self) -> None:
-        for t in (*self.tables, self.forward, self._seen):
-            t.clear()
-        self.size = 0
+def _table(budget: int) -> LRUCache:
+    return LRUCache(budget, getsizeof=_bytes_of)
+
+
+def _bytes_of(entry: Replay | Forwarded) -> int:
+    return entry.size if isinstance(entry, Replay) else len(entry.body)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Callable
 
+from cachetools import LRUCache
+
 
 class RateLimiter:
     def __init__(self, *, rate: int, exempt: tuple[str, ...], clock: Callable[[], float], slip: int = 2,
@@ -19,8 +21,10 @@ class RateLimiter:
         self.clock = clock
         self.max_buckets = max_buckets
         self._exempt = [ipaddress.ip_network(c, strict=False) for c in exempt]
-        self._buckets: dict[str, list[float]] = {}   # prefix -> [tokens, last time, over-limit count]
-        self._prefix: dict[str, str | None] = {}     # client IP -> prefix (None: exempt)
+        # Least recently used goes first: a flood from many spoofed networks pushes out only networks
+        # that have gone quiet, never one that keeps sending (its limit is what matters).
+        self._buckets: LRUCache = LRUCache(max_buckets)   # prefix -> [tokens, last time, over-limit count]
+        self._prefix: LRUCache = LRUCache(max_buckets)    # client IP -> prefix (None: exempt)
         self.dropped = 0
         self.slipped = 0
 
@@ -38,8 +42,6 @@ class RateLimiter:
             else:
                 bits = 24 if addr.version == 4 else 56
                 prefix = str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
-            if len(self._prefix) > self.max_buckets:
-                self._prefix.clear()
             self._prefix[ip] = prefix
         return prefix
 
@@ -51,8 +53,6 @@ class RateLimiter:
         now = self.clock()
         bucket = self._buckets.get(prefix)
         if bucket is None:
-            if len(self._buckets) > self.max_buckets:
-                self._buckets.clear()
             bucket = self._buckets[prefix] = [self.rate, now, 0]
         tokens = min(self.rate, bucket[0] + (now - bucket[1]) * self.rate)
         bucket[1] = now

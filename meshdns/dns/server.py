@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import struct
 from time import perf_counter
@@ -177,16 +178,19 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for attempt in range(20):
-            udp_sock = _udp_socket(host, port, family, reuse_port)
+            try:
+                udp_sock = _udp_socket(host, port, family, reuse_port)
+            except OSError as exc:
+                raise _cannot_listen(exc, host, port, "udp") from None
             bound = udp_sock.getsockname()[1]
             try:
                 self.tcp = await loop.create_server(lambda: TcpProtocol(self), host=host, port=bound,
                                                     family=family, reuse_address=True,
                                                     reuse_port=reuse_port or None, backlog=1024)
-            except OSError:
+            except OSError as exc:
                 udp_sock.close()
                 if port != 0 or attempt == 19:
-                    raise
+                    raise _cannot_listen(exc, host, bound, "tcp") from None
                 continue
             break
         self.udp = UdpReader(udp_sock, self.handler, self.pending, busy_poll=self.busy_poll)
@@ -211,6 +215,13 @@ class DnsServer:
             self.udp.sock.close()
         if self.tcp is not None:
             await self.tcp.wait_closed()
+
+
+def _cannot_listen(exc: OSError, host: str, port: int, proto: str) -> OSError:
+    """The same error, naming the address and port (the kernel's message names neither)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+    return OSError(exc.errno, f"cannot listen for DNS on {where} ({proto}): {reason}")
 
 
 def _udp_socket(host: str, port: int, family: int, reuse_port: bool) -> socket.socket:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Hashable
 
 from cachetools import TLRUCache
@@ -45,6 +46,7 @@ class Countdown:
     expires: float
     offsets: tuple[int, ...]   # the TTL fields' byte offsets (as in the reply; render keeps them)
     bases: tuple[int, ...]
+    touch: Callable[[], object]  # marks the entry used, for whoever serves copies of it (least recently used goes)
 
 
 class ReplyCache:
@@ -122,7 +124,7 @@ class ReplyCache:
         entry, _ = found
         clamp = self._clamp
         return Countdown(entry.stored, entry.stored + entry.ttl, entry.reply.ttl_offsets,
-                         tuple(int(clamp(t)) for t in entry.reply.ttls))
+                         tuple(int(clamp(t)) for t in entry.reply.ttls), partial(self._data.get, key))
 
     def get_stale(self, key: Hashable) -> Hit | None:
         """An expired entry still within serve_stale (for when every upstream failed)."""

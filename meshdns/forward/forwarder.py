@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from cachetools import LRUCache
+
 from ..config import Config, ConfigError
 from ..dns import rdata
 from ..dns.names import own_domain
@@ -60,7 +62,8 @@ class Forwarder:
         self.cache = cache if cache is not None else ReplyCache(max_entries=0)
         self.clock = self.cache.clock   # the time `countdown` answers in
         self._inflight: dict[CacheKey, asyncio.Task] = {}
-        self._rendered: dict[tuple, tuple[float, bytes]] = {}   # see cached()
+        # see cached(); least recently used goes first, so one-off names cannot push out popular ones
+        self._rendered: LRUCache = LRUCache(max(1024, self.cache.max_entries))
         # The worker processes' counters; each worker has a cache of its own.
         self.peers: Callable[[], list[ForwardCounts]] | None = None
 
@@ -110,8 +113,6 @@ class Forwarder:
         reply = render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
         until = self.cache.fresh_until(key)
         if until is not None:
-            if len(self._rendered) >= max(1024, self.cache.max_entries):
-                self._rendered.clear()
             self._rendered[shape] = (until, reply)
         return reply
 

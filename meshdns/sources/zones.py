@@ -3,6 +3,10 @@
 Each file is parsed on its own and remembered with its mtime; a file that
 fails to parse keeps its last good content (stale beats empty) and the error,
 with file:line, is logged and shown on /readyz until the file is fixed.
+A file broken at start-up has no good content to keep: the source is not
+ready (/readyz 503, naming the file) until a pass loads every file cleanly;
+from then on it stays ready, so a later mistake never takes every replica
+out of service at once.
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ class ZonesSource:
         self.health_status = health_status
         self._files: dict[Path, _Parsed] = {}
         self.errors: dict[str, str] = {}
-        self.synced = False
+        self.synced = False   # a pass over the directory has run
+        self.ready = False    # a pass has loaded every file without an error (then it stays so)
         self.listeners: list[Callable[[], None]] = []  # called after each publish (e.g. to sync checks)
 
     # -- loading ------------------------------------------------------------
@@ -86,16 +91,31 @@ class ZonesSource:
             changed = True
         for path in set(self._files) - set(files):
             del self._files[path]
-            self.errors.pop(str(path), None)
             changed = True
+        for name in [name for name in self.errors if Path(name) not in files]:
+            del self.errors[name]   # a file that is gone has nothing left to fix
         if changed or not self.synced:
             self._publish()
+        if not self.ready:
+            self._check_ready()
         self.synced = True
         return changed
 
+    def _check_ready(self) -> None:
+        if not self.errors:
+            self.ready = True
+            if self.synced:
+                log.info("every zone file in %s loads now: ready", self.directory)
+        elif not self.synced:
+            log.error("not ready: %d zone file(s) in %s failed to load at start-up; /readyz answers 503 "
+                      "naming them until they are fixed", len(self.errors), self.directory)
+
     def _failed(self, path: Path, message: str, *, keep: _Parsed | None) -> None:
         if self.errors.get(str(path)) != message:
-            log.error("zone file rejected, previous content kept: %s", message)
+            if keep is None:
+                log.error("zone file rejected, nothing of it is served: %s", message)
+            else:
+                log.error("zone file rejected, previous content kept: %s", message)
         self.errors[str(path)] = message
         if keep is None:
             self._files.pop(path, None)
@@ -178,7 +198,7 @@ class ZonesSource:
             try:
                 self.reload()
             except Exception:
-                log.exception("reloading %s failed; previous content kept", self.directory)
+                log.exception("reloading %s failed; what was loaded before is still served", self.directory)
 
 
 def _on_node_dc(inst: Instance, nodes: dict) -> Instance:

@@ -123,7 +123,7 @@ class KubernetesSource:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         kc = self.cluster
-        timeouts = Timeouts(watch=kc.watch_timeout, request=kc.request_timeout)
+        timeouts = Timeouts(watch=kc.watch_timeout, request=kc.request_timeout, idle=kc.watch_idle_timeout)
         post = self._loop.call_soon_threadsafe
         for resource in KINDS:
             w = Watcher(resource, self.api_client, sink=self, post=post, timeouts=timeouts,

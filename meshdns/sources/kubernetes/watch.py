@@ -4,8 +4,11 @@ The thread owns the resourceVersion: it lists, watches from the list's
 version, follows every event and BOOKMARK, relists when the server says 410
 Gone (as an HTTP status or as an ERROR event), and reconnects after errors
 with capped exponential backoff and jitter. Server-side `timeoutSeconds` ends
-each watch; the client-side read timeout notices a silent partition. Results
-reach the event loop only through `post` (call_soon_threadsafe).
+each watch. Bookmarks are requested, so even a quiet watch carries bytes
+(the API server sends one about every minute); a watch that carries none for
+the idle timeout is dead (a half-open connection, a server that stopped
+sending): it is dropped and the kind is listed again, then watched anew.
+Results reach the event loop only through `post` (call_soon_threadsafe).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Callable, Protocol
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+from urllib3.exceptions import ReadTimeoutError
 
 log = logging.getLogger("meshdns.sources.kubernetes")
 
@@ -76,14 +80,24 @@ class Gone(Exception):
     """410: the resourceVersion is too old; list again."""
 
 
+class Silent(Exception):
+    """The watch stream carried no bytes for the idle timeout: presumed dead; list again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     watch: float      # server-side timeoutSeconds of one watch request
     request: float    # client-side connect/read timeout of every request
+    idle: float       # a watch with no bytes this long is dead (watch_idle_timeout)
 
     @property
     def watch_seconds(self) -> int:
         return max(1, int(round(self.watch)))
+
+    @property
+    def watch_read(self) -> float:
+        """How long a watch may go without a byte: the idle timeout, or less when the server's own end is due."""
+        return min(self.idle, self.watch_seconds + self.request)
 
 
 class Watcher:
@@ -144,6 +158,12 @@ class Watcher:
                 self._emit_failed("410 Gone: resourceVersion too old, listing again", gone=True)
                 if self.since_list == 0:  # 410 right after a list: the server is confused, do not spin
                     self._stop.wait(self.backoff.next())
+            except Silent:
+                if self._stop.is_set():
+                    break
+                self.resource_version = None   # what the dead stream missed is in the next list
+                self._emit_failed(f"read timed out: no bytes on the watch for {self.timeouts.watch_read:g}s, "
+                                  "presumed dead; listing again", gone=False)
             except Exception as exc:  # any failure: keep the last state, back off, try again
                 if self._stop.is_set():
                     break
@@ -200,15 +220,14 @@ class Watcher:
         kind = self.resource.kind
         seconds = self.timeouts.watch_seconds
         resp = self._call(watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
-                          timeout_seconds=seconds,
-                          _request_timeout=self._request_timeout(seconds + self.timeouts.request))
+                          timeout_seconds=seconds, _request_timeout=self._request_timeout(self.timeouts.watch_read))
         self._resp = resp
         count = 0
         try:
             if self._stop.is_set():  # stopped while connecting: interrupt() could not see this response
                 return count
             self._emit(self.sink.watch_started, kind)
-            for line in iter_resp_lines(resp):
+            for line in _lines(resp):
                 if self._stop.is_set():
                     break
                 if not line.strip():
@@ -239,6 +258,14 @@ class Watcher:
             resp.close()  # a watch body is never reused: do not return a half-read connection
             resp.release_conn()
         return count
+
+
+def _lines(resp: Any):
+    """The stream's lines; a read that times out (no byte for the read timeout) raises Silent."""
+    try:
+        yield from iter_resp_lines(resp)
+    except (ReadTimeoutError, TimeoutError):
+        raise Silent() from None
 
 
 _BULKY_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
