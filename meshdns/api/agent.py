@@ -17,8 +17,8 @@ from ..health.spec import get_field
 from ..sources.registration_model import parse_agent_check, parse_service, service_checks
 from ..sources.registrations import NotFound
 from .blocking import index_of
-from .common import ctx_of, flag, json_response, ok, read_json
-from .shapes import Views, agent_service_json, check_json
+from .common import ctx_of, entry_filter, flag, json_response, ok, read_json
+from .shapes import CHECK, SERVICE, Views, agent_service_json, check_json
 
 routes = web.RouteTableDef()
 
@@ -72,8 +72,10 @@ def _require_check_write(request: web.Request, check) -> None:
 async def services(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
+    wanted = entry_filter(request, SERVICE)
     regs = ctx.registrations
-    return json_response(request, {s.id: agent_service_json(s) for s in regs.services_on(regs.agent_node.key)})
+    return json_response(request, wanted.select_values({s.id: agent_service_json(s)
+                                                        for s in regs.services_on(regs.agent_node.key)}))
 
 
 @routes.get("/v1/agent/service/{id}")
@@ -90,6 +92,7 @@ async def service(request: web.Request) -> web.Response:
 async def checks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
+    wanted = entry_filter(request, CHECK)
     regs = ctx.registrations
     views = Views(regs, ctx.runner)
     index = index_of(ctx.store.snapshot)
@@ -101,7 +104,7 @@ async def checks(request: web.Request) -> web.Response:
     for svc in regs.services_on(node_key):
         if svc.maintenance is not None:
             out[f"_service_maintenance:{svc.id}"] = check_json(views.maintenance_check(svc), index)
-    return json_response(request, out)
+    return json_response(request, wanted.select_values(out))
 
 
 # -- service writes -------------------------------------------------------------------

@@ -8,8 +8,8 @@ from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, dns_label, identifier, node_name
 from ..health.spec import get_field
 from ..sources.registration_model import parse_catalog_register, parse_datacenter
-from .common import ctx_of, datacenter, ok_true, read, read_json, tags_filter
-from .shapes import Views, catalog_service_json, node_json, service_json
+from .common import ctx_of, datacenter, entry_filter, ok_true, read, read_json, tags_filter
+from .shapes import CATALOG_SERVICE, NODE, SERVICE, Views, catalog_service_json, node_json, service_json
 
 routes = web.RouteTableDef()
 
@@ -99,16 +99,24 @@ async def datacenters(request: web.Request) -> web.Response:
 
 @routes.get("/v1/catalog/services")
 async def services(request: web.Request) -> web.Response:
+    """Service names and their tags; ?filter= selects instances (as catalog/service shows them) first."""
+    ctx = ctx_of(request)
     dc = datacenter(request)
+    wanted = entry_filter(request, CATALOG_SERVICE)
+    views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
         out = {}
         for (sdc, _), insts in sorted(snap.services.items()):
-            if sdc == dc and insts:
-                tags = sorted({t for i in insts for t in i.tags})
-                out[insts[0].service] = tags
+            if sdc != dc:
+                continue
+            if wanted:
+                insts = [i for i in insts if wanted.matches(catalog_service_json(
+                    i, snap, views.registration(i), index, views.node_tagged(i.datacenter, i.node)))]
+            if insts:
+                out[insts[0].service] = sorted({t for i in insts for t in i.tags})
         return out
-    return await read(request, compute)
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/catalog/service/{name}")
@@ -116,24 +124,27 @@ async def service(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc, tags = datacenter(request), tags_filter(request)
     name = dns_label(request.match_info["name"], "service")
+    wanted = entry_filter(request, CATALOG_SERVICE)
     views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
-        return [catalog_service_json(i, snap, views.registration(i), index, views.node_tagged(i.datacenter, i.node))
-                for i in instances(snap, dc, name, tags)]
-    return await read(request, compute)
+        return wanted.select(catalog_service_json(i, snap, views.registration(i), index,
+                                                  views.node_tagged(i.datacenter, i.node))
+                             for i in instances(snap, dc, name, tags))
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/catalog/nodes")
 async def nodes(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
+    wanted = entry_filter(request, NODE)
     views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
-        return [node_json(n, None, snap, index, views.node_tagged(n.datacenter, n.name))
-                for (ndc, _), n in sorted(snap.nodes.items()) if ndc == dc]
-    return await read(request, compute)
+        return wanted.select(node_json(n, None, snap, index, views.node_tagged(n.datacenter, n.name))
+                             for (ndc, _), n in sorted(snap.nodes.items()) if ndc == dc)
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/catalog/node/{node}")
@@ -141,6 +152,7 @@ async def node(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     name = node_name(request.match_info["node"], "node")
+    wanted = entry_filter(request, SERVICE)
     views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
@@ -155,5 +167,5 @@ async def node(request: web.Request) -> web.Response:
                 if i.node.lower() == name.lower():
                     services[i.id] = service_json(i, views.registration(i), index)
         return {"Node": node_json(n, None, snap, index, views.node_tagged(dc, n.name)),
-                "Services": dict(sorted(services.items()))}
-    return await read(request, compute)
+                "Services": wanted.select_values(dict(sorted(services.items())))}
+    return await read(request, compute, filtered=True)

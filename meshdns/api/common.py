@@ -22,6 +22,7 @@ from ..sources.sqlite_store import StorageError
 from ..sources.status import StatusRegistry
 from .acl import Acl, Denied
 from .blocking import TooManyWaiters, Watch, index_of, parse_blocking
+from .filter import Filter
 
 log = logging.getLogger("meshdns.api")
 
@@ -136,9 +137,9 @@ def tags_filter(request: web.Request) -> tuple[str, ...]:
     return tuple(t.lower() for t in request.query.getall("tag", ()) if t)
 
 
-def reject_unsupported(request: web.Request) -> None:
-    if request.query.get("filter"):
-        raise FieldError("filter", "filter expressions are not supported")
+def entry_filter(request: web.Request, schema) -> Filter:
+    """?filter= parsed against the endpoint's schema; a bad expression or selector is a 400 naming it."""
+    return Filter.parse(request.query.get("filter"), schema)
 
 
 # -- output ---------------------------------------------------------------------
@@ -159,15 +160,20 @@ def _read_headers(snap: Snapshot) -> dict[str, str]:
     return {"X-Consul-Index": str(index_of(snap)), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
 
 
-async def read(request: web.Request, compute: Callable[[Snapshot, int], Any]) -> web.Response:
+async def read(request: web.Request, compute: Callable[[Snapshot, int], Any], *,
+               filtered: bool = False) -> web.Response:
     """Answer a catalog/health read; with ?index=N (N = current index) wait for a change first.
+
+    `filtered`: compute applies ?filter= (entry_filter); elsewhere a filter is refused, as it would
+    otherwise be silently ignored.
 
     compute(snapshot, index) builds the answer; index goes into CreateIndex/ModifyIndex. Whether
     the answer changed is judged with index 0, so an unrelated change does not end the wait.
     """
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
-    reject_unsupported(request)
+    if not filtered and request.query.get("filter"):
+        raise FieldError("filter", "this endpoint does not filter its answer")
     index, wait = parse_blocking(request.query)
     snap = ctx.store.snapshot
     if index is not None and index > 0 and index == index_of(snap):

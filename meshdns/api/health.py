@@ -7,8 +7,8 @@ from ..catalog.model import Health
 from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, dns_label, node_name
 from .catalog import instances
-from .common import ctx_of, datacenter, flag, read, tags_filter
-from .shapes import Views, check_json, node_json, service_json, status_name
+from .common import ctx_of, datacenter, entry_filter, flag, read, tags_filter
+from .shapes import CHECK, HEALTH_SERVICE, Views, check_json, node_json, service_json, status_name
 
 routes = web.RouteTableDef()
 
@@ -21,6 +21,7 @@ async def service(request: web.Request) -> web.Response:
     dc, tags = datacenter(request), tags_filter(request)
     name = dns_label(request.match_info["name"], "service")
     passing = flag(request, "passing")
+    wanted = entry_filter(request, HEALTH_SERVICE)
     views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
@@ -32,8 +33,8 @@ async def service(request: web.Request) -> web.Response:
             out.append({"Node": node_json(node, inst, snap, index, views.node_tagged(inst.datacenter, inst.node)),
                         "Service": service_json(inst, views.registration(inst), index),
                         "Checks": [check_json(v, index) for v in views.instance_checks(inst)]})
-        return out
-    return await read(request, compute)
+        return wanted.select(out)
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/health/checks/{name}")
@@ -41,11 +42,13 @@ async def service_checks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     name = dns_label(request.match_info["name"], "service")
+    wanted = entry_filter(request, CHECK)
     views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
-        return [check_json(v, index) for inst in instances(snap, dc, name) for v in views.service_checks(inst)]
-    return await read(request, compute)
+        return wanted.select(check_json(v, index) for inst in instances(snap, dc, name)
+                             for v in views.service_checks(inst))
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/health/node/{node}")
@@ -53,6 +56,7 @@ async def node_checks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     name = node_name(request.match_info["node"], "node")
+    wanted = entry_filter(request, CHECK)
     views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
@@ -61,8 +65,8 @@ async def node_checks(request: web.Request) -> web.Response:
             if sdc == dc:
                 out += [check_json(v, index) for i in insts if i.node.lower() == name.lower()
                         for v in views.service_checks(i)]
-        return out
-    return await read(request, compute)
+        return wanted.select(out)
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/health/state/{state}")
@@ -72,6 +76,7 @@ async def state(request: web.Request) -> web.Response:
     wanted = request.match_info["state"].lower()
     if wanted not in STATES:
         raise FieldError("state", f"{wanted!r} is not one of {', '.join(STATES)}")
+    chosen = entry_filter(request, CHECK)
     views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
@@ -88,5 +93,6 @@ async def state(request: web.Request) -> web.Response:
         for (ndc, lname), n in sorted(ctx.registrations.all_nodes().items()):
             if ndc == dc and lname not in nodes_seen:
                 found += views.node_checks(dc, n.name)
-        return [check_json(v, index) for v in found if wanted == "any" or status_name(v.status) == wanted]
-    return await read(request, compute)
+        return chosen.select(check_json(v, index) for v in found
+                             if wanted == "any" or status_name(v.status) == wanted)
+    return await read(request, compute, filtered=True)

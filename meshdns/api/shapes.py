@@ -16,6 +16,7 @@ from ..health.runner import HealthRunner
 from ..health.spec import CheckSpec
 from ..sources.registration_model import CheckReg, ServiceReg
 from ..sources.registrations import Registrations
+from .filter import ListOf, MapOf
 
 MAINTENANCE_CHECK = "_service_maintenance:"
 MAINTENANCE_DEFAULT = "Maintenance mode is enabled for this service, but no reason was provided."
@@ -113,6 +114,25 @@ def catalog_service_json(inst: Instance, snap: Snapshot, reg: ServiceReg | None,
             "ServiceMeta": meta_json(inst.meta), "ServicePort": inst.port,
             "ServiceEnableTagOverride": reg.enable_tag_override if reg else False,
             "CreateIndex": index, "ModifyIndex": index}
+
+
+# What ?filter= may select on each shape (Consul's selectors for the same endpoints).
+WEIGHTS = {"Passing": int, "Warning": int}
+SERVICE_ADDRESS = {"Address": str, "Port": int}
+NODE = {"ID": str, "Node": str, "Address": str, "Datacenter": str, "TaggedAddresses": MapOf(str),
+        "Meta": MapOf(str)}
+SERVICE = {"Kind": str, "ID": str, "Service": str, "Tags": ListOf(str), "Address": str, "Meta": MapOf(str),
+           "Port": int, "Weights": WEIGHTS, "EnableTagOverride": bool, "TaggedAddresses": MapOf(SERVICE_ADDRESS),
+           "Datacenter": str}
+CHECK = {"Node": str, "CheckID": str, "Name": str, "Status": str, "Notes": str, "Output": str, "ServiceID": str,
+         "ServiceName": str, "ServiceTags": ListOf(str), "Type": str, "Interval": str, "Timeout": str,
+         "ExposedPort": int}
+CATALOG_SERVICE = {"ID": str, "Node": str, "Address": str, "Datacenter": str, "TaggedAddresses": MapOf(str),
+                   "NodeMeta": MapOf(str), "ServiceKind": str, "ServiceID": str, "ServiceName": str,
+                   "ServiceTags": ListOf(str), "ServiceAddress": str,
+                   "ServiceTaggedAddresses": MapOf(SERVICE_ADDRESS), "ServiceWeights": WEIGHTS,
+                   "ServiceMeta": MapOf(str), "ServicePort": int, "ServiceEnableTagOverride": bool}
+HEALTH_SERVICE = {"Node": NODE, "Service": SERVICE, "Checks": ListOf(CHECK)}
 
 
 class Views:
