@@ -5,7 +5,7 @@ from aiohttp import web
 
 from ..catalog.model import Instance
 from ..catalog.snapshot import Snapshot
-from ..catalog.validate import FieldError, dns_label, identifier, node_name
+from ..catalog.validate import FieldError, identifier, node_name, service_name
 from ..health.spec import get_field
 from ..sources.registration_model import parse_catalog_register, parse_datacenter
 from .common import ctx_of, datacenter, entry_filter, ok_true, read, read_json, tags_filter
@@ -123,7 +123,7 @@ async def services(request: web.Request) -> web.Response:
 async def service(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc, tags = datacenter(request), tags_filter(request)
-    name = dns_label(request.match_info["name"], "service")
+    name = service_name(request.match_info["name"], "service")
     wanted = entry_filter(request, CATALOG_SERVICE)
     views = Views(ctx.registrations, ctx.runner)
 

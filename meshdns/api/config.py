@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..catalog.model import Split
 from ..catalog.snapshot import Snapshot
-from ..catalog.validate import FieldError, dns_label
+from ..catalog.validate import FieldError, service_name
 from ..dns.resolver import healthy
 from ..sources.config_entries import KIND, splitter_json
 from ..sources.registrations import NotFound
@@ -69,7 +69,7 @@ async def list_entries(request: web.Request) -> web.Response:
 @routes.get("/v1/config/{kind}/{name}")
 async def get_entry(request: web.Request) -> web.Response:
     _kind(request)
-    name = dns_label(request.match_info["name"], "name").lower()
+    name = service_name(request.match_info["name"], "name").lower()
     ctx = ctx_of(request)
     if name not in ctx.store.snapshot.splits:
         raise NotFound(f"config entry not found for {KIND!r} / {name!r}")
@@ -85,7 +85,7 @@ async def get_entry(request: web.Request) -> web.Response:
 @routes.delete("/v1/config/{kind}/{name}")
 async def delete_entry(request: web.Request) -> web.Response:
     _kind(request)
-    name = dns_label(request.match_info["name"], "name").lower()
+    name = service_name(request.match_info["name"], "name").lower()
     ctx = ctx_of(request)
     ctx.acl.require_service_write(request, [name])
     await ctx.config.delete(name)

@@ -5,7 +5,7 @@ from aiohttp import web
 
 from ..catalog.model import Health
 from ..catalog.snapshot import Snapshot
-from ..catalog.validate import FieldError, dns_label, node_name
+from ..catalog.validate import FieldError, node_name, service_name
 from .catalog import instances
 from .common import ctx_of, datacenter, entry_filter, flag, read, tags_filter
 from .shapes import CHECK, HEALTH_SERVICE, Views, check_json, node_json, service_json, status_name
@@ -19,7 +19,7 @@ STATES = ("any", "passing", "warning", "critical")
 async def service(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc, tags = datacenter(request), tags_filter(request)
-    name = dns_label(request.match_info["name"], "service")
+    name = service_name(request.match_info["name"], "service")
     passing = flag(request, "passing")
     wanted = entry_filter(request, HEALTH_SERVICE)
     views = Views(ctx.registrations, ctx.runner)
@@ -41,7 +41,7 @@ async def service(request: web.Request) -> web.Response:
 async def service_checks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
-    name = dns_label(request.match_info["name"], "service")
+    name = service_name(request.match_info["name"], "service")
     wanted = entry_filter(request, CHECK)
     views = Views(ctx.registrations, ctx.runner)
 

@@ -23,10 +23,22 @@ class FieldError(ValueError):
         self.message = message
 
 
+LABEL_RULE = ("one DNS label: letters, digits, '-' and '_', starting and ending with a letter or digit, "
+              "at most 63 characters")
+
+
 def dns_label(value: Any, field: str) -> str:
-    """A service/node/datacenter name that must be one DNS label."""
+    """A datacenter name (or any name that must be one DNS label)."""
     if not isinstance(value, str) or not _LABEL.fullmatch(value):
-        raise FieldError(field, f"{value!r} is not a valid DNS label (letters, digits, '-', at most 63)")
+        raise FieldError(field, f"{value!r} is not a valid name ({LABEL_RULE})")
+    return value
+
+
+def service_name(value: Any, field: str) -> str:
+    """The one rule for a service name, wherever it comes from (API, zone file, Kubernetes, a split, a URL):
+    it is the first label of `<name>.service.consul`, so it is one DNS label."""
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
+        raise FieldError(field, f"{value!r} is not a valid service name ({LABEL_RULE})")
     return value
 
 
@@ -111,7 +123,7 @@ def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
           on_all_unhealthy: str = "nxdomain", source: str = "", revision: int = 0,
           percent: bool = False) -> Split:
     """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter)."""
-    name = dns_label(name, f"{field}.name").lower()
+    name = service_name(name, f"{field}.name").lower()
     if not isinstance(targets, list) or not targets:
         raise FieldError(f"{field}.targets", "expected a non-empty list of targets")
     out = []
@@ -119,7 +131,7 @@ def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
         f = f"{field}.targets[{i}]"
         if not isinstance(t, Mapping):
             raise FieldError(f, "expected {service = ..., weight = ...}")
-        service = dns_label(t.get("service"), f"{f}.service").lower()
+        service = service_name(t.get("service"), f"{f}.service").lower()
         weight = t.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise FieldError(f"{f}.weight", f"{weight!r} is not a non-negative number")

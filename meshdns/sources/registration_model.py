@@ -201,7 +201,7 @@ def parse_service(d: Any, *, field: str, datacenter: str, node: str, default_add
         raw_name = get_field(d, "Service")
     if raw_name is None:
         raise FieldError(_sub(field, "Name"), "required")
-    name = validate.dns_label(raw_name, _sub(field, "Name"))
+    name = validate.service_name(raw_name, _sub(field, "Name"))
     kind = get_field(d, "Kind")
     if kind not in (None, "", "typical"):
         raise FieldError(_sub(field, "Kind"), f"{kind!r} is not supported (only typical services)")

@@ -126,7 +126,7 @@ def _dc(item: dict, label: str, default: str) -> str:
 
 
 def _service(item: dict[str, Any], label: str, datacenter: str, source: str) -> tuple[Instance, CheckSpec | None]:
-    name = validate.dns_label(item.get("name"), f"{label}.name")
+    name = validate.service_name(item.get("name"), f"{label}.name")
     node = item.get("node")
     if node is not None:
         node = validate.node_name(node, f"{label}.node")
