@@ -70,6 +70,15 @@ def address(value: Any, field: str) -> str:
     return value.lower()
 
 
+def service_address(value: Any, field: str) -> str:
+    """A service's address: as `address`, but never 0.0.0.0 or :: (every address is no address to connect to)."""
+    text = address(value, field)
+    if text in ("0.0.0.0", "::"):
+        raise FieldError(field, f"{value!r} is not a service address (it means every address: give the one "
+                                f"clients connect to, or none to use the node's)")
+    return text
+
+
 def port(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise FieldError(field, f"{value!r} is not a port (0-65535)")
@@ -163,13 +172,15 @@ def split_loops(splits: Mapping[str, Split]) -> str | None:
     return None
 
 
-_ID_BAD = re.compile(r"[\s/\\?#%\x00-\x1f\x7f]")
+_ID_BAD = re.compile(r"[/\\?#%\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
 def identifier(value: Any, field: str) -> str:
-    """A service or check ID: it travels in URL paths (/deregister/:id), so no '/', '?', '#', '%' or spaces."""
+    """A service or check ID: it travels in URL paths (/deregister/:id), so no '/', '?', '#', '%' or control
+    characters. Spaces are fine (a check named "Memory usage" has that ID, as in Consul; clients encode them)."""
     if not isinstance(value, str) or not value or len(value) > 256 or _ID_BAD.search(value):
-        raise FieldError(field, f"{value!r} is not a valid ID (1-256 characters, no spaces, '/', '?', '#' or '%')")
+        raise FieldError(field, f"{value!r} is not a valid ID (1-256 characters, no '/', '?', '#', '%' or "
+                                f"control characters)")
     return value
 
 

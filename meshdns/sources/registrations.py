@@ -389,17 +389,17 @@ class Registrations:
                  f", {len(reg.checks)} checks" if reg.checks else "")
 
     async def catalog_deregister(self, node_key: NodeKey, *, service_id: str = "", check_id: str = "") -> None:
-        if node_key not in self.nodes:
-            raise NotFound(f"unknown node {node_key[1]!r}")
+        """Remove a check, a service (with its checks) or a node (with everything on it). Something already
+        gone is no error (Consul answers 200; tools such as consul-esm deregister idempotently)."""
+        what = f"check {check_id}" if check_id else f"service {service_id}" if service_id else "the node"
+        if node_key not in self.nodes or (check_id and (*node_key, check_id) not in self.checks) or (
+                not check_id and service_id and (*node_key, service_id) not in self.services):
+            log.info("catalog: %s on node %s was already deregistered", what, node_key[1])
+            return
         if check_id:
-            ckey = (*node_key, check_id)
-            if ckey not in self.checks:
-                raise NotFound(f"unknown check ID {check_id!r} on node {node_key[1]!r}")
-            changes, extra = self._check_removals([ckey])
+            changes, extra = self._check_removals([(*node_key, check_id)])
         elif service_id:
             skey = (*node_key, service_id)
-            if skey not in self.services:
-                raise NotFound(f"unknown service ID {service_id!r} on node {node_key[1]!r}")
             changes, extra = self._check_removals(self._owned_checks.get(skey, ()))
             changes.insert(0, Change(SERVICE, skey))
         else:
@@ -408,9 +408,7 @@ class Registrations:
             changes += [Change(SERVICE, k) for k in sorted(self._node_services.get(node_key, ()))]
             changes.append(Change(NODE, node_key))
         await self._commit(changes, extra)
-        log.info("catalog: deregistered %s on node %s",
-                 f"check {check_id}" if check_id else f"service {service_id}" if service_id else "the node",
-                 node_key[1])
+        log.info("catalog: deregistered %s on node %s", what, node_key[1])
 
     # -- views ------------------------------------------------------------------
 

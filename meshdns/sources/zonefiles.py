@@ -130,7 +130,7 @@ def _service(item: dict[str, Any], label: str, datacenter: str, source: str) -> 
     node = item.get("node")
     if node is not None:
         node = validate.node_name(node, f"{label}.node")
-    addr = validate.address(item.get("address"), f"{label}.address")
+    addr = validate.service_address(item.get("address"), f"{label}.address")
     if not node and not addr:
         raise FieldError(f"{label}.node", "a service needs a node or an address")
     port = validate.port(item.get("port", 0), f"{label}.port")
