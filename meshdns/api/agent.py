@@ -6,13 +6,12 @@ an Address gets the address the request came from, and without an ID the ID
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
 
 from aiohttp import web
 
 from ..catalog.model import Health
-from ..catalog.validate import FieldError, identifier
+from ..catalog.validate import FieldError, client_ip, identifier
 from ..health.spec import get_field
 from ..sources.registration_model import parse_agent_check, parse_service, service_checks
 from ..sources.registrations import NotFound
@@ -26,14 +25,7 @@ MAX_OUTPUT = 4096
 
 
 def peer_address(request: web.Request) -> str:
-    remote = request.remote or ""
-    try:
-        ip = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return ""
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
+    return client_ip(request.remote or "")
 
 
 def _service_key(request: web.Request):

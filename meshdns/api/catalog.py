@@ -72,7 +72,7 @@ async def deregister(request: web.Request) -> web.Response:
     node_key = (dc, node.lower())
     if node_key == regs.agent_node.key:
         raise FieldError("Node", f"{node!r} is meshdns's own node; use /v1/agent/service/deregister")
-    if node_key in regs.nodes:  # deregistering what is already gone needs no token: it changes nothing
+    if node_key in regs.nodes:  # deregistering what is already gone needs no write permission: it changes nothing
         if check_id:
             check = regs.checks.get((*node_key, check_id))
             if check is not None and check.service_id:

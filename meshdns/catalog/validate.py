@@ -55,6 +55,19 @@ def ip_address(value: Any, field: str) -> str:
         raise FieldError(field, f"{value!r} is not an IP address") from None
 
 
+def client_ip(text: str) -> str:
+    """The address a client connects from, as a registration stores it: no zone index, IPv4-mapped IPv6
+    written as IPv4; "" when it is no IP. The server (peer address) and `meshdns register` (local address)
+    both use this, so the ID the client prints is the one the server stores."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return ""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
 def address(value: Any, field: str) -> str:
     """An IP address or a hostname (hostname instances are answered with a CNAME)."""
     if value in ("", None):
