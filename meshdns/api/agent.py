@@ -70,7 +70,8 @@ async def services(request: web.Request) -> web.Response:
                                                         for s in regs.services_on(regs.agent_node.key)}))
 
 
-@routes.get("/v1/agent/service/{id}")
+# not "register": GET /v1/agent/service/register is a wrong method (405), not an unknown service ID
+@routes.get("/v1/agent/service/{id:(?!register$)[^{}/]+}")
 async def service(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
