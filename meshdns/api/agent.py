@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from .. import __version__
 from ..catalog.model import Health
 from ..catalog.validate import FieldError, client_ip, identifier
 from ..health.spec import get_field
@@ -58,6 +59,25 @@ def _require_check_write(request: web.Request, check) -> None:
 
 
 # -- reads ------------------------------------------------------------------------
+
+
+@routes.get("/v1/agent/self")
+async def agent_self(request: web.Request) -> web.Response:
+    """Consul's agent description: the tools that ask (py-consul's agent.self(), consul-template...) read
+    Config.Datacenter, Config.NodeName and Config.Version, and Member."""
+    ctx = ctx_of(request)
+    ctx.acl.require_read(request)
+    node = ctx.registrations.agent_node
+    dc = ctx.datacenter
+    return json_response(request, {
+        "Config": {"Datacenter": dc, "PrimaryDatacenter": dc, "NodeName": node.name, "NodeID": node.node_id,
+                   "Server": True, "Version": __version__, "Revision": "", "BuildDate": ""},
+        "Member": {"Name": node.name, "Addr": node.address, "Port": ctx.http_port,
+                   "Tags": {"dc": dc, "role": "consul", "build": __version__, "port": str(ctx.http_port)},
+                   "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+                   "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4},
+        "Meta": dict(node.meta),
+    })
 
 
 @routes.get("/v1/agent/services")

@@ -40,6 +40,7 @@ class ApiContext:
     config: "ConfigEntries | None" = None
     kubernetes: list = field(default_factory=list)              # KubernetesSource per cluster
     requests: Counter = field(default_factory=Counter)          # (method, route, status) -> n
+    http_port: int = 0                                          # the port the API serves on, once started
 
     @property
     def datacenter(self) -> str:
