@@ -16,7 +16,6 @@ from ..catalog.validate import FieldError, client_ip, identifier
 from ..health.spec import get_field
 from ..sources.registration_model import parse_agent_check, parse_service, service_checks
 from ..sources.registrations import NotFound
-from .blocking import index_of
 from .common import ctx_of, entry_filter, flag, json_response, ok, read_json
 from .shapes import CHECK, SERVICE, Views, agent_service_json, check_json
 
@@ -107,16 +106,15 @@ async def checks(request: web.Request) -> web.Response:
     ctx.acl.require_read(request)
     wanted = entry_filter(request, CHECK)
     regs = ctx.registrations
-    views = Views(regs, ctx.runner)
-    index = index_of(ctx.store.snapshot)
+    views = Views(regs, ctx.runner, ctx.store)
     out = {}
     node_key = regs.agent_node.key
     for key, check in sorted(regs.checks.items()):
         if key[:2] == node_key:
-            out[check.id] = check_json(views.registered_check(check), index)
+            out[check.id] = check_json(views.registered_check(check))
     for svc in regs.services_on(node_key):
         if svc.maintenance is not None:
-            out[f"_service_maintenance:{svc.id}"] = check_json(views.maintenance_check(svc), index)
+            out[f"_service_maintenance:{svc.id}"] = check_json(views.maintenance_check(svc))
     return json_response(request, wanted.select_values(out))
 
 

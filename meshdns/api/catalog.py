@@ -9,7 +9,7 @@ from ..catalog.validate import FieldError, identifier, node_name, service_name
 from ..health.spec import get_field
 from ..sources.registration_model import parse_catalog_register, parse_datacenter
 from .common import ctx_of, datacenter, entry_filter, ok_true, read, read_json, tags_filter
-from .shapes import CATALOG_SERVICE, NODE, SERVICE, Views, catalog_service_json, node_json, service_json
+from .shapes import CATALOG_SERVICE, NODE, SERVICE, Views
 
 routes = web.RouteTableDef()
 
@@ -92,7 +92,7 @@ async def deregister(request: web.Request) -> web.Response:
 
 @routes.get("/v1/catalog/datacenters")
 async def datacenters(request: web.Request) -> web.Response:
-    def compute(snap: Snapshot, index: int):
+    def compute(snap: Snapshot):
         return [snap.datacenter] + sorted(dc for dc in snap.datacenters if dc != snap.datacenter)
     return await read(request, compute)
 
@@ -103,16 +103,15 @@ async def services(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     wanted = entry_filter(request, CATALOG_SERVICE)
-    views = Views(ctx.registrations, ctx.runner)
+    views = Views(ctx.registrations, ctx.runner, ctx.store)
 
-    def compute(snap: Snapshot, index: int):
+    def compute(snap: Snapshot):
         out = {}
         for (sdc, _), insts in sorted(snap.services.items()):
             if sdc != dc:
                 continue
             if wanted:
-                insts = [i for i in insts if wanted.matches(catalog_service_json(
-                    i, snap, views.registration(i), index, views.node_tagged(i.datacenter, i.node)))]
+                insts = [i for i in insts if wanted.matches(views.catalog_service(i, snap))]
             if insts:
                 out[insts[0].service] = sorted({t for i in insts for t in i.tags})
         return out
@@ -125,12 +124,10 @@ async def service(request: web.Request) -> web.Response:
     dc, tags = datacenter(request), tags_filter(request)
     name = service_name(request.match_info["name"], "service")
     wanted = entry_filter(request, CATALOG_SERVICE)
-    views = Views(ctx.registrations, ctx.runner)
+    views = Views(ctx.registrations, ctx.runner, ctx.store)
 
-    def compute(snap: Snapshot, index: int):
-        return wanted.select(catalog_service_json(i, snap, views.registration(i), index,
-                                                  views.node_tagged(i.datacenter, i.node))
-                             for i in instances(snap, dc, name, tags))
+    def compute(snap: Snapshot):
+        return wanted.select(views.catalog_service(i, snap) for i in instances(snap, dc, name, tags))
     return await read(request, compute, filtered=True)
 
 
@@ -139,11 +136,10 @@ async def nodes(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     wanted = entry_filter(request, NODE)
-    views = Views(ctx.registrations, ctx.runner)
+    views = Views(ctx.registrations, ctx.runner, ctx.store)
 
-    def compute(snap: Snapshot, index: int):
-        return wanted.select(node_json(n, None, snap, index, views.node_tagged(n.datacenter, n.name))
-                             for (ndc, _), n in sorted(snap.nodes.items()) if ndc == dc)
+    def compute(snap: Snapshot):
+        return wanted.select(views.node(n, None, snap) for (ndc, _), n in sorted(snap.nodes.items()) if ndc == dc)
     return await read(request, compute, filtered=True)
 
 
@@ -153,9 +149,9 @@ async def node(request: web.Request) -> web.Response:
     dc = datacenter(request)
     name = node_name(request.match_info["node"], "node")
     wanted = entry_filter(request, SERVICE)
-    views = Views(ctx.registrations, ctx.runner)
+    views = Views(ctx.registrations, ctx.runner, ctx.store)
 
-    def compute(snap: Snapshot, index: int):
+    def compute(snap: Snapshot):
         n = snap.node(name, dc)
         if n is None:
             return None  # Consul answers 200 with null for an unknown node
@@ -165,7 +161,7 @@ async def node(request: web.Request) -> web.Response:
                 continue
             for i in insts:
                 if i.node.lower() == name.lower():
-                    services[i.id] = service_json(i, views.registration(i), index)
-        return {"Node": node_json(n, None, snap, index, views.node_tagged(dc, n.name)),
+                    services[i.id] = views.service(i)
+        return {"Node": views.node(n, None, snap),
                 "Services": wanted.select_values(dict(sorted(services.items())))}
     return await read(request, compute, filtered=True)

@@ -161,15 +161,15 @@ def _read_headers(snap: Snapshot) -> dict[str, str]:
     return {"X-Consul-Index": str(index_of(snap)), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
 
 
-async def read(request: web.Request, compute: Callable[[Snapshot, int], Any], *,
+async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
                filtered: bool = False) -> web.Response:
     """Answer a catalog/health read; with ?index=N (N = current index) wait for a change first.
 
+    compute(snapshot) builds the answer. The wait ends when the answer changes (an unrelated change
+    does not end it: entries carry their own indexes, which change only with them).
+
     `filtered`: compute applies ?filter= (entry_filter); elsewhere a filter is refused, as it would
     otherwise be silently ignored.
-
-    compute(snapshot, index) builds the answer; index goes into CreateIndex/ModifyIndex. Whether
-    the answer changed is judged with index 0, so an unrelated change does not end the wait.
     """
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
@@ -181,16 +181,16 @@ async def read(request: web.Request, compute: Callable[[Snapshot, int], Any], *,
         with ctx.watch.slot():
             loop = asyncio.get_running_loop()
             deadline = loop.time() + ctx.watch.jittered(wait)
-            seen = json_body(request, compute(snap, 0))
+            seen = json_body(request, compute(snap))
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or not await ctx.watch.changed(remaining):
                     break
                 snap = ctx.store.snapshot
-                if json_body(request, compute(snap, 0)) != seen:
+                if json_body(request, compute(snap)) != seen:
                     break
     snap = ctx.store.snapshot
-    return web.Response(body=json_body(request, compute(snap, index_of(snap))), content_type="application/json",
+    return web.Response(body=json_body(request, compute(snap)), content_type="application/json",
                         headers=_read_headers(snap))
 
 

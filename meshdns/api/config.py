@@ -33,9 +33,11 @@ def effective(split: Split, snap: Snapshot, *, only_passing: bool) -> list[dict]
              "Share": round(t.weight / total, 6)} for t, n in live]
 
 
-def describe(split: Split, snap: Snapshot, index: int, *, only_passing: bool) -> dict:
+def describe(split: Split, snap: Snapshot, *, only_passing: bool) -> dict:
+    """The entry, its indexes (the store revisions of its first and last write, whatever its source), and
+    what is served."""
     shares = effective(split, snap, only_passing=only_passing)
-    return {**splitter_json(split), "CreateIndex": index, "ModifyIndex": index,
+    return {**splitter_json(split), "CreateIndex": split.create_revision, "ModifyIndex": split.revision,
             "Meta": {"meshdns-source": split.source},
             "OnAllUnhealthy": split.on_all_unhealthy,
             "HealthyTargets": [s["Service"] + (":" + s["ServiceSubset"] if "ServiceSubset" in s else "")
@@ -62,7 +64,7 @@ def _kind(request: web.Request) -> None:
 async def list_entries(request: web.Request) -> web.Response:
     _kind(request)
     only = ctx_of(request).cfg.dns.only_passing
-    return await read(request, lambda snap, index: [describe(s, snap, index, only_passing=only)
+    return await read(request, lambda snap: [describe(s, snap, only_passing=only)
                                                      for _, s in sorted(snap.splits.items())])
 
 
@@ -75,9 +77,9 @@ async def get_entry(request: web.Request) -> web.Response:
         raise NotFound(f"config entry not found for {KIND!r} / {name!r}")
     only = ctx.cfg.dns.only_passing
 
-    def compute(snap, index):
+    def compute(snap):
         split = snap.splits.get(name)
-        return describe(split, snap, index, only_passing=only) if split else None
+        return describe(split, snap, only_passing=only) if split else None
 
     return await read(request, compute)
 

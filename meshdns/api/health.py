@@ -8,7 +8,7 @@ from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, node_name, service_name
 from .catalog import instances
 from .common import ctx_of, datacenter, entry_filter, flag, read, tags_filter
-from .shapes import CHECK, HEALTH_SERVICE, Views, check_json, node_json, service_json, status_name
+from .shapes import CHECK, HEALTH_SERVICE, Views, check_json, status_name
 
 routes = web.RouteTableDef()
 
@@ -22,17 +22,15 @@ async def service(request: web.Request) -> web.Response:
     name = service_name(request.match_info["name"], "service")
     passing = flag(request, "passing")
     wanted = entry_filter(request, HEALTH_SERVICE)
-    views = Views(ctx.registrations, ctx.runner)
+    views = Views(ctx.registrations, ctx.runner, ctx.store)
 
-    def compute(snap: Snapshot, index: int):
+    def compute(snap: Snapshot):
         out = []
         for inst in instances(snap, dc, name, tags):
             if passing and inst.health is not Health.PASSING:
                 continue
-            node = snap.node(inst.node, inst.datacenter) if inst.node else None
-            out.append({"Node": node_json(node, inst, snap, index, views.node_tagged(inst.datacenter, inst.node)),
-                        "Service": service_json(inst, views.registration(inst), index),
-                        "Checks": [check_json(v, index) for v in views.instance_checks(inst)]})
+            out.append({"Node": views.node_of(inst, snap), "Service": views.service(inst),
+                        "Checks": [check_json(v) for v in views.instance_checks(inst)]})
         return wanted.select(out)
     return await read(request, compute, filtered=True)
 
@@ -43,10 +41,10 @@ async def service_checks(request: web.Request) -> web.Response:
     dc = datacenter(request)
     name = service_name(request.match_info["name"], "service")
     wanted = entry_filter(request, CHECK)
-    views = Views(ctx.registrations, ctx.runner)
+    views = Views(ctx.registrations, ctx.runner, ctx.store)
 
-    def compute(snap: Snapshot, index: int):
-        return wanted.select(check_json(v, index) for inst in instances(snap, dc, name)
+    def compute(snap: Snapshot):
+        return wanted.select(check_json(v) for inst in instances(snap, dc, name)
                              for v in views.service_checks(inst))
     return await read(request, compute, filtered=True)
 
@@ -57,13 +55,13 @@ async def node_checks(request: web.Request) -> web.Response:
     dc = datacenter(request)
     name = node_name(request.match_info["node"], "node")
     wanted = entry_filter(request, CHECK)
-    views = Views(ctx.registrations, ctx.runner)
+    views = Views(ctx.registrations, ctx.runner, ctx.store)
 
-    def compute(snap: Snapshot, index: int):
-        out = [check_json(v, index) for v in views.node_checks(dc, name)]
+    def compute(snap: Snapshot):
+        out = [check_json(v) for v in views.node_checks(dc, name)]
         for (sdc, _), insts in sorted(snap.services.items()):
             if sdc == dc:
-                out += [check_json(v, index) for i in insts if i.node.lower() == name.lower()
+                out += [check_json(v) for i in insts if i.node.lower() == name.lower()
                         for v in views.service_checks(i)]
         return wanted.select(out)
     return await read(request, compute, filtered=True)
@@ -77,9 +75,9 @@ async def state(request: web.Request) -> web.Response:
     if wanted not in STATES:
         raise FieldError("state", f"{wanted!r} is not one of {', '.join(STATES)}")
     chosen = entry_filter(request, CHECK)
-    views = Views(ctx.registrations, ctx.runner)
+    views = Views(ctx.registrations, ctx.runner, ctx.store)
 
-    def compute(snap: Snapshot, index: int):
+    def compute(snap: Snapshot):
         found = []
         nodes_seen = set()
         for (sdc, _), insts in sorted(snap.services.items()):
@@ -93,6 +91,6 @@ async def state(request: web.Request) -> web.Response:
         for (ndc, lname), n in sorted(ctx.registrations.all_nodes().items()):
             if ndc == dc and lname not in nodes_seen:
                 found += views.node_checks(dc, n.name)
-        return chosen.select(check_json(v, index) for v in found
+        return chosen.select(check_json(v) for v in found
                              if wanted == "any" or status_name(v.status) == wanted)
     return await read(request, compute, filtered=True)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from ..catalog.model import Health, Instance, Node, NodeKey, ServiceKey, SourceState
+from ..catalog.model import Health, Instance, Node, NodeKey, Revision, ServiceKey, SourceState
 from ..catalog.store import Store
 from ..catalog.validate import FieldError
 from ..health import state as sm
@@ -82,16 +82,31 @@ class Registrations:
         return "/".join(key)
 
     def _write(self, change: Change) -> Write:
+        """Re-registering what is already stored changes nothing, its indexes included (as in Consul)."""
         value = None
         if change.value is not None:
             value = change.value.record()
             if change.kind != NODE and change.key[:2] == self.agent_node.key:
                 value.update(Datacenter=None, Node=None, Agent=True)
-        return Write(change.kind, self._disk_key(change.key), value)
+        return Write(change.kind, self._disk_key(change.key), value, if_changed=True)
 
     def _status_write(self, key: CKey, state: CheckState | None) -> Write:
         value = None if state is None else {"Status": state.status.api_name, "Output": state.output[:4096]}
-        return Write(CHECK_STATUS, self._disk_key(key), value)
+        return Write(CHECK_STATUS, self._disk_key(key), value, if_changed=True)
+
+    # -- indexes --------------------------------------------------------------
+
+    def revision_of(self, kind: str, key: tuple) -> Revision | None:
+        """A node's or service's CreateIndex/ModifyIndex: its record's create and mod revision."""
+        return self.db.revision_of(kind, self._disk_key(key))
+
+    def check_revision(self, check: CheckReg) -> Revision | None:
+        """A check changes with its definition and with its status (kept in a record of its own)."""
+        definition = self.db.revision_of(CHECK, self._disk_key(check.key))
+        status = self.db.revision_of(CHECK_STATUS, self._disk_key(check.key))
+        if definition is None:
+            return None
+        return Revision(definition.create, max(definition.mod, status.mod if status is not None else 0))
 
     # -- loading --------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def _table_lines(text: str) -> dict[str, list[int]]:
     return found
 
 
-def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: int) -> TomlContent:
+def parse_toml(path: str, text: str, *, datacenter: str, source: str) -> TomlContent:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -113,7 +113,7 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: 
             ttl = parse_duration(ttl, key=f"{label}.ttl") if ttl is not None else None
             splits.append(validate.split(item.get("name"), item.get("targets"), field=label, ttl=ttl,
                                          on_all_unhealthy=item.get("on_all_unhealthy", "nxdomain"),
-                                         source=source, revision=revision))
+                                         source=source))
         except (FieldError, ConfigError) as exc:
             raise ZoneFileError(path, line, str(exc)) from None
         where["split:" + splits[-1].name] = line
