@@ -1,10 +1,11 @@
 """?filter= on every list endpoint Consul filters, against a real server, with the entries of Consul's docs."""
+import re
 import threading
 from urllib.parse import quote
 
 import pytest
 
-from harness import api
+from harness import ROOT, api
 
 
 def get(srv, path, expression=None, **kwargs):
@@ -153,3 +154,15 @@ def test_blocking_query_with_a_filter_returns_when_its_answer_changes(srv):
     assert reply.status == 200 and reply.index > first.index
     assert [e["Service"]["ID"] for e in reply.json()] == ["redis3", "redis4"]
     assert api(srv.http, "PUT", "/v1/agent/service/deregister/redis4").status == 200
+
+
+def test_the_readme_example_filters(srv):
+    readme = (ROOT / "README.md").read_text()
+    expression = re.search(r"--data-urlencode 'filter=(.*)'", readme).group(1)
+    body = {"ID": "billing-1", "Name": "billing", "Tags": ["v2"], "Address": "127.0.0.1",
+            "Check": {"TTL": "60s", "CheckID": "billing-ttl", "Status": "critical"}}
+    assert api(srv.http, "PUT", "/v1/agent/service/register", body).status == 200
+    assert ok(srv, "/v1/health/service/billing", expression) == []
+    assert api(srv.http, "PUT", "/v1/agent/check/pass/billing-ttl").status == 200
+    assert [e["Service"]["ID"] for e in ok(srv, "/v1/health/service/billing", expression)] == ["billing-1"]
+    assert api(srv.http, "PUT", "/v1/agent/service/deregister/billing-1").status == 200
