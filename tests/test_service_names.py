@@ -36,7 +36,8 @@ def test_a_name_that_is_not_one_label_is_refused_naming_name_and_the_rule(srv, n
 
 def test_urls_and_splits_state_the_same_rule(srv):
     reply = api(srv.http, "GET", "/v1/catalog/service/my.svc")
-    assert reply.status == 400 and reply.text == f"Invalid request: service: 'my.svc' is not a valid service name ({RULE})\n"
+    assert reply.status == 400
+    assert reply.text == f"Invalid request: service: 'my.svc' is not a valid service name ({RULE})\n"
     reply = api(srv.http, "GET", "/v1/health/service/my.svc")
     assert reply.status == 400 and RULE in reply.text
     splitter = {"Kind": "service-splitter", "Name": "billing", "Splits": [{"Weight": 100, "Service": "my.svc"}]}

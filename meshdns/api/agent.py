@@ -17,7 +17,7 @@ from ..health.spec import get_field
 from ..sources.registration_model import parse_agent_check, parse_service, service_checks
 from ..sources.registrations import NotFound
 from .common import ctx_of, entry_filter, flag, json_response, ok, read_json
-from .shapes import CHECK, SERVICE, Views, agent_service_json, check_json
+from .shapes import CHECK, SERVICE, agent_service_json, check_json
 
 routes = web.RouteTableDef()
 
@@ -106,7 +106,7 @@ async def checks(request: web.Request) -> web.Response:
     ctx.acl.require_read(request)
     wanted = entry_filter(request, CHECK)
     regs = ctx.registrations
-    views = Views(regs, ctx.runner, ctx.store)
+    views = ctx.views()
     out = {}
     node_key = regs.agent_node.key
     for key, check in sorted(regs.checks.items()):

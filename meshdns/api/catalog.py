@@ -9,7 +9,7 @@ from ..catalog.validate import FieldError, identifier, node_name, service_name
 from ..health.spec import get_field
 from ..sources.registration_model import parse_catalog_register, parse_datacenter
 from .common import ctx_of, datacenter, entry_filter, ok_true, read, read_json, tags_filter
-from .shapes import CATALOG_SERVICE, NODE, SERVICE, Views
+from .shapes import CATALOG_SERVICE, NODE, SERVICE
 
 routes = web.RouteTableDef()
 
@@ -72,7 +72,7 @@ async def deregister(request: web.Request) -> web.Response:
     node_key = (dc, node.lower())
     if node_key == regs.agent_node.key:
         raise FieldError("Node", f"{node!r} is meshdns's own node; use /v1/agent/service/deregister")
-    if node_key in regs.nodes:  # deregistering what is already gone needs no write permission: it changes nothing
+    if node_key in regs.nodes:  # what is already gone needs no write permission: deregistering it changes nothing
         if check_id:
             check = regs.checks.get((*node_key, check_id))
             if check is not None and check.service_id:
@@ -103,7 +103,7 @@ async def services(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     wanted = entry_filter(request, CATALOG_SERVICE)
-    views = Views(ctx.registrations, ctx.runner, ctx.store)
+    views = ctx.views()
 
     def compute(snap: Snapshot):
         out = {}
@@ -124,7 +124,7 @@ async def service(request: web.Request) -> web.Response:
     dc, tags = datacenter(request), tags_filter(request)
     name = service_name(request.match_info["name"], "service")
     wanted = entry_filter(request, CATALOG_SERVICE)
-    views = Views(ctx.registrations, ctx.runner, ctx.store)
+    views = ctx.views()
 
     def compute(snap: Snapshot):
         return wanted.select(views.catalog_service(i, snap) for i in instances(snap, dc, name, tags))
@@ -136,7 +136,7 @@ async def nodes(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     wanted = entry_filter(request, NODE)
-    views = Views(ctx.registrations, ctx.runner, ctx.store)
+    views = ctx.views()
 
     def compute(snap: Snapshot):
         return wanted.select(views.node(n, None, snap) for (ndc, _), n in sorted(snap.nodes.items()) if ndc == dc)
@@ -149,7 +149,7 @@ async def node(request: web.Request) -> web.Response:
     dc = datacenter(request)
     name = node_name(request.match_info["node"], "node")
     wanted = entry_filter(request, SERVICE)
-    views = Views(ctx.registrations, ctx.runner, ctx.store)
+    views = ctx.views()
 
     def compute(snap: Snapshot):
         n = snap.node(name, dc)

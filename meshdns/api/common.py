@@ -23,6 +23,7 @@ from ..sources.status import StatusRegistry
 from .acl import Acl, Denied
 from .blocking import TooManyWaiters, Watch, index_of, parse_blocking
 from .filter import Filter
+from .shapes import Views
 
 log = logging.getLogger("meshdns.api")
 
@@ -45,6 +46,9 @@ class ApiContext:
     @property
     def datacenter(self) -> str:
         return self.cfg.datacenter
+
+    def views(self) -> Views:
+        return Views(self.registrations, self.runner, self.store)
 
 
 CTX = web.AppKey("meshdns", ApiContext)

@@ -8,7 +8,7 @@ from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, node_name, service_name
 from .catalog import instances
 from .common import ctx_of, datacenter, entry_filter, flag, read, tags_filter
-from .shapes import CHECK, HEALTH_SERVICE, Views, check_json, status_name
+from .shapes import CHECK, HEALTH_SERVICE, check_json, status_name
 
 routes = web.RouteTableDef()
 
@@ -22,7 +22,7 @@ async def service(request: web.Request) -> web.Response:
     name = service_name(request.match_info["name"], "service")
     passing = flag(request, "passing")
     wanted = entry_filter(request, HEALTH_SERVICE)
-    views = Views(ctx.registrations, ctx.runner, ctx.store)
+    views = ctx.views()
 
     def compute(snap: Snapshot):
         out = []
@@ -41,7 +41,7 @@ async def service_checks(request: web.Request) -> web.Response:
     dc = datacenter(request)
     name = service_name(request.match_info["name"], "service")
     wanted = entry_filter(request, CHECK)
-    views = Views(ctx.registrations, ctx.runner, ctx.store)
+    views = ctx.views()
 
     def compute(snap: Snapshot):
         return wanted.select(check_json(v) for inst in instances(snap, dc, name)
@@ -55,7 +55,7 @@ async def node_checks(request: web.Request) -> web.Response:
     dc = datacenter(request)
     name = node_name(request.match_info["node"], "node")
     wanted = entry_filter(request, CHECK)
-    views = Views(ctx.registrations, ctx.runner, ctx.store)
+    views = ctx.views()
 
     def compute(snap: Snapshot):
         out = [check_json(v) for v in views.node_checks(dc, name)]
@@ -75,7 +75,7 @@ async def state(request: web.Request) -> web.Response:
     if wanted not in STATES:
         raise FieldError("state", f"{wanted!r} is not one of {', '.join(STATES)}")
     chosen = entry_filter(request, CHECK)
-    views = Views(ctx.registrations, ctx.runner, ctx.store)
+    views = ctx.views()
 
     def compute(snap: Snapshot):
         found = []

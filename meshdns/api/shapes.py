@@ -171,8 +171,9 @@ class Views:
         if node is None:   # an instance with no node: the node shown is the instance's own
             return self.store.index_of(inst) if inst is not None else Revision(0, 0)
         key = (node.datacenter, node.name.lower())
-        stored = self.reg.revision_of(NODE_RECORD, key) if node.source == self.reg.name and key in self.reg.nodes else None
-        return stored or self.store.index_of(node)
+        if node.source == self.reg.name and key in self.reg.nodes:
+            return self.reg.revision_of(NODE_RECORD, key) or self.store.index_of(node)
+        return self.store.index_of(node)
 
     # -- shapes
 

@@ -113,7 +113,8 @@ def catalog_name(svc: Mapping, settings: ClusterSettings) -> str:
         return validate.service_name(explicit.strip(), "annotation meshdns.io/service-name").lower()
     if settings.namespace_suffix:
         name = f"{name}-{ns}"
-    return validate.service_name(name, "metadata.name" + (" + namespace suffix" if settings.namespace_suffix else "")).lower()
+    field = "metadata.name" + (" + namespace suffix" if settings.namespace_suffix else "")
+    return validate.service_name(name, field).lower()
 
 
 def node_ready(node: Mapping) -> bool:
