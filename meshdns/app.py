@@ -27,6 +27,7 @@ from .api.common import ApiContext
 from .health.runner import HealthRunner
 from .sources.config_entries import ConfigEntries
 from .sources.registrations import Registrations
+from .sources.split_revisions import SplitRevisions
 from .sources.sqlite_store import RecordStore
 from .sources.status import SourceStatus
 
@@ -62,6 +63,7 @@ class App:
     registrations: Registrations | None = None
     api: HttpApi | None = None
     db: RecordStore | None = None  # durable (kind, key) -> JSON records; e.g. config entries can use it too
+    split_revisions: SplitRevisions | None = None
     starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # awaited before on_ready
     readiness: dict[str, Callable[[], SourceStatus]] = field(default_factory=dict)  # /readyz, per source
 
@@ -112,11 +114,17 @@ def build(cfg: Config) -> App:
     check_exposure(cfg)
     zones_dir = zones_directory(cfg)
     store = Store(datacenter=cfg.datacenter)
+    # the durable store comes first: its revision orders splits from every source and floors X-Consul-Index
+    db = RecordStore(cfg.data_dir, on_commit=store.advance)
+    store.advance(db.revision)
+    split_revisions = SplitRevisions(db)
     health = HealthRunner()
-    zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"))
+    zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"),
+                        split_revisions=split_revisions)
     handler, forwarder = make_handler(cfg, store)
     dns = make_server(cfg, handler)
-    app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
+    app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns, db=db, split_revisions=split_revisions)
+    app.starters.append(split_revisions.settled)   # the splits read at start are served before we say ready
     app.reloaders.append(lambda: zones.reload(force=True))
     app.tasks.append(zones.run)
     if forwarder is not None:
@@ -138,7 +146,7 @@ def _add_kubernetes(app: App) -> None:
         if name in names[:i]:
             raise ConfigError(f"kubernetes[{i}].name: {name!r} names two clusters (each needs its own name)")
     for kc in cfg.kubernetes:
-        source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter)
+        source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter, split_revisions=app.split_revisions)
         app.kubernetes.append(source)
         app.readiness[f"kubernetes/{kc.name}"] = source.readiness
         app.tasks.append(source.run)
@@ -158,7 +166,6 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
                           else None)
     zones.listeners.append(lambda: health.sync("zones", zones.checks()))
-    app.db = RecordStore(cfg.data_dir)
     regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
     config = ConfigEntries(app.store, app.db)
     api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,

@@ -113,7 +113,7 @@ class HttpApi:
         tls = self._tls
         site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.port = self.ctx.http_port = self._runner.addresses[0][1]
         log.info("http api listening on %s:%d%s%s", host, self.port, " (tls)" if tls else "",
                  ", acl enforced" if self.ctx.acl.enabled else "")
         return self.port

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..catalog.model import Split
 from ..catalog.rules import healthy, split_sides
 from ..catalog.snapshot import Snapshot
-from ..catalog.validate import FieldError, dns_label
+from ..catalog.validate import FieldError, service_name
 from ..sources.config_entries import KIND, splitter_json
 from ..sources.registrations import NotFound
 from .common import ctx_of, read, read_json
@@ -27,9 +27,11 @@ def effective(split: Split, snap: Snapshot, *, only_passing: bool) -> list[dict]
             for side in split_sides(split, snap, only_passing=only_passing)]
 
 
-def describe(split: Split, snap: Snapshot, index: int, *, only_passing: bool) -> dict:
+def describe(split: Split, snap: Snapshot, *, only_passing: bool) -> dict:
+    """The entry, its indexes (the store revisions of its first and last write, whatever its source), and
+    what is served."""
     shares = effective(split, snap, only_passing=only_passing)
-    return {**splitter_json(split), "CreateIndex": index, "ModifyIndex": index,
+    return {**splitter_json(split), "CreateIndex": split.create_revision, "ModifyIndex": split.revision,
             "Meta": {"meshdns-source": split.source},
             "OnAllUnhealthy": split.on_all_unhealthy,
             "HealthyTargets": [s["Service"] + (":" + s["ServiceSubset"] if "ServiceSubset" in s else "")
@@ -56,22 +58,22 @@ def _kind(request: web.Request) -> None:
 async def list_entries(request: web.Request) -> web.Response:
     _kind(request)
     only = ctx_of(request).cfg.dns.only_passing
-    return await read(request, lambda snap, index: [describe(s, snap, index, only_passing=only)
+    return await read(request, lambda snap: [describe(s, snap, only_passing=only)
                                                      for _, s in sorted(snap.splits.items())])
 
 
 @routes.get("/v1/config/{kind}/{name}")
 async def get_entry(request: web.Request) -> web.Response:
     _kind(request)
-    name = dns_label(request.match_info["name"], "name").lower()
+    name = service_name(request.match_info["name"], "name").lower()
     ctx = ctx_of(request)
     if name not in ctx.store.snapshot.splits:
         raise NotFound(f"config entry not found for {KIND!r} / {name!r}")
     only = ctx.cfg.dns.only_passing
 
-    def compute(snap, index):
+    def compute(snap):
         split = snap.splits.get(name)
-        return describe(split, snap, index, only_passing=only) if split else None
+        return describe(split, snap, only_passing=only) if split else None
 
     return await read(request, compute)
 
@@ -79,7 +81,7 @@ async def get_entry(request: web.Request) -> web.Response:
 @routes.delete("/v1/config/{kind}/{name}")
 async def delete_entry(request: web.Request) -> web.Response:
     _kind(request)
-    name = dns_label(request.match_info["name"], "name").lower()
+    name = service_name(request.match_info["name"], "name").lower()
     ctx = ctx_of(request)
     ctx.acl.require_service_write(request, [name])
     await ctx.config.delete(name)

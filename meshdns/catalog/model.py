@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class Health(enum.IntEnum):
@@ -63,6 +64,14 @@ class Instance:
     source: str = ""
 
 
+class Revision(NamedTuple):
+    """When an entry was created and last changed, as a store revision (an etcd key's create_revision and
+    mod_revision) or a catalog version: what the API shows as CreateIndex and ModifyIndex."""
+
+    create: int
+    mod: int
+
+
 @dataclass(frozen=True, slots=True)
 class SplitTarget:
     service: str
@@ -77,7 +86,8 @@ class Split:
     ttl: float | None = None
     on_all_unhealthy: str = "nxdomain"
     source: str = ""
-    revision: int = 0
+    revision: int = 0           # store revision of its last write: the newest split of a name wins
+    create_revision: int = 0    # store revision of its first write
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,15 +4,20 @@ Merge rules: a service key's instances are the concatenation over sources
 (that is how one name spans VMs and pods); a node or zone comes from the first
 source (by name) that has it; a split is the one with the newest revision
 (last write wins). Only keys that changed are rebuilt.
+
+The snapshot version (X-Consul-Index, the SOA serial) grows with every change.
+Each instance and node also remembers the version at which it appeared and the
+one at which it last changed (`index_of`): the CreateIndex/ModifyIndex of
+entries whose source keeps no revisions of its own (zone files, Kubernetes).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Callable, Iterable
 
-from .model import Instance, NodeKey, ServiceKey, SourceState
+from .model import Instance, Node, NodeKey, Revision, ServiceKey, SourceState
 from .snapshot import Snapshot, ZoneIndex
 
 log = logging.getLogger("meshdns.catalog")
@@ -40,6 +45,12 @@ def _changed_keys(old: dict, new: dict) -> set:
     return keys
 
 
+def _identity(entry: Instance | Node) -> tuple:
+    if isinstance(entry, Node):
+        return ("node", entry.datacenter, entry.name.lower())
+    return (entry.source, entry.datacenter, entry.node.lower(), entry.id)
+
+
 def _address_of(inst: Instance, nodes) -> str:
     if inst.address:
         return inst.address
@@ -56,6 +67,7 @@ class Store:
         # the plain dicts behind the current snapshot's read-only views: dict.copy() of these is
         # a fast C copy, copying through a mappingproxy is not
         self._raw: dict[str, dict] = {"services": {}, "nodes": {}, "ip_services": {}, "ip_nodes": {}}
+        self._indexes: dict[tuple, Revision] = {}   # instance or node identity -> (appeared, last changed)
         self.snapshot = Snapshot(datacenter=datacenter, datacenters=frozenset({datacenter}))
 
     def subscribe(self, listener: Listener) -> None:
@@ -80,6 +92,18 @@ class Store:
     def sources(self) -> tuple[str, ...]:
         return tuple(sorted(self._states))
 
+    def index_of(self, entry: Instance | Node) -> Revision:
+        """The versions at which this instance or node appeared and last changed."""
+        known = self._indexes.get(_identity(entry))
+        return known if known is not None else Revision(self.snapshot.version, self.snapshot.version)
+
+    def advance(self, version: int) -> None:
+        """Move the version up to `version` (a store revision) if it is behind, so that no entry's index is
+        ahead of X-Consul-Index and the index never goes back across restarts."""
+        if version > self.snapshot.version:
+            self._notify(replace(self.snapshot, version=version), Change(frozenset(), frozenset(), frozenset(),
+                                                                         frozenset()))
+
     def publish(self, source: str, state: SourceState, *,
                 changed: Iterable[ServiceKey] | None = None, version: int | None = None) -> Snapshot:
         """Replace one source's state; `changed` (service keys) skips the diff when known.
@@ -92,9 +116,16 @@ class Store:
         split_names = _changed_keys(old.splits, state.splits)
         zone_names = _changed_keys(old.zones, state.zones)
         if not (svc_keys or node_keys or split_names or zone_names):
+            if version is not None:
+                self.advance(version)
             return self.snapshot
         snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version)
-        change = Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names), frozenset(zone_names))
+        self._notify(snap, Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names),
+                                  frozenset(zone_names)))
+        return snap
+
+    def _notify(self, snap: Snapshot, change: Change) -> None:
+        self.snapshot = snap
         for listener in list(self._listeners):
             try:
                 listener(snap)
@@ -105,7 +136,6 @@ class Store:
                 change_listener(snap, change)
             except Exception:
                 log.exception("change listener failed")
-        return snap
 
     def remove(self, source: str) -> Snapshot:
         return self.publish(source, SourceState())
@@ -117,6 +147,7 @@ class Store:
 
     def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None) -> Snapshot:
         prev = self.snapshot
+        version = prev.version + 1 if version is None else version
         states = self._ordered_states()
         raw = self._raw
         services = raw["services"].copy()
@@ -141,10 +172,12 @@ class Store:
                 self._dc_ref(key[0], -1)
             if new is None:
                 nodes.pop(key, None)
+                self._indexes.pop(("node", *key), None)
             else:
                 nodes[key] = new
                 note(1, new.address, key, True)
                 self._dc_ref(key[0], +1)
+                self._note_index(old, new, version)
         # instances that rely on a changed node's address move with it
         if node_keys:
             node_names = {k for k in node_keys}
@@ -152,6 +185,8 @@ class Store:
                 if any(not i.address and (i.datacenter, i.node.lower()) in node_names for i in insts):
                     svc_keys.add(skey)
 
+        gone: set[tuple] = set()
+        arrived: set[tuple] = set()
         for key in svc_keys:
             old = prev.services.get(key, ())
             merged: tuple[Instance, ...] = ()
@@ -159,6 +194,8 @@ class Store:
                 part = st.services.get(key)
                 if part:
                     merged = merged + tuple(part)
+            if old or merged:
+                self._note_indexes(old, merged, version, gone, arrived)
             for inst in old:
                 note(0, _address_of(inst, prev.nodes), key, False)
             if old:
@@ -170,6 +207,9 @@ class Store:
                     note(0, _address_of(inst, nodes), key, True)
             else:
                 services.pop(key, None)
+
+        for identity in gone - arrived:   # an instance that moved to another service key keeps its index
+            self._indexes.pop(identity, None)
 
         for (which, ip), (adds, removes) in touched_ips.items():
             index = ip_services if which == 0 else ip_nodes
@@ -209,8 +249,8 @@ class Store:
             zones = MappingProxyType(zones)
 
         dcs = frozenset(dc for dc, n in self._dc_refs.items() if n > 0) | {prev.datacenter}
-        self.snapshot = Snapshot(
-            version=prev.version + 1 if version is None else version,
+        return Snapshot(
+            version=version,
             datacenter=prev.datacenter,
             services=MappingProxyType(services),
             nodes=MappingProxyType(nodes) if node_keys else prev.nodes,
@@ -220,7 +260,24 @@ class Store:
             ip_nodes=MappingProxyType(ip_nodes) if node_keys else prev.ip_nodes,
             datacenters=dcs if dcs != prev.datacenters else prev.datacenters,
         )
-        return self.snapshot
+
+    def _note_index(self, old: Instance | Node | None, new: Instance | Node, version: int) -> None:
+        identity = _identity(new)
+        known = self._indexes.get(identity)
+        if known is None:
+            self._indexes[identity] = Revision(version, version)
+        elif old is None or (old is not new and old != new):
+            self._indexes[identity] = Revision(known.create, version)
+
+    def _note_indexes(self, old: tuple[Instance, ...], merged: tuple[Instance, ...], version: int,
+                      gone: set, arrived: set) -> None:
+        """Index the instances of one changed service key, noting which identities left it and arrived."""
+        before = {_identity(i): i for i in old}
+        for inst in merged:
+            identity = _identity(inst)
+            arrived.add(identity)
+            self._note_index(before.pop(identity, None), inst, version)
+        gone.update(before)
 
     def _dc_ref(self, dc: str, delta: int) -> None:
         self._dc_refs[dc] = self._dc_refs.get(dc, 0) + delta

@@ -23,10 +23,22 @@ class FieldError(ValueError):
         self.message = message
 
 
+LABEL_RULE = ("one DNS label: letters, digits, '-' and '_', starting and ending with a letter or digit, "
+              "at most 63 characters")
+
+
 def dns_label(value: Any, field: str) -> str:
-    """A service/node/datacenter name that must be one DNS label."""
+    """A datacenter name (or any name that must be one DNS label)."""
     if not isinstance(value, str) or not _LABEL.fullmatch(value):
-        raise FieldError(field, f"{value!r} is not a valid DNS label (letters, digits, '-', at most 63)")
+        raise FieldError(field, f"{value!r} is not a valid name ({LABEL_RULE})")
+    return value
+
+
+def service_name(value: Any, field: str) -> str:
+    """The one rule for a service name, wherever it comes from (API, zone file, Kubernetes, a split, a URL):
+    it is the first label of `<name>.service.consul`, so it is one DNS label."""
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
+        raise FieldError(field, f"{value!r} is not a valid service name ({LABEL_RULE})")
     return value
 
 
@@ -43,6 +55,19 @@ def ip_address(value: Any, field: str) -> str:
         raise FieldError(field, f"{value!r} is not an IP address") from None
 
 
+def client_ip(text: str) -> str:
+    """The address a client connects from, as a registration stores it: no zone index, IPv4-mapped IPv6
+    written as IPv4; "" when it is no IP. The server (peer address) and `meshdns register` (local address)
+    both use this, so the ID the client prints is the one the server stores."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return ""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
 def address(value: Any, field: str) -> str:
     """An IP address or a hostname (hostname instances are answered with a CNAME)."""
     if value in ("", None):
@@ -56,6 +81,15 @@ def address(value: Any, field: str) -> str:
     if not _HOST.fullmatch(value) or value.replace(".", "").isdigit():
         raise FieldError(field, f"{value!r} is neither an IP address nor a hostname")
     return value.lower()
+
+
+def service_address(value: Any, field: str) -> str:
+    """A service's address: as `address`, but never 0.0.0.0 or :: (every address is no address to connect to)."""
+    text = address(value, field)
+    if text in ("0.0.0.0", "::"):
+        raise FieldError(field, f"{value!r} is not a service address (it means every address: give the one "
+                                f"clients connect to, or none to use the node's)")
+    return text
 
 
 def port(value: Any, field: str) -> int:
@@ -111,7 +145,7 @@ def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
           on_all_unhealthy: str = "nxdomain", source: str = "", revision: int = 0,
           percent: bool = False) -> Split:
     """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter)."""
-    name = dns_label(name, f"{field}.name").lower()
+    name = service_name(name, f"{field}.name").lower()
     if not isinstance(targets, list) or not targets:
         raise FieldError(f"{field}.targets", "expected a non-empty list of targets")
     out = []
@@ -119,7 +153,7 @@ def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
         f = f"{field}.targets[{i}]"
         if not isinstance(t, Mapping):
             raise FieldError(f, "expected {service = ..., weight = ...}")
-        service = dns_label(t.get("service"), f"{f}.service").lower()
+        service = service_name(t.get("service"), f"{f}.service").lower()
         weight = t.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise FieldError(f"{f}.weight", f"{weight!r} is not a non-negative number")
@@ -151,13 +185,15 @@ def split_loops(splits: Mapping[str, Split]) -> str | None:
     return None
 
 
-_ID_BAD = re.compile(r"[\s/\\?#%\x00-\x1f\x7f]")
+_ID_BAD = re.compile(r"[/\\?#%\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
 def identifier(value: Any, field: str) -> str:
-    """A service or check ID: it travels in URL paths (/deregister/:id), so no '/', '?', '#', '%' or spaces."""
+    """A service or check ID: it travels in URL paths (/deregister/:id), so no '/', '?', '#', '%' or control
+    characters. Spaces are fine (a check named "Memory usage" has that ID, as in Consul; clients encode them)."""
     if not isinstance(value, str) or not value or len(value) > 256 or _ID_BAD.search(value):
-        raise FieldError(field, f"{value!r} is not a valid ID (1-256 characters, no spaces, '/', '?', '#' or '%')")
+        raise FieldError(field, f"{value!r} is not a valid ID (1-256 characters, no '/', '?', '#', '%' or "
+                                f"control characters)")
     return value
 
 

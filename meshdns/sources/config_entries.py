@@ -3,11 +3,13 @@
 A write is validated against the catalog as it is now (weights sum to 100,
 targets exist, no split targets another split), committed to SQLite, and only
 then published, so an invalid or failed write leaves the old split in force.
+Its revision is its record's mod revision: every PUT is a new write, and the
+newest write of a name wins over zone files and Kubernetes annotations too.
 """
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from ..catalog import validate
@@ -28,7 +30,7 @@ _TARGET = {"weight", "service", "servicesubset", "tag", "namespace", "partition"
            "responseheaders"}
 
 
-def parse_splitter(body: Any, *, revision: int) -> Split:
+def parse_splitter(body: Any) -> Split:
     """Consul's service-splitter JSON -> Split. `ServiceSubset` (or `Tag`) restricts a target to a tag."""
     if not isinstance(body, Mapping):
         raise FieldError("body", "expected a JSON object")
@@ -51,8 +53,7 @@ def parse_splitter(body: Any, *, revision: int) -> Split:
         targets.append({"service": get_field(raw, "Service"), "weight": get_field(raw, "Weight") or 0,
                         "tag": get_field(raw, "ServiceSubset", "Tag") or ""})
     try:
-        return validate.split(get_field(body, "Name"), targets, field="", source=SOURCE, revision=revision,
-                              percent=True)
+        return validate.split(get_field(body, "Name"), targets, field="", source=SOURCE, percent=True)
     except FieldError as exc:
         raise FieldError(_consul_field(exc.field), exc.message) from None
 
@@ -81,10 +82,14 @@ class ConfigEntries:
     def load(self) -> None:
         for name, record in self.db.load(KIND).items():
             try:
-                self.splits[name] = parse_splitter(record["entry"], revision=int(record["revision"]))
+                self.splits[name] = self._revised(parse_splitter(record["entry"]))
             except (FieldError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored service-splitter %r is unreadable and was skipped: %s", name, exc)
         self._publish()
+
+    def _revised(self, split: Split) -> Split:
+        revision = self.db.revision_of(KIND, split.name)
+        return replace(split, revision=revision.mod, create_revision=revision.create)
 
     def _publish(self) -> None:
         self.store.publish(SOURCE, SourceState(splits=dict(self.splits)))
@@ -104,20 +109,20 @@ class ConfigEntries:
     async def put(self, body: Any, *, authorize: Callable[[str], None] | None = None) -> Split:
         """Parse, let `authorize(name)` refuse (ACL: the name as parsed, however the key was spelled),
         check against the catalog, write, publish."""
-        split = parse_splitter(body, revision=time.time_ns())
+        split = parse_splitter(body)
         if authorize is not None:
             authorize(split.name)
         self.check_against_catalog(split)
-        record = {"entry": splitter_json(split), "revision": split.revision}
+        record = {"entry": splitter_json(split)}
 
         def apply() -> None:
-            self.splits[split.name] = split
+            self.splits[split.name] = self._revised(split)
             self._publish()
 
         await self.db.commit([Write(KIND, split.name, record)], apply=apply)
         log.info("service-splitter %s set: %s", split.name,
                  ", ".join(f"{t.service}{':' + t.tag if t.tag else ''}={t.weight:g}" for t in split.targets))
-        return split
+        return self.splits[split.name]
 
     async def delete(self, name: str) -> None:
         name = name.lower()

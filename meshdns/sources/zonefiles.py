@@ -53,7 +53,7 @@ def _table_lines(text: str) -> dict[str, list[int]]:
     return found
 
 
-def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: int) -> TomlContent:
+def parse_toml(path: str, text: str, *, datacenter: str, source: str) -> TomlContent:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -117,7 +117,7 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: 
             ttl = parse_duration(ttl, key=f"{label}.ttl") if ttl is not None else None
             splits.append(validate.split(item.get("name"), item.get("targets"), field=label, ttl=ttl,
                                          on_all_unhealthy=item.get("on_all_unhealthy", "nxdomain"),
-                                         source=source, revision=revision))
+                                         source=source))
         except (FieldError, ConfigError) as exc:
             raise ZoneFileError(path, line, str(exc)) from None
         where["split:" + splits[-1].name] = line
@@ -130,11 +130,11 @@ def _dc(item: dict, label: str, default: str) -> str:
 
 
 def _service(item: dict[str, Any], label: str, datacenter: str, source: str) -> tuple[Instance, CheckSpec | None]:
-    name = validate.dns_label(item.get("name"), f"{label}.name")
+    name = validate.service_name(item.get("name"), f"{label}.name")
     node = item.get("node")
     if node is not None:
         node = validate.node_name(node, f"{label}.node")
-    addr = validate.address(item.get("address"), f"{label}.address")
+    addr = validate.service_address(item.get("address"), f"{label}.address")
     if not node and not addr:
         raise FieldError(f"{label}.node", "a service needs a node or an address")
     port = validate.port(item.get("port", 0), f"{label}.port")

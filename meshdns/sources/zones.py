@@ -21,6 +21,7 @@ from ..catalog.model import Health, Instance, SourceState, Zone
 from ..catalog.store import Store
 from ..catalog.validate import split_loops
 from ..health.spec import CheckSpec
+from .split_revisions import SplitRevisions
 from .zonefiles import TomlContent, ZoneFileError, parse_master, parse_toml
 
 log = logging.getLogger("meshdns.sources.zones")
@@ -39,12 +40,14 @@ class ZonesSource:
 
     def __init__(self, directory: str | os.PathLike, store: Store, *, datacenter: str,
                  poll_interval: float = 1.0,
-                 health_status: Callable[[str, CheckSpec], Health] | None = None):
+                 health_status: Callable[[str, CheckSpec], Health] | None = None,
+                 split_revisions: SplitRevisions | None = None):
         self.directory = Path(directory)
         self.store = store
         self.datacenter = datacenter
         self.poll_interval = poll_interval
         self.health_status = health_status
+        self.split_revisions = split_revisions  # None: splits carry no revision (tests of the parser alone)
         self._files: dict[Path, _Parsed] = {}
         self.errors: dict[str, str] = {}
         self.synced = False   # a pass over the directory has run
@@ -66,7 +69,7 @@ class ZonesSource:
     def _parse(self, path: Path, stamp: tuple[int, int]) -> TomlContent | Zone:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
-            return parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE, revision=stamp[0])
+            return parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE)
         origin = path.name[: -len(".zone")] + "."
         return parse_master(str(path), text, default_origin=origin, source=SOURCE)
 
@@ -125,7 +128,7 @@ class ZonesSource:
         while True:
             state, bad = self._build()
             if bad is None:
-                return state
+                return self._stamped(state)
             path, message = bad
             self._failed(path, message, keep=None)
             self._files.pop(path, None)
@@ -170,6 +173,18 @@ class ZonesSource:
                     return None, (path, f"{path}:{line}: {loop}")
         return SourceState(services={k: tuple(v) for k, v in services.items()}, nodes=nodes,
                            splits=splits, zones=zones), None
+
+    def _stamped(self, state: SourceState) -> SourceState:
+        """Each split with the store revision of the write that gave it its content (last write wins)."""
+        if self.split_revisions is None:
+            return state
+        self.split_revisions.retain(SOURCE, state.splits)
+        splits = {}
+        for name, split in state.splits.items():
+            stamped = self.split_revisions.stamp(SOURCE, name, split, on_ready=self.republish)
+            if stamped is not None:
+                splits[name] = stamped
+        return replace(state, splits=splits)
 
     def checks(self) -> dict[str, CheckSpec]:
         out = {}

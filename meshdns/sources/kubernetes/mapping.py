@@ -110,10 +110,11 @@ def catalog_name(svc: Mapping, settings: ClusterSettings) -> str:
     ns, name = object_key(svc)
     explicit = annotation(svc, "service-name")
     if explicit is not None:
-        return validate.dns_label(explicit.strip(), "annotation meshdns.io/service-name").lower()
+        return validate.service_name(explicit.strip(), "annotation meshdns.io/service-name").lower()
     if settings.namespace_suffix:
         name = f"{name}-{ns}"
-    return validate.dns_label(name, "metadata.name" + (" + namespace suffix" if settings.namespace_suffix else "")).lower()
+    field = "metadata.name" + (" + namespace suffix" if settings.namespace_suffix else "")
+    return validate.service_name(name, field).lower()
 
 
 def node_ready(node: Mapping) -> bool:

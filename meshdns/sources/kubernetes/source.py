@@ -20,6 +20,7 @@ from ...catalog.model import Instance, ServiceKey, SourceState, Split
 from ...catalog.store import Store
 from ...catalog.validate import FieldError, dns_label, split_loops
 from ...config import ConfigError, KubernetesConfig
+from ..split_revisions import SplitRevisions
 from ..status import SourceStatus
 from .mapping import ClusterSettings, Mapped, map_service, node_view, object_key, slice_service
 from .watch import ENDPOINTSLICES, NODES, SERVICES, Backoff, Timeouts, Watcher
@@ -32,8 +33,10 @@ KINDS = (SERVICES, ENDPOINTSLICES, NODES)
 
 class KubernetesSource:
     def __init__(self, cluster: KubernetesConfig, store: Store, *, default_datacenter: str,
-                 api_client: Any = None, api_client_factory: Callable[[KubernetesConfig], Any] | None = None):
+                 api_client: Any = None, api_client_factory: Callable[[KubernetesConfig], Any] | None = None,
+                 split_revisions: SplitRevisions | None = None):
         self.cluster = cluster
+        self.split_revisions = split_revisions  # None: annotation splits carry no revision
         self.settings = ClusterSettings.from_config(cluster, default_datacenter=default_datacenter)
         try:
             dns_label(self.settings.datacenter, "datacenter")
@@ -331,6 +334,8 @@ class KubernetesSource:
         label = "/".join(key)
         if svc is None:
             self.problems.pop(label, None)
+            if self.split_revisions is not None:
+                self.split_revisions.forget(self.name, label)
             return None
         slices = [self.slices[k] for k in sorted(self._slices_of.get(key, ()))]
         try:
@@ -343,13 +348,19 @@ class KubernetesSource:
             return old
         if self.problems.pop(label, None) is not None:
             log.info("kubernetes cluster %s: Service %s is mapped again", self.cluster.name, label)
-        if new is not None and new.split is not None:
-            prev = old.split if old is not None else None
-            if prev is not None and replace(new.split, revision=prev.revision) == prev:
-                new = replace(new, split=prev)
+        if self.split_revisions is not None:
+            if new is not None and new.split is not None:
+                # the store revision of the write that gave the annotation this content (last write wins);
+                # while a new content is being recorded, the previous one stays
+                new = replace(new, split=self.split_revisions.stamp(self.name, label, new.split,
+                                                                    on_ready=lambda: self._remap(key)))
             else:
-                new = replace(new, split=replace(new.split, revision=time.time_ns()))
+                self.split_revisions.forget(self.name, label)
         return new
+
+    def _remap(self, key: ObjKey) -> None:
+        self._dirty.add(key)
+        self._schedule(time.monotonic())
 
     def _collect_splits(self) -> dict[str, Split]:
         """The newest split per name among this cluster's Services; a split that targets a split is dropped."""
