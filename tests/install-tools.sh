@@ -1,6 +1,7 @@
 #!/bin/sh
 # System tools the tests use: dig (bind9-dnsutils), unbound, curl, ss (iproute2),
-# mkfs.ext4/e2fsck (e2fsprogs) and openssl.
+# mkfs.ext4/e2fsck (e2fsprogs), openssl and a 3.6 etcd built from the Go module
+# proxy (tests/etcd/build.sh; Debian's etcd-server is the fallback when Go is missing).
 # Installs only what is missing; needs Debian/Ubuntu (apt-get) and root or sudo.
 set -eu
 need=""
@@ -10,6 +11,9 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v ss >/dev/null 2>&1 || need="$need iproute2"
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /sbin/mkfs.ext4 ] || need="$need e2fsprogs"  # disk-full / read-only tests
 command -v openssl >/dev/null 2>&1 || need="$need openssl"     # certificates for the API over TLS
+if ! sh "$(dirname "$0")/etcd/build.sh" >/dev/null; then     # the store tests' etcd members
+  command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
+fi
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install these with your package manager:$need" >&2
@@ -23,3 +27,7 @@ $as_root apt-get update -qq
 $as_root apt-get install -y -qq --no-install-recommends $need
 # Debian starts unbound as a system service on port 53; the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then $as_root systemctl disable --now unbound >/dev/null 2>&1 || true; fi
+# Debian's etcd-server starts a member on 2379; the tests start their own.
+case "$need" in *etcd-server*)
+  if command -v systemctl >/dev/null 2>&1; then $as_root systemctl disable --now etcd >/dev/null 2>&1 || true; fi ;;
+esac
