@@ -12,7 +12,9 @@ kill processes, never the machine, so the page cache survives, and a loaded
 """
 from __future__ import annotations
 
+import asyncio
 import base64
+import itertools
 import json
 import os
 import re
@@ -22,6 +24,8 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from harness import free_port, wait_until
 
@@ -225,3 +229,84 @@ class EtcdCluster:
         return "\n".join(f"== {m.name}\n{m.log.read_text(errors='replace')[-3000:]}"
                          for m in self.members if m.log.exists())
 
+
+
+# -- fixtures for the store tests ---------------------------------------------------
+# Test modules import these names; pytest then finds the fixtures there.
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    """A 3-member cluster shared by a module's tests (each test uses its own key prefix)."""
+    cluster = _cluster(tmp_path_factory.mktemp("etcd"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def etcd_own(tmp_path):
+    """A 3-member cluster for one test that kills, stops or compacts members."""
+    cluster = _cluster(tmp_path)
+    yield cluster
+    cluster.stop()
+
+
+def _cluster(path: Path) -> EtcdCluster:
+    if etcd_binary() is None:
+        pytest.skip(NO_ETCD)
+    return EtcdCluster(path).start()
+
+
+class Stores:
+    """Clients of one backend. With etcd each `make()` is a new client (a replica of its own);
+    SQLite is one process's store, so every `make()` returns the one instance."""
+
+    def __init__(self, backend: str, path: Path, cluster: EtcdCluster | None):
+        self.backend = backend
+        self.path = path
+        self.cluster = cluster
+        self.made: list = []
+
+    def make(self, *, watch_buffer: int = 1024, timeout: float = 5.0):
+        from meshdns.store.etcd import EtcdKV
+        from meshdns.store.sqlite import SqliteKV
+        if self.backend == "sqlite":
+            if not self.made:
+                self.made.append(SqliteKV(self.path, watch_buffer=watch_buffer))
+            return self.made[0]
+        kv = EtcdKV(self.cluster.endpoints, timeout=timeout, keepalive_time=2, keepalive_timeout=2)
+        self.made.append(kv)
+        return kv
+
+    async def close(self) -> None:
+        for kv in self.made:
+            await kv.close()
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+async def stores(request, tmp_path):
+    """The same test on the SQLite backend and on a real etcd."""
+    cluster = request.getfixturevalue("etcd") if request.param == "etcd" else None
+    made = Stores(request.param, tmp_path / "store", cluster)
+    yield made
+    await made.close()
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def prefix() -> bytes:
+    """A key prefix of this test's own on the shared cluster."""
+    return b"/t%d/" % next(_prefixes)
+
+
+async def eventually(predicate, timeout: float = 30.0, *, what: str = ""):
+    """Await until predicate() is truthy (checked every 20 ms); fails after a generous bound."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
