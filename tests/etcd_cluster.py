@@ -197,9 +197,9 @@ class EtcdCluster:
         self.call(index, "/v3/kv/compaction", {"revision": str(revision), "physical": True}, timeout=30)
         return revision
 
-    def put(self, key: bytes, value: bytes) -> int:
-        """A write through the gateway (a second client); returns its revision."""
-        index = next(i for i, m in enumerate(self.members) if m.running)
+    def put(self, key: bytes, value: bytes, *, via: int | None = None) -> int:
+        """A write through member `via`'s gateway (a second client); returns its revision."""
+        index = via if via is not None else next(i for i, m in enumerate(self.members) if m.running)
         reply = self.call(index, "/v3/kv/put", {"key": base64.b64encode(key).decode(),
                                                 "value": base64.b64encode(value).decode()})
         return int(reply["header"]["revision"])

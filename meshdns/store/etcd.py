@@ -6,9 +6,11 @@ aetcd's generated stubs directly:
 - several endpoints become one multi-address target balanced round robin
   (a dead member is skipped, a restarted one is found again within
   `max_reconnect_backoff`);
-- HTTP/2 keepalive pings unmask a hung member (a SIGSTOPped process keeps its
-  sockets open), and `hasleader` metadata makes a member that lost its leader
-  refuse requests and end watches instead of holding them;
+- HTTP/2 keepalive pings during calls unmask a hung member (a SIGSTOPped
+  process keeps its sockets open); `keepalive_time` stays above the server's
+  --grpc-keepalive-min-time (5 s by default) or the server hangs up;
+- `hasleader` metadata makes a member that lost its leader refuse requests
+  and end watches instead of holding them;
 - a list is paged at one revision, the page halved when a reply would pass
   gRPC's 4 MiB receive limit;
 - every call has a deadline of `timeout`: an unreachable or quorum-less
@@ -94,7 +96,7 @@ class EtcdKV:
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0, username: str | None = None,
                  password: str | None = None, ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None, keepalive_time: float = 5.0, keepalive_timeout: float = 2.0,
+                 key_file: str | None = None, keepalive_time: float = 6.0, keepalive_timeout: float = 2.0,
                  max_reconnect_backoff: float = 1.0, page_size: int = 1000):
         self.endpoints = list(endpoints)
         self.timeout = timeout
@@ -113,7 +115,7 @@ class EtcdKV:
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
-            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
@@ -302,6 +304,9 @@ class _EtcdWatch:
         try:
             await asyncio.wait_for(self._call.write(rpc.WatchRequest(create_request=self._create)), self._kv.timeout)
             reply = await asyncio.wait_for(self._next_reply(), self._kv.timeout)
+        except grpc.aio.AioRpcError as exc:
+            await self.aclose()
+            raise self._kv._error(exc) from exc
         except asyncio.TimeoutError:
             await self.aclose()
             raise StoreUnavailable(f"{self._kv}: watch not created within {self._kv.timeout} s") from None

@@ -119,13 +119,12 @@ class Reflector:
     async def _follow(self, watch: Watch) -> None:
         """Apply batches until the watch fails or a resync is due."""
         due = asyncio.ensure_future(self._resync_due.wait())
+        step = None
         try:
             while True:
                 step = asyncio.ensure_future(watch.__anext__())
                 await asyncio.wait({step, due}, return_when=asyncio.FIRST_COMPLETED)
                 if not step.done():
-                    step.cancel()
-                    await asyncio.gather(step, return_exceptions=True)
                     self._must_list = True
                     return
                 try:
@@ -138,6 +137,9 @@ class Reflector:
                     return
         finally:
             due.cancel()
+            if step is not None:
+                step.cancel()
+                step.add_done_callback(_retrieve)
 
     async def _apply(self, batch: Batch) -> None:
         if batch.revision <= self.revision:
@@ -154,3 +156,9 @@ class Reflector:
         result = self._consumer(batch)
         if inspect.isawaitable(result):
             await result
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Mark an abandoned read's outcome as seen (the watch is closed right after)."""
+    if not task.cancelled():
+        task.exception()
