@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -69,9 +70,11 @@ class Member:
         self.args: list[str] = []
         self.proc: subprocess.Popen | None = None
 
+    scheme = "http"
+
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def running(self) -> bool:
@@ -94,7 +97,10 @@ class Member:
 class EtcdCluster:
     """`size` members on 127.0.0.1; index members 0..size-1."""
 
-    def __init__(self, tmp_path: Path, *, size: int = 3, binary: str | None = None):
+    def __init__(self, tmp_path: Path, *, size: int = 3, binary: str | None = None, tls: Path | None = None):
+        """`tls`: a directory with ca.crt, etcd.crt/etcd.key (the members' certificate, also used by etcd's
+        own gateway as a client) and client.crt/client.key; clients then speak https and must show a
+        certificate signed by ca.crt."""
         self.binary = binary or etcd_binary()
         if self.binary is None:
             raise RuntimeError(NO_ETCD)
@@ -102,6 +108,7 @@ class EtcdCluster:
         self.root = tmp_path / "etcd"
         self.root.mkdir(parents=True, exist_ok=True)
         self.size = size
+        self.tls = tls
         self.members: list[Member] = []
 
     @property
@@ -131,6 +138,7 @@ class EtcdCluster:
         for name, (client, peer) in zip(names, ports):
             data = self.root / f"{name}-{attempt}"
             member = Member(name, data, client, peer, self.root / f"{name}-{attempt}.log")
+            member.scheme = "https" if self.tls else "http"
             member.args = [
                 self.binary, "--name", name, "--data-dir", str(data),
                 "--listen-client-urls", member.endpoint, "--advertise-client-urls", member.endpoint,
@@ -143,6 +151,9 @@ class EtcdCluster:
             ]
             if self.version >= (3, 5):
                 member.args.append("--unsafe-no-fsync")
+            if self.tls:
+                member.args += ["--cert-file", str(self.tls / "etcd.crt"), "--key-file", str(self.tls / "etcd.key"),
+                                "--trusted-ca-file", str(self.tls / "ca.crt"), "--client-cert-auth"]
             self.members.append(member)
 
     # -- JSON gateway ---------------------------------------------------------
@@ -150,7 +161,11 @@ class EtcdCluster:
     def call(self, index: int, path: str, body: dict | None = None, timeout: float = 5) -> dict:
         request = urllib.request.Request(self.members[index].endpoint + path, data=json.dumps(body or {}).encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.tls / "ca.crt"))
+            context.load_cert_chain(str(self.tls / "client.crt"), str(self.tls / "client.key"))
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:
             return json.loads(reply.read() or b"{}")
 
     def status(self, index: int) -> dict | None:
