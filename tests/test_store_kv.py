@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from etcd_cluster import eventually, etcd, prefix, stores  # noqa: F401 (fixtures)
+from etcd_cluster import etcd, prefix, stores  # noqa: F401 (fixtures)
 from meshdns.store import (DELETE, MAX_TXN_OPS, PUT, Compacted, Compare, Delete, InvalidRequest, KeyValue, Put)
 
 

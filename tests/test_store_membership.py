@@ -13,6 +13,7 @@ from etcd_cluster import eventually, etcd, prefix, stores  # noqa: F401 (fixture
 from meshdns.store import Put
 from meshdns.store.election import Election
 from meshdns.store.membership import Membership, MembersView, owner
+from meshdns.sources.kubernetes.watch import Backoff
 from meshdns.store.reflector import Reflector
 
 TTL = 2
@@ -44,7 +45,7 @@ class Replica:
         self.membership = Membership(kv, prefix, name, address, ttl=TTL, retry=0.2)
         self.view = MembersView(prefix)
         self.election = Election(self.membership, prefix, retry=0.2)
-        self.reflector = Reflector(kv, prefix, self._apply, backoff=(0.1, 1.0))
+        self.reflector = Reflector(kv, prefix, self._apply, backoff=Backoff(initial=0.1, cap=1.0, rng=random.Random(1)))
         self.tasks: list[asyncio.Task] = []
 
     def _apply(self, batch) -> None:

@@ -12,7 +12,6 @@ import collections
 
 from etcd_cluster import eventually, etcd, etcd_own, prefix, stores  # noqa: F401 (fixtures)
 from meshdns.store import DELETE, PUT, Batch, Compare, Delete, Put, StoreUnavailable
-from meshdns.store.etcd import EtcdKV
 from meshdns.store.reflector import Reflector
 
 
@@ -173,8 +172,8 @@ async def test_the_periodic_safety_net_repairs_a_delete_the_watch_lost(stores, p
 
 async def test_kill_9_of_a_follower_and_the_leader_during_acknowledged_writes(etcd_own, prefix):
     cluster = etcd_own
-    writer_kv = EtcdKV(cluster.endpoints, timeout=2, keepalive_time=2, keepalive_timeout=2)
-    watch_kv = EtcdKV(cluster.endpoints, timeout=2, keepalive_time=2, keepalive_timeout=2)
+    writer_kv = cluster.client(timeout=2)
+    watch_kv = cluster.client(timeout=2)
     consumer = Consumer()
     reflector, task = await start(watch_kv, prefix, consumer)
     acked: dict[bytes, bytes] = {}
@@ -197,21 +196,18 @@ async def test_kill_9_of_a_follower_and_the_leader_during_acknowledged_writes(et
         for i in range(first, last):
             await write(i)
 
+    async def kill_during_writes(victim: int, first: int, last: int) -> None:
+        writes = asyncio.create_task(stream(first, last))
+        await asyncio.to_thread(cluster.kill, victim)
+        await writes
+        await asyncio.to_thread(cluster.restart, victim)
+        await asyncio.to_thread(cluster.wait_healthy)
+
     try:
         await stream(0, 100)
-        follower = (cluster.leader() + 1) % 3
-        writes = asyncio.create_task(stream(100, 300))
-        await asyncio.to_thread(cluster.kill, follower)
-        await writes
-        await asyncio.to_thread(cluster.restart, follower)
-        await asyncio.to_thread(cluster.wait_healthy)
+        await kill_during_writes((cluster.leader() + 1) % 3, 100, 300)  # a follower
         await stream(300, 400)
-        leader = await asyncio.to_thread(cluster.leader)
-        writes = asyncio.create_task(stream(400, 600))
-        await asyncio.to_thread(cluster.kill, leader)
-        await writes
-        await asyncio.to_thread(cluster.restart, leader)
-        await asyncio.to_thread(cluster.wait_healthy)
+        await kill_during_writes(await asyncio.to_thread(cluster.leader), 400, 600)
         await stream(600, 700)
 
         _, last = await writer_kv.txn([], [Put(prefix + b"end", b"1")])
@@ -230,7 +226,7 @@ async def test_kill_9_of_a_follower_and_the_leader_during_acknowledged_writes(et
 
 async def test_a_hung_member_under_the_watch_is_noticed(etcd_own, prefix):
     cluster = etcd_own
-    kv = EtcdKV(cluster.endpoints, timeout=3, keepalive_time=2, keepalive_timeout=2)
+    kv = cluster.client(timeout=3)
     consumer = Consumer()
     reflector, task = await start(kv, prefix, consumer)
     try:
@@ -266,7 +262,7 @@ def _try_put(cluster, key: bytes, via: int) -> bool:
 
 async def test_all_members_down_then_up_recovers_by_itself(etcd_own, prefix):
     cluster = etcd_own
-    kv = EtcdKV(cluster.endpoints, timeout=2, keepalive_time=2, keepalive_timeout=2)
+    kv = cluster.client(timeout=2)
     consumer = Consumer()
     reflector, task = await start(kv, prefix, consumer)
     try:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 import time
 from typing import Awaitable, Callable
 
+from ..sources.kubernetes.watch import Backoff
 from .kv import DELETE, KV, PUT, Batch, Compacted, Event, KeyValue, StoreError, Watch
 
 log = logging.getLogger("meshdns.store.reflector")
@@ -28,15 +28,14 @@ Consumer = Callable[[Batch], Awaitable[None] | None]
 
 class Reflector:
     def __init__(self, kv: KV, prefix: bytes, consumer: Consumer, *, resync_interval: float = 600.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, backoff: tuple[float, float] = (0.1, 5.0),
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.time):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, backoff: Backoff | None = None,
+                 clock: Callable[[], float] = time.time):
         self.kv = kv
         self.prefix = prefix
         self._consumer = consumer
         self._resync_interval = resync_interval
         self._sleep = sleep
-        self._backoff = backoff
-        self._rng = rng or random.Random()
+        self._backoff = backoff or Backoff(initial=0.1, cap=5.0)
         self._clock = clock
         self.mirror: dict[bytes, KeyValue] = {}
         self.revision = 0          # the last revision handed to the consumer
@@ -57,7 +56,6 @@ class Reflector:
     async def run(self) -> None:
         """Mirror the prefix until cancelled."""
         timer = asyncio.create_task(self._periodic())
-        delay = self._backoff[0]
         try:
             while True:
                 try:
@@ -65,7 +63,7 @@ class Reflector:
                         await self._relist()
                     watch = await self.kv.watch(self.prefix, self.revision + 1)
                     self._set_connected(True)
-                    delay = self._backoff[0]
+                    self._backoff.reset()
                     try:
                         await self._follow(watch)
                     finally:
@@ -76,8 +74,7 @@ class Reflector:
                 except StoreError as exc:
                     self._set_connected(False, str(exc))
                     self.reconnects += 1
-                    await asyncio.sleep(self._rng.uniform(delay / 2, delay))
-                    delay = min(delay * 2, self._backoff[1])
+                    await asyncio.sleep(self._backoff.next())
         finally:
             timer.cancel()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..sources.sqlite_store import diagnose
-from .kv import (DELETE, PUT, Batch, Compacted, Compare, Delete, Event, InvalidRequest, KeyValue, Op, Put,
+from .kv import (DELETE, PUT, Batch, Compacted, Compare, Event, InvalidRequest, KeyValue, Op, Put,
                  StoreError, check_ops, prefix_end)
 
 log = logging.getLogger("meshdns.store.sqlite")
