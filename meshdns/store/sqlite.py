@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from ..sources.sqlite_store import diagnose
 from .kv import (DELETE, PUT, Batch, Compacted, Compare, Event, InvalidRequest, KeyValue, Op, Put,
-                 StoreError, check_ops, prefix_end)
+                 StoreError, StoreUnavailable, check_ops, prefix_end)
 
 log = logging.getLogger("meshdns.store.sqlite")
 
@@ -91,6 +91,9 @@ class SqliteKV:
         self._thread = threading.Thread(target=self._writer, name="meshdns-store", daemon=True)
         self._thread.start()
         self._closed = False
+
+    def __repr__(self) -> str:
+        return f"sqlite {self.path}"
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -259,8 +262,10 @@ class SqliteKV:
                 self._db.execute("RELEASE request")
             self._db.execute("COMMIT")
         except Exception as exc:  # nothing of the group is on disk: every caller hears why
-            error = diagnose(exc, self.path)
-            log.error("writing %s failed: %s", self.path, error)
+            cause = diagnose(exc, self.path)  # its .reason says "disk full", "read-only"...
+            log.error("writing %s failed: %s", self.path, cause)
+            error = StoreUnavailable(str(cause))
+            error.__cause__ = cause
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             self._revision, self._compacted = revision, compacted
