@@ -1,6 +1,6 @@
 #!/bin/sh
 # System tools the tests use: dig (bind9-dnsutils), unbound, curl, ss (iproute2),
-# mkfs.ext4/e2fsck (e2fsprogs) and openssl.
+# mkfs.ext4/e2fsck (e2fsprogs), openssl and chromium.
 # Installs only what is missing; needs Debian/Ubuntu (apt-get) and root or sudo.
 set -eu
 need=""
@@ -10,6 +10,7 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v ss >/dev/null 2>&1 || need="$need iproute2"
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /sbin/mkfs.ext4 ] || need="$need e2fsprogs"  # disk-full / read-only tests
 command -v openssl >/dev/null 2>&1 || need="$need openssl"     # certificates for the API over TLS
+[ -x /usr/bin/chromium ] || need="$need chromium"              # the web page's tests (Playwright drives it; no download)
 [ -z "$need" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install these with your package manager:$need" >&2

@@ -51,7 +51,8 @@ export default function service(main, {signal, arg, dc}) {
     const counts = {passing: 0, warning: 0, critical: 0};
     for (const e of entries) counts[worst(e.Checks)] += 1;
     summary.replaceChildren(entries.length
-      ? `${num(entries.length)} instances: ${WORDS.map((word) => `${num(counts[word])} ${word}`).join(", ")}`
+      ? `${num(entries.length)} ${entries.length === 1 ? "instance" : "instances"}: ` +
+        WORDS.map((word) => `${num(counts[word])} ${word}`).join(", ")
       : "No instances of this service.");
     list.replaceChildren(...entries.map(instance));
   }, signal, {onError: (err) => problem.replaceChildren(...(err ? [message(explain(err), "error")] : []))});

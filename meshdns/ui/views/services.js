@@ -23,6 +23,7 @@ function row(svc) {
 export default function services(main, {signal, dc}) {
   let all = [];
   let page = 0;
+  let drawn = false;
   const search = h("input", {id: "search", type: "search", autocomplete: "off", placeholder: "name or tag"});
   const counter = h("span", {class: "count", "aria-live": "polite"}, "Loading…");
   const prev = h("button", {type: "button"}, "Previous page");
@@ -38,10 +39,15 @@ export default function services(main, {signal, dc}) {
     const first = page * PAGE;
     body.replaceChildren(...shown.slice(first, first + PAGE).map(row));
     counter.textContent = shown.length
-      ? `${num(shown.length)} services${needle ? ` matching “${needle}”` : ""}, showing ${num(first + 1)}–${num(Math.min(first + PAGE, shown.length))}`
+      ? `${num(shown.length)} ${shown.length === 1 ? "service" : "services"}${needle ? ` matching “${needle}”` : ""}, ` +
+        `showing ${num(first + 1)}–${num(Math.min(first + PAGE, shown.length))}`
       : needle ? `No service matches “${needle}”` : "No services";
     prev.disabled = page === 0;
     next.disabled = page >= pages - 1;
+    if (!drawn) {
+      drawn = true;
+      performance.mark("meshdns:services-drawn");  // first paint of the list, for the page's timing tests
+    }
   }
 
   search.addEventListener("input", () => { page = 0; draw(); });

@@ -9,9 +9,10 @@ function chart(series, targets, interval) {
   const width = 300, height = 64;
   const longest = Math.max(2, ...targets.map((t) => (series[t] || []).length));
   const top = Math.max(1, ...targets.flatMap((t) => series[t] || []));
-  const minutes = Math.round(((longest - 1) * interval) / 60);
+  const span = (longest - 1) * interval;
+  const ago = span >= 60 ? `${Math.round(span / 60)} min ago` : `${span} s ago`;
   return s("svg", {viewBox: `0 0 ${width} ${height + 14}`, class: "chart", role: "img",
-                   "aria-label": `Answers by target per ${interval} s over the last ${minutes} minutes`},
+                   "aria-label": `Answers by target per ${interval} s, from ${ago} to now`},
     s("line", {x1: 0, y1: height, x2: width, y2: height, class: "axis"}),
     targets.map((t, i) => {
       const values = series[t] || [];
@@ -21,7 +22,7 @@ function chart(series, targets, interval) {
       return points.length ? s("polyline", {points: points.join(" "), class: `line c${i % 6}`},
                                s("title", {}, `${t}: ${values.join(", ")}`)) : null;
     }),
-    s("text", {x: 0, y: height + 12, class: "tick"}, `${minutes} min ago`),
+    s("text", {x: 0, y: height + 12, class: "tick"}, ago),
     s("text", {x: width, y: height + 12, class: "tick end"}, `now · peak ${num(top)} per ${interval} s`));
 }
 
@@ -41,8 +42,9 @@ class SplitCard {
     this.rows = entry.Splits.map((t, i) => {
       const input = this.editable ? h("input", {type: "number", min: 0, max: 100, step: "0.01", value: t.Weight,
         id: `weight-${entry.Name}-${i}`, oninput: () => { this.dirty = true; this.total(); }}) : null;
-      return {target: t, input, weight: h("td", {class: "n weight"}), share: h("td", {class: "n share"}),
-              count: h("td", {class: "n answers"})};
+      return {target: t, input, weight: h("td", {class: "n weight", "data-label": "Configured weight"}),
+              share: h("td", {class: "n share", "data-label": "Effective share"}),
+              count: h("td", {class: "n answers", "data-label": "Answers"})};
     });
     this.dirty = false;
     this.meta = h("p", {class: "quiet"});
@@ -60,7 +62,7 @@ class SplitCard {
         h("tbody", {}, this.rows.map((r, i) => h("tr", {"data-target": label(r.target)},
           h("th", {scope: "row"}, h("span", {class: `swatch c${i % 6}`, "aria-hidden": "true"}), label(r.target)),
           r.weight, r.share, r.count,
-          r.input ? h("td", {class: "n"}, h("label", {class: "visually-hidden", for: r.input.id},
+          r.input ? h("td", {class: "n", "data-label": "New weight"}, h("label", {class: "visually-hidden", for: r.input.id},
                                                `New weight for ${label(r.target)}`), r.input) : null))))),
       this.srv,
       this.figure,

@@ -5,55 +5,65 @@ import {every, explain} from "../api.js";
 import {h, s, num, message} from "../dom.js";
 
 const WINDOWS = ["1m", "5m", "15m"];
-const ROW = 40, BOX_W = 190, BOX_H = 28, GAP = 150;
+const ROW = 40, LANE = 24, BOX_W = 190, BOX_H = 28, LABEL_W = 110, GAP = 130;
 
 function short(name) {
   return name.length > 24 ? `${name.slice(0, 23)}…` : name;
 }
 
-// Three columns: clients that only ask, names that ask and are asked for, names only asked for.
+// Two columns, clients on the left and the names they asked for on the right (a service that does
+// both appears on each side); every edge gets its own lane in between, where its rate is written.
 function layout(data) {
-  const asks = new Set(data.edges.map((e) => e.source));
-  const asked = new Set(data.edges.map((e) => e.target));
-  const columns = [[], [], []];
-  for (const node of data.nodes) {
-    const col = asks.has(node.name) ? (asked.has(node.name) ? 1 : 0) : 2;
-    columns[col].push(node);
-  }
-  const used = columns.filter((c) => c.length);
-  const place = new Map();
-  used.forEach((col, i) => col.forEach((node, j) => place.set(node.name, {node, x: i * (BOX_W + GAP), y: j * ROW})));
-  const width = used.length * BOX_W + (used.length - 1) * GAP;
-  const height = Math.max(1, ...used.map((c) => c.length)) * ROW;
-  return {place, width: Math.max(width, BOX_W), height};
+  const kinds = new Map(data.nodes.map((n) => [n.name, n]));
+  const left = [...new Set(data.edges.map((e) => e.source))].sort();
+  const right = [...new Set(data.edges.map((e) => e.target))].sort();
+  const rowOf = (list) => new Map(list.map((name, i) => [name, i]));
+  const lrow = rowOf(left), rrow = rowOf(right);
+  const edges = [...data.edges].sort((a, b) => lrow.get(a.source) - lrow.get(b.source) ||
+                                               rrow.get(a.target) - rrow.get(b.target));
+  const height = Math.max(left.length * ROW, right.length * ROW, edges.length * LANE);
+  const lpad = (height - left.length * ROW) / 2, rpad = (height - right.length * ROW) / 2;
+  const epad = (height - edges.length * LANE) / 2;
+  const mid = BOX_W + GAP + LABEL_W / 2;
+  return {
+    width: 2 * BOX_W + 2 * GAP + LABEL_W, height,
+    left: left.map((name, i) => ({node: kinds.get(name) || {name, kind: "client"}, x: 0, y: lpad + i * ROW})),
+    right: right.map((name, i) => ({node: kinds.get(name) || {name, kind: "service"},
+                                    x: BOX_W + 2 * GAP + LABEL_W, y: rpad + i * ROW})),
+    edges: edges.map((e, i) => ({edge: e, mid, y: epad + i * LANE + LANE / 2,
+                                 y1: lpad + lrow.get(e.source) * ROW + BOX_H / 2,
+                                 y2: rpad + rrow.get(e.target) * ROW + BOX_H / 2})),
+  };
+}
+
+function box({node, x, y}) {
+  return s("g", {class: `node ${node.kind}`},
+    s("title", {}, `${node.name} (${node.kind}${node.addresses ? `, ${node.addresses} addresses` : ""})`),
+    s("rect", {x, y, width: BOX_W, height: BOX_H, rx: 4}),
+    s("text", {x: x + 8, y: y + BOX_H / 2 + 5}, short(node.name)));
 }
 
 function graph(data) {
-  const {place, width, height} = layout(data);
-  const edges = data.edges.map((e) => {
-    const a = place.get(e.source), b = place.get(e.target);
-    if (!a || !b) return null;
-    const x1 = a.x + BOX_W, y1 = a.y + BOX_H / 2, x2 = b.x, y2 = b.y + BOX_H / 2;
-    const back = x2 <= x1;
-    const d = back
-      ? `M${x1},${y1} C${x1 + 60},${y1} ${x2 - 60},${y2 + ROW} ${x2},${y2}`
-      : `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
-    const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
-    const text = `${num(e.rate_per_min)}/min${e.denied ? " denied" : ""}`;
+  const {width, height, left, right, edges} = layout(data);
+  const x1 = BOX_W, x2 = BOX_W + 2 * GAP + LABEL_W;
+  const lines = edges.map(({edge: e, mid, y, y1, y2}) => {
+    const a = mid - LABEL_W / 2, b = mid + LABEL_W / 2;
+    const d = `M${x1},${y1} C${x1 + GAP / 2},${y1} ${a - GAP / 2},${y} ${a},${y} L${b},${y} ` +
+              `C${b + GAP / 2},${y} ${x2 - GAP / 2},${y2} ${x2},${y2}`;
     return s("g", {class: `edge${e.denied ? " denied" : ""}`},
-      s("title", {}, `${e.source} → ${e.target}: ${num(e.count)} queries, ${num(e.rate_per_min)} per minute${e.denied ? ", denied" : ""}`),
+      s("title", {}, `${e.source} → ${e.target}: ${num(e.count)} queries, ${num(e.rate_per_min)} per minute${
+        e.denied ? ", denied" : ""}`),
       s("path", {d, "marker-end": "url(#arrow)"}),
-      s("text", {x: mx, y: my - 4, class: "rate"}, text));
+      s("rect", {x: a, y: y - 9, width: LABEL_W, height: 18, rx: 3, class: "lane"}),
+      s("text", {x: mid, y: y + 4, class: "rate"}, `${num(e.rate_per_min)}/min${e.denied ? " denied" : ""}`));
   });
-  const nodes = [...place.values()].map(({node, x, y}) => s("g", {class: `node ${node.kind}`},
-    s("title", {}, `${node.name} (${node.kind}${node.addresses ? `, ${node.addresses} addresses` : ""})`),
-    s("rect", {x, y, width: BOX_W, height: BOX_H, rx: 4}),
-    s("text", {x: x + 8, y: y + BOX_H / 2 + 5}, short(node.name))));
-  return s("svg", {viewBox: `-4 -24 ${width + 8} ${height + 28}`, class: "graph", role: "img",
-                   width: width + 8, "aria-label": `Topology graph: ${data.nodes.length} nodes, ${data.edges.length} edges`},
+  return s("svg", {viewBox: `-4 -26 ${width + 8} ${height + 30}`, class: "graph", role: "img", width: width + 8,
+                   "aria-label": `Topology graph: ${data.nodes.length} nodes, ${data.edges.length} edges`},
     s("defs", {}, s("marker", {id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6,
                                 orient: "auto-start-reverse"}, s("path", {d: "M0,0 L10,5 L0,10 z"}))),
-    edges, nodes);
+    s("text", {x: 0, y: -10, class: "heading"}, "Clients"),
+    s("text", {x: x2, y: -10, class: "heading"}, "Asked for"),
+    lines, left.map(box), right.map(box));
 }
 
 function table(data) {
