@@ -87,7 +87,9 @@ def test_clients_are_their_services_else_their_24(start_server, zones):
     query(srv.dns_port, "db-node-1.node.consul", source="127.0.0.11")
     query(srv.dns_port, "7f00000b.addr.consul", source="127.0.0.11")
     query(srv.dns_port, "nothing.here.consul", source="127.0.0.11")
+    query(srv.dns_port, "decommissioned.service.consul", source="127.0.0.11")
     body = topology(srv.http)
+    assert body["other"] == 4
     assert edges(body) == {("127.0.0.0/24", "billing"): 5, ("web", "legacy-billing"): 4, ("web", "billing"): 1,
                            ("127.0.1.0/24", "billing"): 1}
     nodes = {n["name"]: (n["kind"], n["addresses"]) for n in body["nodes"]}
@@ -171,12 +173,17 @@ def test_workers_answers_are_counted_too(tmp_path, zones):
 def test_graph_names_targets_by_service_and_rates_by_minutes_counted():
     store = Store(datacenter="dc1")
     web = Instance(id="web-1", service="web", datacenter="dc1", address="10.0.0.5", source="t")
-    store.publish("t", SourceState(services={("dc1", "web"): (web,)},
+    ledger = Instance(id="ledger-1", service="ledger", datacenter="dc1", address="10.0.8.1", source="t")
+    api_dc2 = Instance(id="api-1", service="api", datacenter="dc2", address="10.9.0.1", source="t")
+    store.publish("t", SourceState(services={("dc1", "web"): (web,), ("dc1", "ledger"): (ledger,),
+                                             ("dc2", "api"): (api_dc2,)},
                                    splits={"pay": Split("pay", (SplitTarget("web", 100),))}))
     counts = {("10.0.0.5", "pay.service.consul."): 30, ("10.0.0.5", "api.service.dc2.consul."): 3,
               ("10.0.0.5", "web.service.dc1.consul."): 6, ("10.0.7.1", "www.example.com."): 9,
-              ("10.0.7.1", "ledger.service.mesh.internal."): 12, ("10.0.7.2", "web-1.node.consul."): 2}
+              ("10.0.7.1", "ledger.service.mesh.internal."): 12, ("10.0.7.2", "web-1.node.consul."): 2,
+              ("10.0.7.3", "x7f3a9.service.consul."): 1, ("10.0.7.3", "pay.service.dc2.consul."): 1}
     found = graph(counts, store.snapshot, Identities(), domains=("consul.", "mesh.internal."), minutes=3)
+    assert found["other"] == 9 + 2 + 1 + 1   # forwarded, node, made-up and another dc's split names
     assert found["edges"] == [
         {"source": "web", "target": "pay", "count": 30, "rate_per_min": 10.0, "denied": False},
         {"source": "10.0.7.0/24", "target": "ledger", "count": 12, "rate_per_min": 4.0, "denied": False},

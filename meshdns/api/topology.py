@@ -3,8 +3,9 @@
 The DNS path counts (source address, question name) per minute
 (dns/topology.py); here, once per read, each address becomes its client
 identity (the services at that address, else its /24 or /64) and each name the
-service or split it asks for. Names that are no service (nodes, addresses,
-zone-file names) are left out.
+service or split it asks for. Names that are no service or split of the
+catalog (nodes, addresses, zone-file names, made-up names) are only counted
+in `other`.
 """
 from __future__ import annotations
 
@@ -40,30 +41,36 @@ def parse_window(raw: str | None, *, max_minutes: int) -> int:
     return int(seconds // 60)
 
 
-def target_of(qname: str, domains: tuple[str, ...], local_dc: str) -> str | None:
-    """The service (or split) a question name asks for; `name.dc` for another datacenter; None if none."""
+def target_of(qname: str, snap: Snapshot, domains: tuple[str, ...]) -> str | None:
+    """The service or split of the catalog a question name asks for (`name.dc` for another
+    datacenter's); None for any other name, so a flood of made-up names draws nothing."""
     domain = names.own_domain(qname, domains)
     if domain is None:
         return None
     lookup = names.parse_own(qname, domain)
     if not isinstance(lookup, names.ServiceLookup):
         return None
-    dc = lookup.datacenter
-    return lookup.service if dc in (None, local_dc) else f"{lookup.service}.{dc}"
+    dc = lookup.datacenter or snap.datacenter
+    if (dc, lookup.service) not in snap.services and not (dc == snap.datacenter and lookup.service in snap.splits):
+        return None
+    return lookup.service if dc == snap.datacenter else f"{lookup.service}.{dc}"
 
 
 def graph(counts: Mapping[tuple[str, str], int], snap: Snapshot, identities: Identities, *,
           domains: tuple[str, ...], minutes: int,
           denied: Callable[[str, str], bool] = lambda source, target: False) -> dict:
-    """Nodes (services, splits, client networks) and edges (client -> name asked for, with counts)."""
+    """Nodes (services, splits, client networks) and edges (client -> name asked for, with counts);
+    `other`: the queries for names that are no service or split of the catalog."""
     targets: dict[str, str | None] = {}
     edges: Counter = Counter()
     addresses: dict[str, set[str]] = {}
+    other = 0
     for (address, qname), n in counts.items():
         target = targets.get(qname, "")
         if target == "":
-            target = targets[qname] = target_of(qname, domains, snap.datacenter)
+            target = targets[qname] = target_of(qname, snap, domains)
         if target is None:
+            other += n
             continue
         for source in identities(snap, address).names:
             edges[(source, target)] += n
@@ -74,6 +81,7 @@ def graph(counts: Mapping[tuple[str, str], int], snap: Snapshot, identities: Ide
     for source in addresses:
         kinds.setdefault(source, "client" if "/" in source else "service")
     return {
+        "other": other,
         "nodes": [{"name": name, "kind": kind, "addresses": len(addresses.get(name, ()))}
                   for name, kind in sorted(kinds.items())],
         "edges": [{"source": source, "target": target, "count": n, "rate_per_min": round(n / minutes, 2),
@@ -96,7 +104,7 @@ async def topology(request: web.Request) -> web.Response:
             .isoformat(timespec="seconds").replace("+00:00", "Z"), "enabled": ui.topology}
     counter = ctx.handler.topology
     if counter is None:
-        return json_response(request, {**body, "minutes": 0, "dropped": 0, "nodes": [], "edges": []})
+        return json_response(request, {**body, "minutes": 0, "dropped": 0, "other": 0, "nodes": [], "edges": []})
     counts, dropped, covered = counter.window(minutes)
     found = graph(counts, ctx.store.snapshot, request.app[IDENTITIES], domains=ctx.cfg.domains, minutes=covered)
     return json_response(request, {**body, "minutes": covered, "dropped": dropped, **found})

@@ -93,6 +93,7 @@ export default function topology(main, {signal}) {
       return;
     }
     about.textContent = `Last ${data.window} (${data.minutes} min counted), generated ${data.generated}` +
+      (data.other ? `; ${num(data.other)} queries for names that are no service` : "") +
       (data.dropped ? `; ${num(data.dropped)} queries not counted (too many distinct clients)` : "");
     picture.replaceChildren(data.edges.length ? graph(data) : message("No queries for services in this window."));
     listing.replaceChildren(data.edges.length ? table(data) : "");
