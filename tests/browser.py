@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlencode
 
 from harness import ServerProcess, api
 
@@ -119,6 +120,12 @@ class Estate:
 
     def check(self, check_id: str, status: str, output: str) -> None:
         reply = api(self.base, "PUT", f"/v1/agent/check/update/{check_id}", {"Status": status, "Output": output},
+                    token="ops-token")
+        assert reply.status == 200, reply
+
+    def fail(self, check_id: str, note: str) -> None:
+        """A TTL check reported failing (PUT /v1/agent/check/fail/<id>?note=...)."""
+        reply = api(self.base, "PUT", f"/v1/agent/check/fail/{check_id}?{urlencode({'note': note})}",
                     token="ops-token")
         assert reply.status == 200, reply
 

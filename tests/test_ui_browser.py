@@ -4,6 +4,7 @@ Every test also proves the page asked no host but meshdns and logged no console 
 (the `tab` fixture checks both when the test ends).
 """
 import json
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -124,7 +125,7 @@ def test_a_split_shows_weights_shares_and_answers_and_follows_a_failing_side(tab
     expect(legacy.locator("td.answers")).to_have_text(str(counted["legacy-billing"]))  # at the next sample
     expect(v2.locator("td.answers")).to_have_text(str(counted["billing:v2"]))
     expect(page.locator("svg.chart polyline").first).to_be_attached()
-    estate.check(V2_CHECK, "critical", "connection refused")   # the new side fails: its share goes to the VMs
+    estate.fail(V2_CHECK, "no heartbeat")          # the new side's TTL check fails: its share goes to the VMs
     expect(legacy.locator("td.share")).to_have_text("100.0%")
     expect(v2.locator("td.share")).to_have_text("0.0%")
     expect(v2.locator("td.weight")).to_have_text("10")                # configured: unchanged
@@ -302,3 +303,32 @@ def test_the_list_paints_fast_and_stays_responsive_with_many_services(browser, t
     finally:
         close_tab(tab)
         estate.stop()
+
+
+def test_a_migration_watched_and_driven_from_the_page(tab, estate):
+    """90/10 -> 50/50 -> 0/100 from the splits page, and the clients that still ask for the old side."""
+    page = tab.page
+    estate.register({"Name": "reports", "Address": "127.0.0.31", "Port": 9000})
+    tab.goto("/ui/")
+    page.get_by_label("Token").fill("ops-token")
+    page.get_by_label("Token").press("Tab")
+    page.get_by_role("link", name="Splits").click()
+    legacy, v2 = target_row(page, "legacy-billing"), target_row(page, "billing:v2")
+    expect(legacy.locator("td.share")).to_have_text("90.0%")
+    for legacy_weight, new_weight in ((50, 50), (0, 100)):
+        page.get_by_label("New weight for legacy-billing").fill(str(legacy_weight))
+        page.get_by_label("New weight for billing:v2").fill(str(new_weight))
+        page.get_by_role("button", name="Save").click()
+        page.get_by_role("button", name="Confirm").click()
+        expect(legacy.locator("td.share")).to_have_text(f"{legacy_weight:.1f}%")
+        expect(v2.locator("td.share")).to_have_text(f"{new_weight:.1f}%")
+    for _ in range(20):   # clients of the split name now get the new side only
+        reply = query(estate.server.dns_port, "billing.service.consul", source="127.0.0.11")
+        assert [rd.to_text() for rrset in reply.answer for rd in rrset] == ["10.2.0.1"]
+    for _ in range(3):    # ... while reports still asks for the old side by its own name
+        query(estate.server.dns_port, "legacy-billing.service.consul", source="127.0.0.31")
+    expect(v2.locator("td.answers")).to_have_text("20")
+    expect(legacy.locator("td.answers")).to_have_text("0")
+    page.get_by_role("link", name="Topology").click()
+    expect(page.locator("table.edges tbody tr")).to_have_text(
+        [re.compile(r"^127\.0\.0\.0/24billing20[\d.]+no$"), re.compile(r"^reportslegacy-billing3[\d.]+no$")])
