@@ -11,7 +11,9 @@ from collections import Counter
 import pytest
 
 from harness import ROOT, api, query, wait_until
-from meshdns.api.ui import SplitAnswers
+from meshdns.api.ui import SplitAnswers, service_summaries
+from meshdns.catalog.model import Health, Instance, SourceState
+from meshdns.catalog.store import Store
 from test_topology_api import ZONE
 
 
@@ -137,3 +139,19 @@ def test_the_wheel_carries_the_page(tmp_path):
     packaged = {n.removeprefix("meshdns/ui/") for n in zipfile.ZipFile(wheel).namelist() if n.startswith("meshdns/ui/")}
     shipped = {str(p.relative_to(ROOT / "meshdns" / "ui")) for p in (ROOT / "meshdns" / "ui").rglob("*") if p.is_file()}
     assert packaged == shipped and "index.html" in packaged and "views/splits.js" in packaged
+
+
+def test_sources_are_named_as_readyz_names_them_and_maintenance_counts_as_critical():
+    store = Store(datacenter="dc1")
+
+    def inst(i, source, health=Health.PASSING, dc="dc1"):
+        return Instance(id=f"api-{i}", service="api", datacenter=dc, address=f"10.0.0.{i}", health=health,
+                        source=source)
+    store.publish("t", SourceState(services={
+        ("dc1", "api"): (inst(1, "kubernetes:prod"), inst(2, "kubernetes:prod", Health.WARNING),
+                         inst(3, "registrations", Health.MAINTENANCE), inst(4, "zones", Health.CRITICAL)),
+        ("dc2", "api"): (inst(5, "peer:dc2", dc="dc2"),)}))
+    assert service_summaries(store.snapshot, "dc1") == [
+        {"Name": "api", "Tags": [], "Instances": 4, "Health": {"passing": 1, "warning": 1, "critical": 2},
+         "Sources": {"kubernetes/prod": 2, "registrations": 1, "zones": 1}, "Split": False}]
+    assert service_summaries(store.snapshot, "dc2")[0]["Sources"] == {"peer/dc2": 1}
