@@ -94,7 +94,7 @@ def service_summaries(snap: Snapshot, dc: str) -> list[dict]:
 async def services(request: web.Request) -> web.Response:
     """Every service with its instance counts by health and by source; a blocking query."""
     dc = datacenter(request)
-    return await read(request, lambda snap, index: service_summaries(snap, dc))
+    return await read(request, lambda snap, *_: service_summaries(snap, dc))  # no per-entry index
 
 
 # -- answers by split target ------------------------------------------------------------
