@@ -17,6 +17,7 @@ from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.rrl import RateLimiter
 from .dns.server import DnsServer
+from .dns.topology import TopologyCounter
 from .forward.forwarder import from_config as forwarder_from_config
 from .sources.zones import ZonesSource
 from .workers import WorkerPool
@@ -87,9 +88,14 @@ def make_handler(cfg: Config, store: Store):
     if cfg.dns.rrl_responses_per_second:
         rrl = RateLimiter(rate=cfg.dns.rrl_responses_per_second, exempt=cfg.dns.rrl_exempt, clock=time.monotonic)
     rng = random.Random(cfg.dns.rng_seed) if cfg.dns.rng_seed is not None else None
+    topology = None
+    if cfg.ui.topology:
+        topology = TopologyCounter(clock=time.monotonic, max_keys=cfg.ui.topology_max_keys,
+                                   keep_minutes=int(cfg.ui.topology_window // 60))
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder, rng=rng,
-                         recursion=RecursionPolicy(cfg.forwarding.allow_recursion), rate_limiter=rrl)
+                         recursion=RecursionPolicy(cfg.forwarding.allow_recursion), rate_limiter=rrl,
+                         topology=topology)
     return handler, forwarder
 
 
@@ -127,6 +133,8 @@ def build(cfg: Config) -> App:
     app.starters.append(split_revisions.settled)   # the splits read at start are served before we say ready
     app.reloaders.append(lambda: zones.reload(force=True))
     app.tasks.append(zones.run)
+    if handler.topology is not None:
+        app.tasks.append(handler.topology.run)
     if forwarder is not None:
         app.closers.append(forwarder.close)
     if cfg.kubernetes:
@@ -230,6 +238,8 @@ async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signal
         app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
         app.tasks.append(app.workers.run)
         app.handler.peers = app.workers.stats
+        if app.handler.topology is not None:
+            app.handler.topology.peers = app.workers.topology
         if app.handler.forwarder is not None:
             app.handler.forwarder.peers = app.workers.forward_counts
         app.closers.append(app.workers.close)  # closers run in reverse: workers stop first

@@ -188,6 +188,13 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UiConfig:
+    topology: bool = True             # count (client, name) per minute for GET /v1/meshdns/topology
+    topology_window: float = 900.0    # the longest window the topology keeps and answers (seconds)
+    topology_max_keys: int = 10_000   # distinct (client, name) pairs per minute; beyond: dropped, counted
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     domain: str = "consul."
     alt_domain: str = ""
@@ -201,6 +208,7 @@ class Config:
     forwarding: ForwardingConfig = field(default_factory=ForwardingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     kubernetes: tuple[KubernetesConfig, ...] = ()
+    ui: UiConfig = field(default_factory=UiConfig)
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -400,6 +408,22 @@ def _parse_cache(t: _Table) -> CacheConfig:
     return cfg
 
 
+def _parse_ui(t: _Table) -> UiConfig:
+    d = UiConfig()
+    cfg = UiConfig(
+        topology=t.get("topology", bool, d.topology),
+        topology_window=t.duration("topology_window", d.topology_window),
+        topology_max_keys=t.get("topology_max_keys", int, d.topology_max_keys),
+    )
+    window = cfg.topology_window
+    if window % 60 or not 60 <= window <= 3600:
+        raise ConfigError(f"{t.key('topology_window')}: a whole number of minutes from 1m to 60m")
+    if cfg.topology_max_keys < 1:
+        raise ConfigError(f"{t.key('topology_max_keys')}: must be at least 1")
+    t.done()
+    return cfg
+
+
 ADDRESS_MODES = ("auto", "endpoints", "clusterip", "nodeport", "loadbalancer")
 
 
@@ -456,6 +480,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         forwarding=_parse_forwarding(t.sub("forwarding")),
         cache=_parse_cache(t.sub("cache")),
         kubernetes=tuple(_parse_kubernetes(raw, i) for i, raw in enumerate(t.get("kubernetes", list, []))),
+        ui=_parse_ui(t.sub("ui")),
     )
     t.done()
     return cfg

@@ -24,6 +24,7 @@ from .catalog.snapshot import Snapshot
 from .catalog.store import Change, Store
 from .config import Config
 from .dns.stats import DnsStats
+from .dns.topology import merged
 from .forward.forwarder import ForwardCounts
 
 log = logging.getLogger("meshdns.workers")
@@ -93,6 +94,7 @@ class _Worker:
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.stats = DnsStats()
         self.forward: ForwardCounts | None = None
+        self.topology: dict = {}  # minute -> (counts by (address, name), dropped)
         self.started = 0.0
 
 
@@ -137,10 +139,16 @@ class WorkerPool:
                 return
             if kind == "stats":
                 w.stats, w.forward = payload
+            elif kind == "topology":
+                w.topology = merged(w.topology, payload, keep_minutes=int(self.cfg.ui.topology_window // 60))
 
     def stats(self) -> list[DnsStats]:
         """The latest counters of every worker (the primary's own are on its DnsHandler)."""
         return [w.stats for w in self.workers]
+
+    def topology(self) -> list[dict]:
+        """Every worker's topology buckets, as last reported."""
+        return [w.topology for w in self.workers]
 
     def forward_counts(self) -> list[ForwardCounts]:
         """The latest forwarding counters of every worker that forwards."""
@@ -235,6 +243,8 @@ async def _worker(cfg: Config, port: int, inbox, outbox, index: int) -> None:
             pass
         try:
             outbox.send(("stats", (handler.stats, forwarder.counts() if forwarder is not None else None)))
+            if handler.topology is not None:
+                outbox.send(("topology", handler.topology.export()))
         except (OSError, EOFError):
             break
     await dns.close()

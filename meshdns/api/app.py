@@ -15,13 +15,14 @@ from aiohttp import web
 
 from ..config import Config, ConfigError, HttpConfig
 from ..sources.registration_model import NodeReg
-from . import agent, catalog, config, health, metrics, status
+from . import agent, catalog, config, health, metrics, status, topology, ui
 from .common import CTX, ApiContext, errors
 from .metrics import count_requests
 
 log = logging.getLogger("meshdns.api")
 
-ROUTE_TABLES = (agent.routes, catalog.routes, config.routes, health.routes, status.routes, metrics.routes)
+ROUTE_TABLES = (agent.routes, catalog.routes, config.routes, health.routes, status.routes, metrics.routes,
+                topology.routes, ui.routes)
 
 # Request head bounds (aiohttp answers 400 beyond them): Consul clients send a handful of short headers.
 MAX_LINE = 8192       # request line, and each header line
@@ -93,6 +94,8 @@ class HttpApi:
         self.web[metrics.REGISTRY] = metrics.make_registry(ctx)
         for table in ROUTE_TABLES:
             self.web.add_routes(table)
+        topology.install(self.web)
+        ui.install(self.web)
         ctx.store.subscribe(ctx.watch)
         self._tls = tls_context(ctx.cfg.http)  # at build time: a bad file stops startup before anything listens
         self._runner: web.AppRunner | None = None
