@@ -2,15 +2,15 @@
 
 Merge rules: a service key's instances are the concatenation over sources
 (that is how one name spans VMs and pods); a node or zone comes from the first
-source (by name) that has it; a split is the one with the newest revision
-(last write wins). Only keys that changed are rebuilt.
+source (by name) that has it; a split or an intention is the one with the newest
+revision (last write wins). Only keys that changed are rebuilt.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from .model import Instance, NodeKey, ServiceKey, SourceState
 from .snapshot import Snapshot, ZoneIndex
@@ -28,6 +28,7 @@ class Change:
     nodes: frozenset
     splits: frozenset
     zones: frozenset
+    intentions: frozenset = frozenset()
 
 
 def _changed_keys(old: dict, new: dict) -> set:
@@ -45,6 +46,20 @@ def _address_of(inst: Instance, nodes) -> str:
         return inst.address
     node = nodes.get((inst.datacenter, inst.node.lower())) if inst.node else None
     return node.address if node else ""
+
+
+def _newest(prev: Mapping, names: Iterable[str], parts: list[dict]) -> Mapping:
+    """Per name, the entry with the highest revision among the sources (last write wins)."""
+    if not names:
+        return prev
+    out = dict(prev)
+    for name in names:
+        candidates = [part[name] for part in parts if name in part]
+        if candidates:
+            out[name] = max(candidates, key=lambda e: e.revision)
+        else:
+            out.pop(name, None)
+    return MappingProxyType(out)
 
 
 class Store:
@@ -91,10 +106,12 @@ class Store:
         node_keys = _changed_keys(old.nodes, state.nodes)
         split_names = _changed_keys(old.splits, state.splits)
         zone_names = _changed_keys(old.zones, state.zones)
-        if not (svc_keys or node_keys or split_names or zone_names):
+        intention_names = _changed_keys(old.intentions, state.intentions)
+        if not (svc_keys or node_keys or split_names or zone_names or intention_names):
             return self.snapshot
-        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version)
-        change = Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names), frozenset(zone_names))
+        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version, intention_names)
+        change = Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names), frozenset(zone_names),
+                        frozenset(intention_names))
         for listener in list(self._listeners):
             try:
                 listener(snap)
@@ -115,7 +132,8 @@ class Store:
     def _ordered_states(self) -> list[SourceState]:
         return [self._states[name] for name in sorted(self._states)]
 
-    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None) -> Snapshot:
+    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None,
+                 intention_names=frozenset()) -> Snapshot:
         prev = self.snapshot
         states = self._ordered_states()
         raw = self._raw
@@ -186,16 +204,8 @@ class Store:
             else:
                 index.pop(ip, None)
 
-        splits = prev.splits
-        if split_names:
-            splits = dict(prev.splits)
-            for name in split_names:
-                candidates = [st.splits[name] for st in states if name in st.splits]
-                if candidates:
-                    splits[name] = max(candidates, key=lambda s: s.revision)
-                else:
-                    splits.pop(name, None)
-            splits = MappingProxyType(splits)
+        splits = _newest(prev.splits, split_names, [st.splits for st in states])
+        intentions = _newest(prev.intentions, intention_names, [st.intentions for st in states])
 
         zones = prev.zones
         if zone_names:
@@ -219,6 +229,7 @@ class Store:
             ip_services=MappingProxyType(ip_services),
             ip_nodes=MappingProxyType(ip_nodes) if node_keys else prev.ip_nodes,
             datacenters=dcs if dcs != prev.datacenters else prev.datacenters,
+            intentions=intentions,
         )
         return self.snapshot
 

@@ -115,6 +115,7 @@ class ZonesSource:
         nodes: dict = {}
         splits: dict = {}
         zones: dict = {}
+        intentions: dict = {}
         for path, parsed in sorted(self._files.items()):
             c = parsed.content
             if isinstance(c, Zone):
@@ -124,6 +125,8 @@ class ZonesSource:
                 nodes[(node.datacenter, node.name.lower())] = node
             for s in c.splits:
                 splits[s.name] = s
+            for entry in c.intentions:
+                intentions[entry.name] = entry
         for path, parsed in sorted(self._files.items()):
             c = parsed.content
             if isinstance(c, Zone):
@@ -149,7 +152,7 @@ class ZonesSource:
                     line = parsed.content.lines.get("split:" + name, 1)
                     return None, (path, f"{path}:{line}: {loop}")
         return SourceState(services={k: tuple(v) for k, v in services.items()}, nodes=nodes,
-                           splits=splits, zones=zones), None
+                           splits=splits, zones=zones, intentions=intentions), None
 
     def checks(self) -> dict[str, CheckSpec]:
         out = {}
