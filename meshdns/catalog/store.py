@@ -32,6 +32,8 @@ class Change:
 
 
 def _changed_keys(old: dict, new: dict) -> set:
+    if old is new:  # a source that republishes the same dict changed nothing there
+        return set()
     keys = set()
     for k, v in new.items():
         o = old.get(k)
