@@ -2,7 +2,10 @@
 import pytest
 
 from meshdns.catalog.client_class import NOBODY, ClientClass, Classifier, classify, parse_localities
-from meshdns.catalog.intentions import Decision, intention_allows, intention_decision
+import itertools
+
+from meshdns.catalog.intentions import (Decision, decisive_identities, intention_allows, intention_decision,
+                                        named_sources)
 from meshdns.catalog.locality import ZoneChoice, instance_zone, same_zone
 from meshdns.catalog.model import Health, Instance, Intention, IntentionSource, Node, SourceState
 from meshdns.catalog.store import Store
@@ -114,6 +117,27 @@ DB_WILDCARD_FIRST = entries(("db", ("*", "deny"), ("web", "allow")))
 def test_intention_decision(table, services, destination, default, decision):
     assert intention_decision(table, frozenset(services), destination, default=default) == decision
     assert intention_allows(table, frozenset(services), destination, default=default) is decision.allowed
+
+
+def test_decisive_identities_decide_as_the_full_set():
+    """Narrowing a client's identities to those intentions name (plus "*" for the rest) never changes
+    whether a name is answered, for every entry shape, default and set of identities."""
+    table = entries(("db", ("web", "deny"), ("*", "allow")), ("api", ("batch", "allow"), ("web", "allow")),
+                    ("ledger", ("*", "deny")), ("cache", ("web", "deny")))
+    named = named_sources(table)
+    assert named == {"web", "batch"}
+    universe = ["web", "batch", "ops", "mail"]
+    for n in range(len(universe) + 1):
+        for services in map(frozenset, itertools.combinations(universe, n)):
+            narrowed = decisive_identities(services, named)
+            assert narrowed <= named | {"*"}
+            for destination, default in itertools.product(["db", "api", "ledger", "cache", "other"], ["allow", "deny"]):
+                assert intention_allows(table, narrowed, destination, default=default) == \
+                    intention_allows(table, services, destination, default=default), (services, destination, default)
+    assert decisive_identities(frozenset({"ops", "mail"}), named) == {"*"}
+    assert decisive_identities(frozenset({"web", "mail"}), named) == {"web", "*"}
+    assert decisive_identities(frozenset({"web"}), named) == {"web"}
+    assert decisive_identities(frozenset(), named) == frozenset()
 
 
 # -- client classes ------------------------------------------------------------------------

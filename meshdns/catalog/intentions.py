@@ -59,3 +59,16 @@ def intention_decision(entries: Mapping[str, Intention], source_services: Abstra
 def intention_allows(entries: Mapping[str, Intention], source_services: AbstractSet[str], destination: str,
                      *, default: str) -> bool:
     return intention_decision(entries, source_services, destination, default=default).allowed
+
+
+def named_sources(entries: Mapping[str, Intention]) -> frozenset[str]:
+    """Every service some entry names as a source (not "*")."""
+    return frozenset(s.name for e in entries.values() for s in e.sources if s.name != WILDCARD)
+
+
+def decisive_identities(source_services: AbstractSet[str], named: AbstractSet[str]) -> frozenset[str]:
+    """The identities that can change a decision: those in `named` (named_sources), plus "*" standing
+    for all the others. intention_decision allows exactly when it allows the full set, so replies
+    cached per (zone, these) stay few: zones x the services intentions mention."""
+    kept = frozenset(s for s in source_services if s in named)
+    return kept | {WILDCARD} if len(kept) < len(source_services) else kept
