@@ -27,6 +27,7 @@ from .api.blocking import Watch
 from .api.common import ApiContext
 from .health.runner import HealthRunner
 from .sources.config_entries import ConfigEntries
+from .sources.intentions import IntentionEntries
 from .sources.registrations import Registrations
 from .sources.split_revisions import SplitRevisions
 from .sources.sqlite_store import RecordStore
@@ -176,10 +177,11 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     zones.listeners.append(lambda: health.sync("zones", zones.checks()))
     regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
     config = ConfigEntries(app.store, app.db)
+    intentions = IntentionEntries(app.store, app.db)
     api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness,
-                             config=config))
+                             config=config, intentions=intentions))
     app.health, app.registrations, app.api = health, regs, api
     api.ctx.kubernetes = app.kubernetes
     # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
@@ -188,6 +190,7 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
 
     regs.load()  # before DNS listens: a restart never answers without the registrations
     config.load()
+    intentions.load()
     app.readiness["config"] = config.status
 
     async def start() -> None:

@@ -116,6 +116,10 @@ class DnsConfig:
     rrl_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     rng_seed: int | None = None       # reproducible shuffles and split choices (tests, demos)
     busy_poll: float = 100e-6         # poll the UDP socket this long before sleeping, under steady load
+    prefer_same_zone: bool = False    # A/AAAA from the client's zone when it has enough healthy instances
+    same_zone_min: int = 1            # ... at least this many
+    enforce_intentions: bool = False  # a name the client may not reach is answered as one that does not exist
+    intentions_default: str = "allow"  # no entry, or no source of it matching the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +213,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     kubernetes: tuple[KubernetesConfig, ...] = ()
     ui: UiConfig = field(default_factory=UiConfig)
+    localities: tuple[tuple[str, str], ...] = ()   # [[locality]]: (cidr, zone), in file order
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -325,7 +330,14 @@ def _parse_dns(t: _Table) -> DnsConfig:
         rrl_exempt=_cidrs(t.strings("rrl_exempt", d.rrl_exempt), key=t.key("rrl_exempt")),
         rng_seed=t.get("rng_seed", int, None),
         busy_poll=t.duration("busy_poll", d.busy_poll),
+        prefer_same_zone=t.get("prefer_same_zone", bool, d.prefer_same_zone),
+        same_zone_min=t.get("same_zone_min", int, d.same_zone_min),
+        enforce_intentions=t.get("enforce_intentions", bool, d.enforce_intentions),
+        intentions_default=_choice(t.get("intentions_default", str, d.intentions_default), ("allow", "deny"),
+                                   key=t.key("intentions_default")),
     )
+    if cfg.same_zone_min < 1:
+        raise ConfigError(f"{t.key('same_zone_min')}: must be at least 1")
     if cfg.busy_poll > 0.01:
         raise ConfigError(f"{t.key('busy_poll')}: at most 10ms (it holds the event loop while it polls)")
     if not 512 <= cfg.udp_payload <= 65535:
@@ -457,6 +469,23 @@ def _parse_kubernetes(raw: Any, index: int) -> KubernetesConfig:
     return cfg
 
 
+def _parse_locality(raw: Any, index: int) -> tuple[str, str]:
+    """One [[locality]] table: clients in `cidr` are in `zone`."""
+    t = _Table(raw, f"locality[{index}]")
+    cidr = t.get("cidr", str, "")
+    zone = t.get("zone", str, "").strip()
+    t.done()
+    if not cidr:
+        raise ConfigError(f"{t.key('cidr')}: required (e.g. \"10.20.0.0/16\")")
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise ConfigError(f"{t.key('cidr')}: {cidr!r} is not a CIDR (e.g. \"10.20.0.0/16\")") from None
+    if not zone:
+        raise ConfigError(f"{t.key('zone')}: required and must not be empty")
+    return str(network), zone
+
+
 def parse_config(data: Mapping[str, Any]) -> Config:
     t = _Table(data, "")
     d = Config()
@@ -481,6 +510,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         cache=_parse_cache(t.sub("cache")),
         kubernetes=tuple(_parse_kubernetes(raw, i) for i, raw in enumerate(t.get("kubernetes", list, []))),
         ui=_parse_ui(t.sub("ui")),
+        localities=tuple(_parse_locality(raw, i) for i, raw in enumerate(t.get("locality", list, []))),
     )
     t.done()
     return cfg

@@ -38,6 +38,7 @@ class Delta:
     nodes: dict = field(default_factory=dict)      # key -> Node | None
     splits: dict = field(default_factory=dict)     # name -> Split | None
     zones: dict = field(default_factory=dict)      # origin -> Zone | None
+    intentions: dict = field(default_factory=dict)  # destination -> Intention | None
     full: bool = False
 
 
@@ -48,12 +49,14 @@ def delta_for(snap: Snapshot, change: Change) -> Delta:
         nodes={k: snap.nodes.get(k) for k in change.nodes},
         splits={k: snap.splits.get(k) for k in change.splits},
         zones={k: (snap.zones[k].zone if k in snap.zones else None) for k in change.zones},
+        intentions={k: snap.intentions.get(k) for k in change.intentions},
     )
 
 
 def full_delta(snap: Snapshot) -> Delta:
     return Delta(version=snap.version, services=dict(snap.services), nodes=dict(snap.nodes),
-                 splits=dict(snap.splits), zones={k: z.zone for k, z in snap.zones.items()}, full=True)
+                 splits=dict(snap.splits), zones={k: z.zone for k, z in snap.zones.items()},
+                 intentions=dict(snap.intentions), full=True)
 
 
 class Replica:
@@ -77,7 +80,8 @@ class Replica:
         self.state = SourceState(services=merged(self.state.services, d.services),
                                  nodes=merged(self.state.nodes, d.nodes),
                                  splits=merged(self.state.splits, d.splits),
-                                 zones=merged(self.state.zones, d.zones))
+                                 zones=merged(self.state.zones, d.zones),
+                                 intentions=merged(self.state.intentions, d.intentions))
         self.store.publish(REPLICA_SOURCE, self.state, changed=None if d.full else set(d.services),
                            version=d.version)
         self.applied += 1

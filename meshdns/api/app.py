@@ -15,14 +15,15 @@ from aiohttp import web
 
 from ..config import Config, ConfigError, HttpConfig
 from ..sources.registration_model import NodeReg
-from . import agent, catalog, config, health, metrics, status, topology, ui
+from . import agent, catalog, config, health, intentions, metrics, status, topology, ui
 from .common import CTX, ApiContext, errors
 from .metrics import count_requests
 
 log = logging.getLogger("meshdns.api")
 
-ROUTE_TABLES = (agent.routes, catalog.routes, config.routes, health.routes, status.routes, metrics.routes,
-                topology.routes, ui.routes)
+# intentions before config: its fixed /v1/config/service-intentions paths go before config's /v1/config/{kind}
+ROUTE_TABLES = (agent.routes, catalog.routes, intentions.routes, config.routes, health.routes, status.routes,
+                metrics.routes, topology.routes, ui.routes)
 
 # Request head bounds (aiohttp answers 400 beyond them): Consul clients send a handful of short headers.
 MAX_LINE = 8192       # request line, and each header line

@@ -17,6 +17,7 @@ from ..config import Config
 from ..dns.handler import DnsHandler
 from ..health.runner import HealthRunner
 from ..sources.config_entries import ConfigEntries
+from ..sources.intentions import IntentionEntries
 from ..sources.registrations import NotFound, Registrations
 from ..sources.sqlite_store import StorageError
 from ..sources.status import StatusRegistry
@@ -39,6 +40,7 @@ class ApiContext:
     watch: Watch
     readiness: StatusRegistry
     config: "ConfigEntries | None" = None
+    intentions: "IntentionEntries | None" = None
     kubernetes: list = field(default_factory=list)              # KubernetesSource per cluster
     requests: Counter = field(default_factory=Counter)          # (method, route, status) -> n
     http_port: int = 0                                          # the port the API serves on, once started

@@ -91,6 +91,24 @@ class Split:
 
 
 @dataclass(frozen=True, slots=True)
+class IntentionSource:
+    """One source of a service-intentions entry: a service name or "*", and "allow" or "deny"."""
+
+    name: str
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class Intention:
+    """Consul's service-intentions config entry: who may reach the service `name`."""
+
+    name: str
+    sources: tuple[IntentionSource, ...]
+    source: str = ""
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ZoneRecord:
     """A record from an RFC 1035 master file, rdata already in wire form."""
 
@@ -121,3 +139,4 @@ class SourceState:
     nodes: dict[NodeKey, Node] = field(default_factory=dict)
     splits: dict[str, Split] = field(default_factory=dict)
     zones: dict[str, Zone] = field(default_factory=dict)
+    intentions: dict[str, Intention] = field(default_factory=dict)

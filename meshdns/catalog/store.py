@@ -2,8 +2,8 @@
 
 Merge rules: a service key's instances are the concatenation over sources
 (that is how one name spans VMs and pods); a node or zone comes from the first
-source (by name) that has it; a split is the one with the newest revision
-(last write wins). Only keys that changed are rebuilt.
+source (by name) that has it; a split or an intention is the one with the newest
+revision (last write wins). Only keys that changed are rebuilt.
 
 The snapshot version (X-Consul-Index, the SOA serial) grows with every change.
 Each instance and node also remembers the version at which it appeared and the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from .model import Instance, Node, NodeKey, Revision, ServiceKey, SourceState
 from .snapshot import Snapshot, ZoneIndex
@@ -33,9 +33,12 @@ class Change:
     nodes: frozenset
     splits: frozenset
     zones: frozenset
+    intentions: frozenset = frozenset()
 
 
 def _changed_keys(old: dict, new: dict) -> set:
+    if old is new:  # a source that republishes the same dict changed nothing there
+        return set()
     keys = set()
     for k, v in new.items():
         o = old.get(k)
@@ -56,6 +59,20 @@ def _address_of(inst: Instance, nodes) -> str:
         return inst.address
     node = nodes.get((inst.datacenter, inst.node.lower())) if inst.node else None
     return node.address if node else ""
+
+
+def _newest(prev: Mapping, names: Iterable[str], parts: list[dict]) -> Mapping:
+    """Per name, the entry with the highest revision among the sources (last write wins)."""
+    if not names:
+        return prev
+    out = dict(prev)
+    for name in names:
+        candidates = [part[name] for part in parts if name in part]
+        if candidates:
+            out[name] = max(candidates, key=lambda e: e.revision)
+        else:
+            out.pop(name, None)
+    return MappingProxyType(out)
 
 
 class Store:
@@ -115,13 +132,14 @@ class Store:
         node_keys = _changed_keys(old.nodes, state.nodes)
         split_names = _changed_keys(old.splits, state.splits)
         zone_names = _changed_keys(old.zones, state.zones)
-        if not (svc_keys or node_keys or split_names or zone_names):
+        intention_names = _changed_keys(old.intentions, state.intentions)
+        if not (svc_keys or node_keys or split_names or zone_names or intention_names):
             if version is not None:
                 self.advance(version)
             return self.snapshot
-        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version)
+        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version, intention_names)
         self._notify(snap, Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names),
-                                  frozenset(zone_names)))
+                                  frozenset(zone_names), frozenset(intention_names)))
         return snap
 
     def _notify(self, snap: Snapshot, change: Change) -> None:
@@ -145,7 +163,8 @@ class Store:
     def _ordered_states(self) -> list[SourceState]:
         return [self._states[name] for name in sorted(self._states)]
 
-    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None) -> Snapshot:
+    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None,
+                 intention_names=frozenset()) -> Snapshot:
         prev = self.snapshot
         version = prev.version + 1 if version is None else version
         states = self._ordered_states()
@@ -226,16 +245,8 @@ class Store:
             else:
                 index.pop(ip, None)
 
-        splits = prev.splits
-        if split_names:
-            splits = dict(prev.splits)
-            for name in split_names:
-                candidates = [st.splits[name] for st in states if name in st.splits]
-                if candidates:
-                    splits[name] = max(candidates, key=lambda s: s.revision)
-                else:
-                    splits.pop(name, None)
-            splits = MappingProxyType(splits)
+        splits = _newest(prev.splits, split_names, [st.splits for st in states])
+        intentions = _newest(prev.intentions, intention_names, [st.intentions for st in states])
 
         zones = prev.zones
         if zone_names:
@@ -259,6 +270,7 @@ class Store:
             ip_services=MappingProxyType(ip_services),
             ip_nodes=MappingProxyType(ip_nodes) if node_keys else prev.ip_nodes,
             datacenters=dcs if dcs != prev.datacenters else prev.datacenters,
+            intentions=intentions,
         )
 
     def _note_index(self, old: Instance | Node | None, new: Instance | Node, version: int) -> None:

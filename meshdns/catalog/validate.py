@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Any, Mapping
 
-from .model import Split, SplitTarget, Weights
+from .model import Intention, IntentionSource, Split, SplitTarget, Weights
 
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
 _HOST = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
@@ -183,6 +183,35 @@ def split_loops(splits: Mapping[str, Split]) -> str | None:
             if t.service in splits and not (t.service == s.name and t.tag):
                 return f"split {s.name!r} targets {t.service!r}, which is itself a split"
     return None
+
+
+ACTIONS = ("allow", "deny")
+
+
+def action(value: Any, field: str) -> str:
+    """An intention's action: "allow" or "deny" (any case)."""
+    if not isinstance(value, str) or value.lower() not in ACTIONS:
+        raise FieldError(field, f"{value!r} is not allow or deny")
+    return value.lower()
+
+
+def intention(name: Any, sources: Any, *, field: str, source: str = "", revision: int = 0) -> Intention:
+    """Validate a service-intentions entry: `sources` is a list of {name, action}; a source name is a
+    service or "*", and appears once (the most specific source wins, so order carries no meaning)."""
+    name = service_name(name, f"{field}.name").lower()
+    if not isinstance(sources, list):
+        raise FieldError(f"{field}.sources", "expected a list of {name, action}")
+    out: list[IntentionSource] = []
+    for i, raw in enumerate(sources):
+        f = f"{field}.sources[{i}]"
+        if not isinstance(raw, Mapping):
+            raise FieldError(f, "expected {name = ..., action = ...}")
+        src = raw.get("name")
+        src = "*" if src == "*" else service_name(src, f"{f}.name").lower()
+        if any(s.name == src for s in out):
+            raise FieldError(f"{f}.name", f"{src!r} is listed twice")
+        out.append(IntentionSource(name=src, action=action(raw.get("action"), f"{f}.action")))
+    return Intention(name=name, sources=tuple(out), source=source, revision=revision)
 
 
 _ID_BAD = re.compile(r"[/\\?#%\x00-\x1f\x7f\x85\u2028\u2029]")

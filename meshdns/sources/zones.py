@@ -138,6 +138,7 @@ class ZonesSource:
         nodes: dict = {}
         splits: dict = {}
         zones: dict = {}
+        intentions: dict = {}
         for path, parsed in sorted(self._files.items()):
             c = parsed.content
             if isinstance(c, Zone):
@@ -147,6 +148,8 @@ class ZonesSource:
                 nodes[(node.datacenter, node.name.lower())] = node
             for s in c.splits:
                 splits[s.name] = s
+            for entry in c.intentions:
+                intentions[entry.name] = entry
         for path, parsed in sorted(self._files.items()):
             c = parsed.content
             if isinstance(c, Zone):
@@ -172,7 +175,7 @@ class ZonesSource:
                     line = parsed.content.lines.get("split:" + name, 1)
                     return None, (path, f"{path}:{line}: {loop}")
         return SourceState(services={k: tuple(v) for k, v in services.items()}, nodes=nodes,
-                           splits=splits, zones=zones), None
+                           splits=splits, zones=zones, intentions=intentions), None
 
     def _stamped(self, state: SourceState) -> SourceState:
         """Each split with the store revision of the write that gave it its content (last write wins)."""
