@@ -39,14 +39,16 @@ def test_put_get_list_delete(srv):
     body = got.json()
     assert body["Kind"] == "service-intentions" and body["Name"] == "db"
     assert body["Meta"] == {"meshdns-source": "intentions"}
-    assert body["ModifyIndex"] == got.index
+    assert 0 < body["CreateIndex"] == body["ModifyIndex"] <= got.index   # the entry's own write
     assert sources_of(got) == [("web", "deny", 9), ("*", "allow", 8)]   # exact beats the wildcard
     api(base, "PUT", "/v1/config", entry("API", ("Batch", "DENY")))     # names and actions in any case
     assert [e["Name"] for e in api(base, "GET", "/v1/config/service-intentions").json()] == ["api", "db"]
     assert sources_of(api(base, "GET", "/v1/config/service-intentions/api")) == [("batch", "deny", 9)]
 
     api(base, "PUT", "/v1/config", entry("db", ("web", "allow")))       # a second PUT replaces the entry
-    assert sources_of(api(base, "GET", "/v1/config/service-intentions/db")) == [("web", "allow", 9)]
+    again = api(base, "GET", "/v1/config/service-intentions/db")
+    assert sources_of(again) == [("web", "allow", 9)]
+    assert again.json()["CreateIndex"] == body["CreateIndex"] < again.json()["ModifyIndex"] <= again.index
     assert api(base, "DELETE", "/v1/config/service-intentions/db").status == 200
     assert api(base, "GET", "/v1/config/service-intentions/db").status == 404
     assert api(base, "DELETE", "/v1/config/service-intentions/db").status == 404
@@ -147,6 +149,13 @@ def test_zone_file_entries_and_last_write_wins_with_the_api(start_server, tmp_pa
     got = api(base, "GET", "/v1/config/service-intentions/db").json()
     assert got["Meta"]["meshdns-source"] == "intentions"
     assert intention_allows(srv.app.store.snapshot.intentions, {"web"}, "db", default="deny")
+    # the file changed after that API write: its new content is the newest write, so it wins
+    (zones / "views.toml").write_text(ZONE_FILE.replace('action = "deny"', 'action = "deny" }, '
+                                                        '{ name = "batch", action = "deny"', 1))
+    srv.call(srv.app.zones.reload)
+    wait_until(lambda: api(base, "GET", "/v1/config/service-intentions/db").json()["Meta"]["meshdns-source"]
+               == "zones", timeout=30)
+    assert not intention_allows(srv.app.store.snapshot.intentions, {"batch"}, "db", default="allow")
     api(base, "DELETE", "/v1/config/service-intentions/db")
     assert api(base, "GET", "/v1/config/service-intentions/db").json()["Meta"]["meshdns-source"] == "zones"
     assert not intention_allows(srv.app.store.snapshot.intentions, {"web"}, "db", default="deny")
@@ -191,7 +200,7 @@ def test_intentions_reach_dns_worker_replicas():
     replica.apply(full_delta(primary.snapshot))
     changes = []
     primary.subscribe_changes(lambda snap, change: changes.append(delta_for(snap, change)))
-    db = parse_intentions(DB, revision=1)
+    db = parse_intentions(DB)
     primary.publish("intentions", SourceState(intentions={"db": db}))
     replica.apply(changes[-1])
     assert dict(replica.store.snapshot.intentions) == {"db": db}

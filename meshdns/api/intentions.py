@@ -16,14 +16,15 @@ from .common import ctx_of, ok_true, read
 routes = web.RouteTableDef()
 
 
-def describe(entry: Intention, index: int) -> dict:
-    return {**intentions_json(entry), "CreateIndex": index, "ModifyIndex": index,
+def describe(entry: Intention) -> dict:
+    """The entry, its indexes (the store revisions of its first and last write, whatever its source)."""
+    return {**intentions_json(entry), "CreateIndex": entry.create_revision, "ModifyIndex": entry.revision,
             "Meta": {"meshdns-source": entry.source}}
 
 
 @routes.get(f"/v1/config/{KIND}")
 async def list_entries(request: web.Request) -> web.Response:
-    return await read(request, lambda snap, index: [describe(e, index) for _, e in sorted(snap.intentions.items())])
+    return await read(request, lambda snap: [describe(e) for _, e in sorted(snap.intentions.items())])
 
 
 @routes.get(f"/v1/config/{KIND}/{{name}}")
@@ -32,9 +33,9 @@ async def get_entry(request: web.Request) -> web.Response:
     if name not in ctx_of(request).store.snapshot.intentions:
         raise NotFound(f"config entry not found for {KIND!r} / {name!r}")
 
-    def compute(snap, index):
+    def compute(snap):
         entry = snap.intentions.get(name)
-        return describe(entry, index) if entry else None
+        return describe(entry) if entry else None
 
     return await read(request, compute)
 

@@ -105,7 +105,8 @@ class Intention:
     name: str
     sources: tuple[IntentionSource, ...]
     source: str = ""
-    revision: int = 0
+    revision: int = 0           # store revision of its last write (last write wins)
+    create_revision: int = 0    # store revision of its first write
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from ..catalog import validate
@@ -31,7 +31,7 @@ _SOURCE = ("Name", "Action", "Description", "Type", "Namespace", "Partition", "P
 PRECEDENCE = {True: 9, False: 8}
 
 
-def parse_intentions(body: Any, *, revision: int) -> Intention:
+def parse_intentions(body: Any) -> Intention:
     """Consul's service-intentions JSON -> Intention. Only L4 sources (Action), not L7 Permissions."""
     if not isinstance(body, Mapping):
         raise FieldError("body", "expected a JSON object")
@@ -56,7 +56,7 @@ def parse_intentions(body: Any, *, revision: int) -> Intention:
         validate.known_keys(raw, _SOURCE, f"Sources[{i}]")
         plain.append({"name": get_field(raw, "Name"), "action": get_field(raw, "Action")})
     try:
-        return validate.intention(name, plain, field="", source=SOURCE, revision=revision)
+        return validate.intention(name, plain, field="", source=SOURCE)
     except FieldError as exc:
         raise FieldError(_json_field(exc.field), exc.message) from None
 
@@ -83,29 +83,34 @@ class IntentionEntries:
     def load(self) -> None:
         for name, record in self.db.load(KIND).items():
             try:
-                self.intentions[name] = parse_intentions(record["entry"], revision=int(record["revision"]))
+                self.intentions[name] = self._revised(parse_intentions(record["entry"]))
             except (FieldError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored service-intentions %r is unreadable and was skipped: %s", name, exc)
         self._publish()
+
+    def _revised(self, entry: Intention) -> Intention:
+        """Its revisions are its record's: every PUT is a new write (last write wins against zone files)."""
+        revision = self.db.revision_of(KIND, entry.name)
+        return replace(entry, revision=revision.mod, create_revision=revision.create)
 
     def _publish(self) -> None:
         self.store.publish(SOURCE, SourceState(intentions=dict(self.intentions)))
 
     async def put(self, body: Any, *, authorize: Callable[[str], None] | None = None) -> Intention:
         """Parse, let `authorize(name)` refuse (ACL: the destination as parsed), write, publish."""
-        entry = parse_intentions(body, revision=time.time_ns())
+        entry = parse_intentions(body)
         if authorize is not None:
             authorize(entry.name)
-        record = {"entry": intentions_json(entry), "revision": entry.revision}
+        record = {"entry": intentions_json(entry)}
 
         def apply() -> None:
-            self.intentions[entry.name] = entry
+            self.intentions[entry.name] = self._revised(entry)
             self._publish()
 
         await self.db.commit([Write(KIND, entry.name, record)], apply=apply)
         log.info("service-intentions %s set: %s", entry.name,
                  ", ".join(f"{s.name}={s.action}" for s in entry.sources) or "no sources")
-        return entry
+        return self.intentions[entry.name]
 
     async def delete(self, name: str) -> None:
         name = name.lower()

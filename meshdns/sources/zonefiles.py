@@ -134,7 +134,7 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str) -> TomlCon
             if isinstance(src, dict):
                 check_keys(src, _INTENTION_SOURCE_KEYS, f"{label}.sources[{j}]", line)
         try:
-            entry = validate.intention(item.get("name"), sources, field=label, source=source, revision=0)
+            entry = validate.intention(item.get("name"), sources, field=label, source=source)
         except FieldError as exc:
             raise ZoneFileError(path, line, str(exc)) from None
         if entry.name in intentions:
