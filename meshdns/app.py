@@ -6,6 +6,7 @@ import gc
 import logging
 import random
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,9 @@ from .sources.config_entries import ConfigEntries
 from .sources.intentions import IntentionEntries
 from .sources.registrations import Registrations
 from .sources.split_revisions import SplitRevisions
-from .sources.sqlite_store import RecordStore
 from .sources.status import SourceStatus
+from .store.records import Records
+from .store.setup import open_store, start_store
 
 log = logging.getLogger("meshdns")
 
@@ -64,8 +66,10 @@ class App:
     health: HealthRunner | None = None
     registrations: Registrations | None = None
     api: HttpApi | None = None
-    db: RecordStore | None = None  # durable (kind, key) -> JSON records; e.g. config entries can use it too
+    records: Records | None = None  # the shared (kind, key) -> JSON records (SQLite or etcd)
+    replicas: object = None          # this replica among the others (SingleReplica / ClusterReplicas)
     split_revisions: SplitRevisions | None = None
+    preparers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # awaited before DNS listens
     starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # awaited before on_ready
     readiness: dict[str, Callable[[], SourceStatus]] = field(default_factory=dict)  # /readyz, per source
 
@@ -121,16 +125,18 @@ def build(cfg: Config) -> App:
     check_exposure(cfg)
     zones_dir = zones_directory(cfg)
     store = Store(datacenter=cfg.datacenter)
-    # the durable store comes first: its revision orders splits from every source and floors X-Consul-Index
-    db = RecordStore(cfg.data_dir, on_commit=store.advance)
-    store.advance(db.revision)
-    split_revisions = SplitRevisions(db)
+    # the shared store comes first: its revisions order splits from every source and are X-Consul-Index
+    records, replicas = open_store(cfg)
+    split_revisions = SplitRevisions(records)
     health = HealthRunner()
     zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"),
                         split_revisions=split_revisions)
     handler, forwarder = make_handler(cfg, store)
     dns = make_server(cfg, handler)
-    app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns, db=db, split_revisions=split_revisions)
+    app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns, records=records, replicas=replicas,
+              split_revisions=split_revisions)
+    app.preparers.append(lambda: start_store(records, cfg))  # the first full read, before anything answers
+    app.closers.append(lambda: close_store(records, replicas))   # closers run in reverse: this one last
     app.starters.append(split_revisions.settled)   # the splits read at start are served before we say ready
     app.reloaders.append(lambda: zones.reload(force=True))
     app.tasks.append(zones.run)
@@ -160,9 +166,10 @@ def _add_kubernetes(app: App) -> None:
         app.readiness[f"kubernetes/{kc.name}"] = source.readiness
         app.tasks.append(source.run)
         app.closers.append(source.close)
-        if kc.sync_to_kubernetes != "off":
+        if kc.sync_to_kubernetes != "off":  # a cluster-wide duty: only the leader writes
             reverse = ReverseSync(source, store, domain=cfg.domain, local_datacenter=cfg.datacenter,
-                                  only_passing=cfg.dns.only_passing)
+                                  only_passing=cfg.dns.only_passing, leader=lambda: app.replicas.is_leader)
+            app.replicas.on_leader(reverse.wake)
             app.reverse_syncs.append(reverse)
             app.tasks.append(reverse.run)
             app.closers.append(reverse.close)
@@ -175,30 +182,48 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
                           else None)
     zones.listeners.append(lambda: health.sync("zones", zones.checks()))
-    regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
-    config = ConfigEntries(app.store, app.db)
-    intentions = IntentionEntries(app.store, app.db)
+    # views of the shared records: filled by the store's first full read, before DNS listens
+    regs = Registrations(app.store, app.records, health, agent_node=agent_node(cfg), replicas=app.replicas)
+    config = ConfigEntries(app.store, app.records)
+    intentions = IntentionEntries(app.store, app.records)
     api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness,
-                             config=config, intentions=intentions))
+                             config=config, intentions=intentions, records=app.records, replicas=app.replicas))
     app.health, app.registrations, app.api = health, regs, api
     api.ctx.kubernetes = app.kubernetes
     # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
     app.readiness["zones"] = lambda: SourceStatus(synced=zones.ready, errors=dict(zones.errors))
     app.readiness["registrations"] = regs.status
-
-    regs.load()  # before DNS listens: a restart never answers without the registrations
-    config.load()
-    intentions.load()
     app.readiness["config"] = config.status
 
     async def start() -> None:
         app.http_port = await api.start()
+        app.replicas.address = advertised(cfg, app.http_port)
 
     app.starters.append(start)
-    app.tasks.append(health.run)
-    app.closers.extend([app.db.close, health.close, regs.close, api.close])
+    app.tasks.extend([health.run, app.replicas.run])
+    app.closers.extend([health.close, regs.close, api.close])
+
+
+def advertised(cfg: Config, http_port: int) -> str:
+    """host:port the other replicas (and /v1/status/*) give for this replica's API."""
+    if cfg.store.advertise:
+        return cfg.store.advertise
+    host = cfg.http.listen[0]
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{http_port}" if ":" in host else f"{host}:{http_port}"
+
+
+async def close_store(records: Records, replicas) -> None:
+    """Store what is queued (while still a member, so fenced writes hold), leave, close."""
+    try:
+        await asyncio.wait_for(records.flush(), 2.0)
+    except asyncio.TimeoutError:
+        log.warning("%s: queued writes not stored at shutdown", records)
+    await replicas.close()
+    await records.close()
 
 
 def _settle_gc() -> None:
@@ -233,10 +258,20 @@ def coalesced(fn: Callable[[], None]) -> Callable[[], None]:
 
 async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signals: bool = True) -> None:
     cfg = app.cfg
-    app.zones.reload()
-    await app.dns.start(*cfg.dns.listen, reuse_port=cfg.dns.workers > 1)
-    for start in app.starters:
-        await start()
+    try:
+        for prepare in app.preparers:
+            await prepare()
+        app.zones.reload()
+        await app.dns.start(*cfg.dns.listen, reuse_port=cfg.dns.workers > 1)
+        for start in app.starters:
+            await start()
+    except BaseException:  # nothing runs yet: release what was opened (the store's file lock, its tasks)
+        for close in reversed(app.closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("closing after a failed start")
+        raise
     if cfg.dns.workers > 1:
         app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
         app.tasks.append(app.workers.run)

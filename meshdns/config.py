@@ -198,6 +198,26 @@ class UiConfig:
     topology_max_keys: int = 10_000   # distinct (client, name) pairs per minute; beyond: dropped, counted
 
 
+STORE_BACKENDS = ("sqlite", "etcd")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where the writable state lives: SQLite under data_dir (one server), or etcd (several replicas)."""
+
+    backend: str = "sqlite"
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/meshdns/"
+    timeout: float = 5.0
+    member_ttl: int = 10              # seconds (an etcd lease TTL is whole seconds)
+    advertise: str = ""               # host:port of this replica's HTTP API for the others; "" = its listen address
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password_file: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     domain: str = "consul."
@@ -214,6 +234,8 @@ class Config:
     kubernetes: tuple[KubernetesConfig, ...] = ()
     ui: UiConfig = field(default_factory=UiConfig)
     localities: tuple[tuple[str, str], ...] = ()   # [[locality]]: (cidr, zone), in file order
+    store: StoreConfig = field(default_factory=StoreConfig)
+    node_name: str = ""               # the agent node's name; "" = the host name ("meshdns" on etcd)
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -436,6 +458,56 @@ def _parse_ui(t: _Table) -> UiConfig:
     return cfg
 
 
+def check_endpoint(value: str, *, key: str) -> str:
+    """An etcd client URL: http(s)://host:port (a bare host:port means http)."""
+    from urllib.parse import urlsplit
+    url = urlsplit(value if "://" in value else f"http://{value}")
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if url.scheme not in ("http", "https") or not url.hostname or port is None:
+        raise ConfigError(f"{key}: {value!r} is not http(s)://host:port")
+    return value
+
+
+def _parse_store(t: _Table) -> StoreConfig:
+    d = StoreConfig()
+    endpoints = tuple(check_endpoint(e, key=t.key("endpoints")) for e in t.strings("endpoints", d.endpoints))
+    member_ttl = t.duration("member_ttl", d.member_ttl)
+    cfg = StoreConfig(
+        backend=_choice(t.get("backend", str, d.backend), STORE_BACKENDS, key=t.key("backend")),
+        endpoints=endpoints,
+        prefix=t.get("prefix", str, d.prefix),
+        timeout=t.duration("timeout", d.timeout),
+        member_ttl=int(member_ttl),
+        advertise=t.get("advertise", str, d.advertise),
+        ca_file=t.get("ca_file", str, ""), cert_file=t.get("cert_file", str, ""),
+        key_file=t.get("key_file", str, ""), username=t.get("username", str, ""),
+        password_file=t.get("password_file", str, ""),
+    )
+    t.done()
+    if not endpoints:
+        raise ConfigError(f"{t.key('endpoints')}: at least one etcd endpoint is needed")
+    if len({e.split("://")[0] if "://" in e else "http" for e in endpoints}) > 1:
+        raise ConfigError(f"{t.key('endpoints')}: mix of http:// and https:// endpoints")
+    if not (cfg.prefix.startswith("/") and cfg.prefix.endswith("/") and len(cfg.prefix) > 1):
+        raise ConfigError(f"{t.key('prefix')}: {cfg.prefix!r} must start and end with '/' (e.g. \"/meshdns/\")")
+    if cfg.timeout <= 0:
+        raise ConfigError(f"{t.key('timeout')}: must be more than 0")
+    if member_ttl != int(member_ttl) or member_ttl < 1:
+        raise ConfigError(f"{t.key('member_ttl')}: a whole number of seconds, at least 1s")
+    if cfg.advertise:
+        parse_hostport(cfg.advertise, key=t.key("advertise"), default_port=8500)
+    if bool(cfg.cert_file) != bool(cfg.key_file):
+        raise ConfigError(f"{t.key('cert_file')}: give cert_file and key_file together")
+    if cfg.password_file and not cfg.username:
+        raise ConfigError(f"{t.key('username')}: required with password_file")
+    if cfg.username and not cfg.password_file:
+        raise ConfigError(f"{t.key('password_file')}: required with username")
+    return cfg
+
+
 ADDRESS_MODES = ("auto", "endpoints", "clusterip", "nodeport", "loadbalancer")
 
 
@@ -511,9 +583,17 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         kubernetes=tuple(_parse_kubernetes(raw, i) for i, raw in enumerate(t.get("kubernetes", list, []))),
         ui=_parse_ui(t.sub("ui")),
         localities=tuple(_parse_locality(raw, i) for i, raw in enumerate(t.get("locality", list, []))),
+        store=_parse_store(t.sub("store")),
+        node_name=_node_name(t.get("node_name", str, ""), key="node_name"),
     )
     t.done()
     return cfg
+
+
+def _node_name(value: str, *, key: str) -> str:
+    if value and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", value):
+        raise ConfigError(f"{key}: {value!r} is not a node name (letters, digits and '-', up to 63)")
+    return value
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -577,6 +657,16 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         http = replace(http, tls_key=flags["http_tls_key"])
     if flags.get("recursor"):
         fwd = replace(fwd, recursors=_servers(tuple(flags["recursor"]), key="--recursor"))
+    store = cfg.store
+    if flags.get("store_backend") is not None:
+        store = replace(store, backend=_choice(flags["store_backend"], STORE_BACKENDS, key="--store-backend"))
+    if flags.get("store_endpoints") is not None:
+        endpoints = tuple(check_endpoint(e.strip(), key="--store-endpoints")
+                          for e in flags["store_endpoints"].split(",") if e.strip())
+        if not endpoints:
+            raise ConfigError("--store-endpoints: at least one etcd endpoint is needed")
+        store = replace(store, endpoints=endpoints)
+    top["store"] = store
     kube = cfg.kubernetes
     if flags.get("kubeconfig") is not None or flags.get("kube_context") is not None:
         base = kube[0] if kube else KubernetesConfig(name="default")

@@ -79,9 +79,13 @@ def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
 
 
 def agent_node(cfg: Config) -> NodeReg:
-    """meshdns's own node, which agent-API registrations live on (Consul's local agent node)."""
+    """meshdns's own node, which agent-API registrations live on (Consul's local agent node): `node_name`, else
+    the host name; replicas sharing a store share one node ("meshdns" unless `node_name` says otherwise)."""
     host = socket.gethostname().split(".")[0].lower()
     name = host if host and all(c.isalnum() or c == "-" for c in host) and len(host) <= 63 else "meshdns"
+    if cfg.store.backend != "sqlite":
+        name = "meshdns"
+    name = cfg.node_name or name
     listen = cfg.http.listen[0]
     address = listen if listen not in ("", "0.0.0.0", "::", "localhost") else "127.0.0.1"
     return NodeReg(datacenter=cfg.datacenter, name=name, address=address, meta=(("meshdns", "agent"),))

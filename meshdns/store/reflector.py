@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-from ..sources.kubernetes.watch import Backoff
+from ..backoff import Backoff
 from .kv import DELETE, KV, PUT, Batch, Compacted, Event, KeyValue, StoreError, Watch
 
 log = logging.getLogger("meshdns.store.reflector")

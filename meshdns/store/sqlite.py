@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..sources.sqlite_store import diagnose
+from .disk import diagnose
 from .kv import (DELETE, PUT, Batch, Compacted, Compare, Event, InvalidRequest, KeyValue, Op, Put,
                  StoreError, StoreUnavailable, check_ops, prefix_end)
 
@@ -211,6 +211,26 @@ class SqliteKV:
 
     async def compact(self, revision: int) -> None:
         await self._submit(lambda: self._compact(revision))
+
+    @property
+    def fresh(self) -> bool:
+        """Nothing was ever written (or only an import at revision 1)."""
+        return self._revision <= 1
+
+    async def restore(self, entries: Sequence[KeyValue], revision: int) -> bool:
+        """Load `entries`, revisions as given, into a store that was never written, now at `revision` (history
+        before it is gone); False, and nothing done, when the store was written before."""
+        return await self._submit(lambda: self._restore(entries, revision))
+
+    def _restore(self, entries: Sequence[KeyValue], revision: int) -> bool:
+        if self._revision > 1 or self._db.execute("SELECT 1 FROM kv LIMIT 1").fetchone() is not None:
+            return False
+        revision = max([revision, 1] + [kv.mod_revision for kv in entries])
+        self._db.executemany("INSERT INTO kv VALUES (?, ?, ?, ?, ?, 0)",
+                             [(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in entries])
+        self._db.execute("UPDATE meta SET value = ? WHERE name IN ('revision', 'compacted')", (revision,))
+        self._revision = self._compacted = revision
+        return True
 
     def _arm(self, lease: int, ttl: int) -> None:
         old = self._leases.get(lease)
