@@ -262,6 +262,7 @@ async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signal
         for prepare in app.preparers:
             await prepare()
         app.zones.reload()
+        app.store.rebase(app.records.revision)
         await app.dns.start(*cfg.dns.listen, reuse_port=cfg.dns.workers > 1)
         for start in app.starters:
             await start()

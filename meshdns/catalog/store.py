@@ -126,6 +126,15 @@ class Store:
         self._at = (revision, version)
         return version
 
+    def rebase(self, version: int) -> None:
+        """At start, before anything was answered: the version becomes exactly `version` (the store revision
+        applied), and no entry's index is above it, so replicas that read the same store and the same zone
+        files start at the same X-Consul-Index whatever their local sources published while starting."""
+        self._indexes = {k: Revision(min(r.create, version), min(r.mod, version)) for k, r in self._indexes.items()}
+        self._at = None
+        self._notify(replace(self.snapshot, version=version), Change(frozenset(), frozenset(), frozenset(),
+                                                                     frozenset()))
+
     def advance(self, version: int) -> None:
         """Move the version up to `version` (a store revision) if it is behind, so that no entry's index is
         ahead of X-Consul-Index and the index never goes back across restarts."""

@@ -166,6 +166,10 @@ class HealthRunner:
         """(owner, status name) -> number of checks, for metrics."""
         return Counter((c.owner, c.state.status.api_name) for c in self._checks.values())
 
+    def active_counts(self) -> Counter:
+        """owner -> number of checks run here (not followed from another replica)."""
+        return Counter(c.owner for c in self._checks.values() if c.active)
+
     def __len__(self) -> int:
         return len(self._checks)
 
@@ -197,7 +201,8 @@ class HealthRunner:
         old = check.state
         check.state = new
         if new.status is not old.status:
-            log.info("check %s/%s is now %s", check.owner, check.key, new.status.api_name)
+            if check.active:  # a followed check is logged by the replica that runs it
+                log.info("check %s/%s is now %s", check.owner, check.key, new.status.api_name)
             self._schedule_reap(check)
         if new.status is not old.status or new.output != old.output:
             owner = self._owners.get(check.owner)
