@@ -29,6 +29,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--kube-context", help="kubeconfig context")
     p.add_argument("--workers", type=_workers, help="DNS worker processes (SO_REUSEPORT), or 'auto'")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--store-backend", choices=("sqlite", "etcd"), help="where the shared state lives (default "
+                   "sqlite under --data-dir; etcd: several replicas)")
+    p.add_argument("--store-endpoints", help="etcd client URLs, comma-separated (with --store-backend etcd)")
 
 
 def _workers(text: str) -> int:
@@ -55,6 +58,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(cfg.log_level)
     from . import app as app_module
+    from .store.kv import StoreError
     try:
         import uvloop
         uvloop.install()
@@ -78,6 +82,9 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         logging.getLogger("meshdns").error("config error: %s", exc)
         return 2
+    except StoreError as exc:
+        logging.getLogger("meshdns").error("cannot start: %s", exc)
+        return 1
     return 0
 
 
@@ -87,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     from . import client, query
+    from .store import migrate
     client.add_parsers(sub)
     query.add_parser(sub)
+    migrate.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return client.main(args)
     if args.command == "query":
         return query.main(args)
+    if args.command == "store":
+        return migrate.main(args)
     return 2
 
 
