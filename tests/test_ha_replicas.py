@@ -158,3 +158,45 @@ def statuses(proc):
     for c in found:
         counts[c["Status"]] = counts.get(c["Status"], 0) + 1
     return sorted(counts.items())
+
+
+def owner_of_the_check(rs) -> int:
+    """Index of the replica that runs the only registered check (the others follow it)."""
+    def found():
+        shares = [owned(p) for p in rs.procs]
+        return shares.index(1) + 1 if sorted(shares) == [0, 0, 1] else False
+    return wait_until(found, 30, 0.1, what="one replica runs the check") - 1
+
+
+def test_ttl_passes_through_replicas_that_do_not_run_the_check_keep_it_alive(etcd, replica_sets):
+    rs = replica_sets(etcd).start_all()
+    assert register(rs.procs[0], "web-1", "127.2.0.1", Check={"TTL": "4s", "Status": "passing"}).status == 200
+    owner = owner_of_the_check(rs)
+    others = [p for i, p in enumerate(rs.procs) if i != owner]
+    seen = []
+    for beat in range(24):   # 12 s of passes, every 0.5 s, through the two replicas that do not run it
+        assert api(others[beat % 2].http, "PUT", "/v1/agent/check/pass/service:web-1").status == 200
+        seen.extend(checks(p)[1][0][1] for p in rs.procs)
+        threading.Event().wait(0.5)
+    assert set(seen) == {"passing"}, seen          # the owner's TTL never ran out
+    # no more passes: the owner lets it expire, and every replica shows it
+    wait_until(lambda: all(checks(p)[1][0][1:3] == ("critical", "TTL expired") for p in rs.procs), 30, 0.1,
+               what="the TTL expired")
+
+
+def test_the_leader_deregisters_a_service_critical_for_too_long_whoever_runs_its_check(etcd, replica_sets):
+    target = FlipHttpServer(500)
+    try:
+        rs = replica_sets(etcd).start_all()
+        leader = rs.leader(rs.procs[0])
+        for i in range(6):   # checks spread over the replicas: most run where the leader is not
+            assert register(rs.procs[i % 3], f"web-{i}", f"127.2.0.{i + 1}",
+                            Check={"HTTP": target.url, "Interval": "500ms", "Status": "passing",
+                                   "DeregisterCriticalServiceAfter": "1s"}).status == 200
+        assert register(rs.procs[1], "keep", "127.2.1.1", name="keep").status == 200
+        wait_until(lambda: all(catalog(p)[1] == [] for p in rs.procs), 60, 0.1, what="every web instance reaped")
+        assert all(catalog(p, "keep")[1] for p in rs.procs)
+        reaped = [p.stderr().count("critical past DeregisterCriticalServiceAfter") for p in rs.procs]
+        assert reaped[[rs.address(p) for p in rs.procs].index(leader)] == sum(reaped) >= 6, reaped
+    finally:
+        target.close()

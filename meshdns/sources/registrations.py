@@ -329,6 +329,10 @@ class Registrations:
                 self.runner.set_active(SOURCE, key, mine)
                 if not mine:
                     self.db.cancel_soon(CHECK_STATUS, self._disk_key(key))
+            state = self.runner.state(SOURCE, key) if mine else None
+            stored = self.check_state(check)
+            if state is not None and (state.status, state.output) != (stored.status, stored.output):
+                self._store_status(key, state)   # a result not stored yet (e.g. made while cut off)
 
     def _leader_changed(self) -> None:
         """A new leader reaps what waited for one."""
@@ -359,11 +363,17 @@ class Registrations:
         return worst
 
     def _check_changed(self, key: CKey, old: CheckState, new: CheckState) -> None:
-        """A check run here changed status or output: store it (fenced: only while this replica is a
-        member); DNS follows once it is stored."""
+        """A check run here changed status or output: store it; DNS follows once it is stored."""
         if key not in self.checks or key == self._quiet or not self.runner.is_active(SOURCE, key):
             return
-        self.db.commit_soon([self._status_write(key, new)], guard=self.replicas.fence)
+        self._store_status(key, new)
+
+    def _store_status(self, key: CKey, state: CheckState) -> None:
+        """Fenced by this replica's membership as it is now: if that ends before the write, the write is
+        dropped (a replica cut off from the others must not overwrite what their owner stores since)."""
+        fence = self.replicas.fence()
+        if fence is not None:
+            self.db.commit_soon([self._status_write(key, state)], fence=fence)
 
     def _reap(self, key: CKey) -> None:
         check = self.checks.get(key)

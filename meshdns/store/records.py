@@ -56,7 +56,7 @@ class Record:
     revision: Revision | None
 
 
-Guard = Callable[[], "Sequence[Compare] | None"]  # the compares a background write needs; None: not yet
+Fence = tuple[Compare, ...]   # compares a queued write must still hold when it is written
 Subscriber = Callable[[list[Record]], None]
 
 
@@ -83,7 +83,7 @@ class Records:
         self._waiters: list[tuple[int, int, asyncio.Future]] = []   # (revision, seq, future), a heap
         self._deletes: list[tuple[tuple[bytes, ...], asyncio.Future]] = []  # waiting for keys to be gone
         self._seq = itertools.count()
-        self._soon: dict[bytes, tuple[Write, Guard | None]] = {}
+        self._soon: dict[bytes, tuple[Write, Fence]] = {}
         self._soon_wakeup = asyncio.Event()
         self._soon_idle = asyncio.Event()
         self._soon_idle.set()
@@ -297,11 +297,11 @@ class Records:
                                    f"within {self.timeout:g}s (its watch is behind); retrying is safe")
         return self.revision
 
-    def commit_soon(self, writes: Iterable[Write], *, guard: Guard | None = None) -> None:
-        """Queue writes nobody waits for; per key the latest wins. `guard` gives the compares the
-        transaction must hold (a fence), or None while they cannot be known yet."""
+    def commit_soon(self, writes: Iterable[Write], *, fence: Sequence[Compare] = ()) -> None:
+        """Queue writes nobody waits for; per key the latest wins. `fence`: compares that must still hold
+        when they are written (else they are dropped: e.g. the membership that made them has ended)."""
         for w in writes:
-            self._soon[record_key(self.prefix, w.kind, w.key)] = (w, guard)
+            self._soon[record_key(self.prefix, w.kind, w.key)] = (w, tuple(fence))
         if self._soon:
             self._soon_idle.clear()
             self._soon_wakeup.set()
@@ -325,21 +325,16 @@ class Records:
                 await self._soon_wakeup.wait()
                 continue
             pending, self._soon = self._soon, {}
-            groups: dict[Guard | None, list[tuple[bytes, Write]]] = {}
-            for key, (write, guard) in pending.items():
-                groups.setdefault(guard, []).append((key, write))
-            held = failed = False
-            for guard, items in groups.items():
-                compares = guard() if guard is not None else ()
-                if compares is None:
-                    held = True
-                    self._requeue(items, guard)
-                    continue
+            groups: dict[Fence, list[tuple[bytes, Write]]] = {}
+            for key, (write, fence) in pending.items():
+                groups.setdefault(fence, []).append((key, write))
+            failed = False
+            for fence, items in groups.items():
                 try:
                     ops = self._ops(write for _, write in items)
                     later = {op.key for op in ops[MAX_TXN_OPS:]}   # the rest in the next transaction
-                    self._requeue([item for item in items if item[0] in later], guard)
-                    await self._send(ops[:MAX_TXN_OPS], compares)
+                    self._requeue([item for item in items if item[0] in later], fence)
+                    await self._send(ops[:MAX_TXN_OPS], fence)
                 except (StoreError, ValueError) as exc:
                     if isinstance(exc, (InvalidRequest, ValueError)):
                         log.error("%s: dropped %d queued write(s): %s", self.kv, len(items), exc)
@@ -347,15 +342,15 @@ class Records:
                         if not failed:
                             log.warning("%s: queued writes wait for the store: %s", self.kv, exc)
                         failed = True
-                        self._requeue(items, guard)
-            if failed or held:
-                await asyncio.sleep(backoff.next() if failed else 0.5)
+                        self._requeue(items, fence)
+            if failed:
+                await asyncio.sleep(backoff.next())
             else:
                 backoff.reset()
 
-    def _requeue(self, items: list[tuple[bytes, Write]], guard: Guard | None) -> None:
+    def _requeue(self, items: list[tuple[bytes, Write]], fence: Fence) -> None:
         for key, write in items:
-            self._soon.setdefault(key, (write, guard))  # unless a newer value was queued meanwhile
+            self._soon.setdefault(key, (write, fence))  # unless a newer value was queued meanwhile
 
     async def _send(self, ops: list[Op], compares: Sequence[Compare]) -> None:
         if not ops:
