@@ -34,8 +34,17 @@ class ReplicaSet:
                                f'prefix = "{self.prefix}"\ntimeout = "{timeout}"\nmember_ttl = "{member_ttl}s"\n')
         self.procs: list[ServerProcess | None] = [None] * size
 
-    def start(self, i: int, *, wrap: tuple[str, ...] = (), timeout: float = 60) -> ServerProcess:
-        proc = ServerProcess("--config", str(self.config), "--zones", str(self.zones),
+    def start(self, i: int, *, wrap: tuple[str, ...] = (), endpoints: list[str] | None = None,
+              timeout: float = 60) -> ServerProcess:
+        """Replica `i`; `wrap` runs it through a command (a network namespace), `endpoints` are etcd's as
+        that replica reaches them."""
+        config = self.config
+        if endpoints is not None:
+            config = self.root / f"meshdns{i}.toml"
+            text = self.config.read_text()
+            config.write_text(text.replace(f"endpoints = {json.dumps(self.cluster.endpoints)}",
+                                           f"endpoints = {json.dumps(endpoints)}"))
+        proc = ServerProcess("--config", str(config), "--zones", str(self.zones),
                              "--data-dir", str(self.root / f"data{i}"), wrap=wrap)
         self.procs[i] = proc.start(timeout)
         return proc
