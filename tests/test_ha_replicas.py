@@ -200,3 +200,40 @@ def test_the_leader_deregisters_a_service_critical_for_too_long_whoever_runs_its
         assert reaped[[rs.address(p) for p in rs.procs].index(leader)] == sum(reaped) >= 6, reaped
     finally:
         target.close()
+
+
+def test_a_quiet_cluster_writes_nothing(etcd, replica_sets):
+    target = FlipHttpServer(200)
+    try:
+        rs = replica_sets(etcd).start_all()
+        for i in range(6):
+            assert register(rs.procs[i % 3], f"web-{i}", f"127.2.0.{i + 1}",
+                            Check={"HTTP": target.url, "Interval": "300ms", "Status": "critical"}).status == 200
+        wait_until(lambda: all(statuses(p) == [("passing", 6)] for p in rs.procs), 60, 0.1, what="all passing")
+        index = same_everywhere(rs, catalog)[0]
+        revision = same_everywhere(rs, applied)   # the last change under this set's prefix
+        probes = len(target.requests)
+        # membership leases are refreshed, checks are probed, nothing changes: nothing is written
+        wait_until(lambda: len(target.requests) >= probes + 6 * 10, 60, 0.1, what="ten more rounds of probes")
+        threading.Event().wait(2 * 2)   # and two more member TTLs of lease refreshes
+        assert [applied(p) for p in rs.procs] == [revision] * 3
+        assert same_everywhere(rs, catalog)[0] == index
+    finally:
+        target.close()
+
+
+def applied(proc) -> int:
+    return int(metric_samples(proc.http)[("meshdns_store_revision", ())])
+
+
+def test_a_write_is_checked_against_what_another_replica_acknowledged_just_before(etcd, replica_sets):
+    rs = replica_sets(etcd).start_all()
+    r0, r1 = rs.procs[0], rs.procs[1]
+    for i in range(20):   # each split names a service whose registration r1 has barely (or not yet) seen
+        assert register(r0, f"svc-{i}", f"127.2.2.{i + 1}", name=f"svc{i}").status == 200
+        split = {"Kind": "service-splitter", "Name": f"front{i}", "Splits": [{"Weight": 100, "Service": f"svc{i}"}]}
+        reply = api(r1.http, "PUT", "/v1/config", split)
+        assert reply.status == 200, reply
+        reply = api(r1.http, "PUT", "/v1/agent/check/register",
+                    {"Name": "extra", "TTL": "1h", "ServiceID": f"svc-{i}", "CheckID": f"extra-{i}"})
+        assert reply.status == 200, reply

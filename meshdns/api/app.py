@@ -16,7 +16,7 @@ from aiohttp import web
 from ..config import Config, ConfigError, HttpConfig
 from ..sources.registration_model import NodeReg
 from . import agent, catalog, config, health, intentions, metrics, status, topology, ui
-from .common import CTX, ApiContext, errors
+from .common import CTX, ApiContext, consistent_writes, errors
 from .metrics import count_requests
 
 log = logging.getLogger("meshdns.api")
@@ -94,7 +94,8 @@ def agent_node(cfg: Config) -> NodeReg:
 class HttpApi:
     def __init__(self, ctx: ApiContext):
         self.ctx = ctx
-        self.web = web.Application(middlewares=[count_requests, errors], client_max_size=ctx.cfg.http.max_body + 1)
+        self.web = web.Application(middlewares=[count_requests, errors, consistent_writes],
+                                   client_max_size=ctx.cfg.http.max_body + 1)
         self.web[CTX] = ctx
         self.web[metrics.REGISTRY] = metrics.make_registry(ctx)
         for table in ROUTE_TABLES:

@@ -20,7 +20,7 @@ from ..sources.config_entries import ConfigEntries
 from ..sources.intentions import IntentionEntries
 from ..sources.registrations import NotFound, Registrations
 from ..sources.status import StatusRegistry
-from ..store.kv import InvalidRequest, StoreError
+from ..store.kv import InvalidRequest, StoreError, StoreUnavailable
 from ..store.records import Records
 from ..store.replicas import SingleReplica
 from .acl import Acl, Denied
@@ -216,17 +216,13 @@ async def _catch_up(ctx: ApiContext, index: int, deadline: float) -> None:
     """Wait until this replica has applied the store revision `index` stands for, as far as the store has
     reached it (an index past the store's revision counts changes of another replica's own sources: then
     the answer comes at once, with a lower index, and the client starts over, as Consul's clients do)."""
-    records = ctx.records
-    if records is None:
+    remaining = deadline - asyncio.get_running_loop().time()
+    if ctx.records is None or remaining <= 0:
         return
-    remaining = deadline - asyncio.get_running_loop().time()
     try:
-        target = min(index, await asyncio.wait_for(records.current_revision(), max(remaining, 0.001)))
+        await ctx.records.catch_up(index, remaining)
     except (StoreError, asyncio.TimeoutError):
-        return  # the store does not answer: answer from what this replica has
-    remaining = deadline - asyncio.get_running_loop().time()
-    if target > records.revision and remaining > 0:
-        await records.wait_applied(target, remaining)
+        pass   # the store does not answer: answer from what this replica has
 
 
 def ok(request: web.Request) -> web.Response:
@@ -236,6 +232,25 @@ def ok(request: web.Request) -> web.Response:
 
 def ok_true(request: web.Request) -> web.Response:
     return web.Response(body=b"true", content_type="application/json")
+
+
+WRITES = frozenset({"PUT", "POST", "DELETE"})
+
+
+@web.middleware
+async def consistent_writes(request: web.Request, handler) -> web.StreamResponse:
+    """With replicas, a write is checked against the store as it is now, not this replica's view of a moment
+    ago (a split naming a service registered through another replica an instant before is valid)."""
+    ctx = ctx_of(request)
+    if request.method in WRITES and ctx.replicas.clustered and ctx.records is not None:
+        try:
+            caught_up = await ctx.records.catch_up()
+        except asyncio.TimeoutError:
+            caught_up = False
+        if not caught_up:
+            raise StoreUnavailable(f"{ctx.records}: this replica could not catch up with the store within "
+                                   f"{ctx.records.timeout:g}s")
+    return await handler(request)
 
 
 @web.middleware

@@ -88,11 +88,11 @@ class SplitRevisions:
             await self.db.commit([Write(KIND, key, value, if_changed=True)])
         except Exception as exc:  # storage trouble: the previous split stays; the next presentation retries
             log.error("cannot record the revision of split %s: %s", key, exc)
-            return
+        else:
+            on_ready()
         finally:
             if self._pending.get(key) == digest:
                 del self._pending[key]
-        on_ready()
 
     def forget(self, source: str, owner: str) -> None:
         """The owner presents no split any more: a later one is a new write."""
@@ -109,6 +109,10 @@ class SplitRevisions:
         prefix = source + "/"
         for key in [k for k in {*self.db.load(KIND), *self._pending} if k.startswith(prefix) and k not in keep]:
             self.forget(source, key[len(prefix):])
+
+    def pending(self, source: str) -> bool:
+        """Whether a content of `source` is still being recorded (its split is not served yet)."""
+        return any(key.startswith(source + "/") for key in self._pending)
 
     async def settled(self) -> None:
         """Wait until every content presented so far has its revision (start-up)."""

@@ -331,7 +331,17 @@ class _EtcdWatch:
             raise StoreUnavailable(f"{self._kv}: watch canceled: {reply.cancel_reason or 'no reason given'}")
         return reply
 
+    async def request_progress(self) -> None:
+        if self._call is not None:
+            try:
+                await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                raise StoreUnavailable(f"{self._kv}: progress request failed: {exc}") from None
+
     def _queue(self, reply) -> None:
+        if not reply.events and not reply.created:   # a progress notification: current up to its revision
+            self._pending.append(Batch(reply.header.revision, ()))
+            return
         events: list[Event] = []
         for i, e in enumerate(reply.events):
             events.append(Event(DELETE, KeyValue(e.kv.key, b"", 0, e.kv.mod_revision, 0))

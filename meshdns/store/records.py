@@ -69,13 +69,18 @@ def encode(value: Any) -> bytes:
 
 
 class Records:
-    def __init__(self, kv: KV, prefix: bytes, *, timeout: float = 5.0, resync_interval: float = 600.0,
-                 backoff: Backoff | None = None, clock: Callable[[], float] = time.time):
-        self.kv = kv
+    def __init__(self, kv: KV | Callable[[], KV], prefix: bytes, *, backend: str | None = None,
+                 timeout: float = 5.0, resync_interval: float = 600.0, backoff: Backoff | None = None,
+                 clock: Callable[[], float] = time.time):
+        """`kv`: the store, or a function that opens it at `start` (then say which `backend` it opens): a
+        local file is locked and opened only once the server really starts."""
+        self._opener = None if hasattr(kv, "txn") else kv
+        self.kv: KV = None if self._opener is not None else kv
+        self._backend = backend or self.kv.backend
         self.prefix = prefix
         self.timeout = timeout
         self._dir = prefix + VERSION_DIR
-        self.reflector = Reflector(kv, prefix, self._apply, resync_interval=resync_interval, backoff=backoff,
+        self.reflector = Reflector(self.kv, prefix, self._apply, resync_interval=resync_interval, backoff=backoff,
                                    clock=clock)
         self._kinds: dict[str, dict[str, tuple[Any, Revision]]] = {}   # kind -> key -> (value, revisions)
         self._subscribers: list[tuple[frozenset[str], Subscriber]] = []
@@ -93,11 +98,11 @@ class Records:
         self.upgraded_from: int | None = None   # the schema of an earlier store imported at this start
 
     def __repr__(self) -> str:
-        return repr(self.kv)
+        return repr(self.kv) if self.kv is not None else f"{self._backend} (not open)"
 
     @property
     def backend(self) -> str:
-        return self.kv.backend
+        return self._backend
 
     @property
     def revision(self) -> int:
@@ -208,10 +213,28 @@ class Records:
         """The store's revision now (one quorum read), whatever this replica has applied."""
         return (await self.kv.list(self.prefix + b"\0"))[1]
 
+    async def catch_up(self, revision: int | None = None, timeout: float | None = None) -> bool:
+        """Wait until this replica has applied the store as it is now (or up to `revision`, if lower): a
+        write any replica acknowledged before this call is then visible here. False after `timeout`."""
+        timeout = self.timeout if timeout is None else timeout
+        now = await asyncio.wait_for(self.current_revision(), timeout)
+        target = now if revision is None else min(revision, now)
+        if self.revision >= target:
+            return True
+        await self.reflector.request_progress()   # the revision moves on even if nothing here changed
+        return await self.wait_applied(target, timeout)
+
     # -- lifecycle ------------------------------------------------------------------
+
+    def open(self) -> KV:
+        """The store, opened now if it was not yet."""
+        if self.kv is None:
+            self.kv = self.reflector.kv = self._opener()
+        return self.kv
 
     async def start(self) -> None:
         """Mirror the prefix (a task of its own) and return after the first full read."""
+        self.open()
         self._tasks = [asyncio.create_task(self.reflector.run(), name="meshdns-store-reflector"),
                        asyncio.create_task(self._soon_writer(), name="meshdns-store-writer")]
         ready = asyncio.ensure_future(self.reflector.ready.wait())
@@ -222,7 +245,7 @@ class Records:
         log.info("%s: read %d records at revision %d", self.kv, sum(map(len, self._kinds.values())), self.revision)
 
     async def close(self, *, flush_timeout: float = 2.0) -> None:
-        if self._soon:
+        if self._soon and self.kv is not None:
             try:
                 await asyncio.wait_for(self.flush(), flush_timeout)
             except asyncio.TimeoutError:
@@ -232,7 +255,8 @@ class Records:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for _, _, future in self._waiters:
             future.cancel()
-        await self.kv.close()
+        if self.kv is not None:
+            await self.kv.close()
 
     # -- writes ---------------------------------------------------------------------
 

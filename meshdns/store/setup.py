@@ -44,16 +44,19 @@ def replica_id(cfg: Config) -> str:
 
 
 def open_store(cfg: Config) -> tuple[Records, SingleReplica | ClusterReplicas]:
+    """The records and this replica; SQLite's file is opened (and locked) only when the server starts."""
     store = cfg.store
-    kv = open_kv(store, cfg.data_dir)
-    records = Records(kv, store.prefix.encode(), timeout=store.timeout)
     if store.backend == "sqlite":
+        records = Records(lambda: open_kv(store, cfg.data_dir), store.prefix.encode(), backend="sqlite",
+                          timeout=store.timeout)
         return records, SingleReplica(replica_id(cfg))
+    records = Records(open_kv(store, cfg.data_dir), store.prefix.encode(), timeout=store.timeout)
     return records, ClusterReplicas(records, replica_id(cfg), ttl=store.member_ttl)
 
 
 async def start_store(records: Records, cfg: Config) -> None:
     """Carry over an earlier single-server store (SQLite only), then mirror the store: first full read."""
+    kv = records.open()
     if records.backend == "sqlite":
-        records.upgraded_from = await import_legacy(records.kv, cfg.data_dir, records.prefix)
+        records.upgraded_from = await import_legacy(kv, cfg.data_dir, records.prefix)
     await records.start()

@@ -470,6 +470,12 @@ class _Watch:
                 self._next = batch.revision + 1
                 return batch
 
+    async def request_progress(self) -> None:
+        """After what is queued: every commit is published before its caller hears of it."""
+        if self._sub is not None:
+            self._sub.batches.append(Batch(self._kv._revision, ()))
+            self._sub.wakeup.set()
+
     async def aclose(self) -> None:
         self._closed = True
         if self._sub is not None:
