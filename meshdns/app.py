@@ -25,6 +25,8 @@ from .api.blocking import Watch
 from .api.common import ApiContext
 from .health.runner import HealthRunner
 from .sources.config_entries import ConfigEntries
+from .sources.peers import PeerSource
+from .sources.prepared_queries import PreparedQueries
 from .sources.registrations import Registrations
 from .sources.sqlite_store import RecordStore
 from .sources.status import SourceStatus
@@ -37,7 +39,8 @@ def resolver_options(cfg: Config) -> ResolverOptions:
     ns = () if host in ("0.0.0.0", "::", "") else (host,)
     return ResolverOptions(domains=cfg.domains, only_passing=cfg.dns.only_passing,
                            a_record_limit=cfg.dns.a_record_limit, node_ttl=int(cfg.dns.node_ttl),
-                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns)
+                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns,
+                           peer_datacenters=tuple(p.datacenter for p in cfg.peers))
 
 
 @dataclass
@@ -57,6 +60,7 @@ class App:
     workers: "WorkerPool | None" = None
     kubernetes: list = field(default_factory=list)       # KubernetesSource per cluster (status())
     reverse_syncs: list = field(default_factory=list)    # ReverseSync per cluster that has it (status())
+    peers: list = field(default_factory=list)            # PeerSource per [[peer]] (other datacenters)
     health: HealthRunner | None = None
     registrations: Registrations | None = None
     api: HttpApi | None = None
@@ -110,7 +114,19 @@ def build(cfg: Config) -> App:
     if cfg.kubernetes:
         _add_kubernetes(app)
     _add_registrations(app, health)
+    _add_peers(app)
     return app
+
+
+def _add_peers(app: App) -> None:
+    """One import per [[peer]]; the API shows their state (readiness, metrics, datacenters)."""
+    for peer in app.cfg.peers:
+        source = PeerSource(peer, app.store, coalesce=coalesced)
+        app.peers.append(source)
+        app.readiness[source.name] = source.readiness
+        app.tasks.append(source.run)
+        app.closers.append(source.close)
+    app.api.ctx.peers = app.peers
 
 
 def _add_kubernetes(app: App) -> None:
@@ -147,10 +163,11 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     app.db = RecordStore(cfg.data_dir)
     regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
     config = ConfigEntries(app.store, app.db)
+    queries = PreparedQueries(app.store, app.db)
     api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness,
-                             config=config))
+                             config=config, queries=queries))
     app.health, app.registrations, app.api = health, regs, api
     api.ctx.kubernetes = app.kubernetes
     app.readiness["zones"] = lambda: SourceStatus(synced=zones.synced, errors=dict(zones.errors))
@@ -158,6 +175,7 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
 
     regs.load()  # before DNS listens: a restart never answers without the registrations
     config.load()
+    queries.load()
     app.readiness["config"] = config.status
 
     async def start() -> None:

@@ -38,6 +38,7 @@ class Delta:
     splits: dict = field(default_factory=dict)     # name -> Split | None
     zones: dict = field(default_factory=dict)      # origin -> Zone | None
     full: bool = False
+    queries: dict = field(default_factory=dict)    # ID -> PreparedQuery | None
 
 
 def delta_for(snap: Snapshot, change: Change) -> Delta:
@@ -47,12 +48,14 @@ def delta_for(snap: Snapshot, change: Change) -> Delta:
         nodes={k: snap.nodes.get(k) for k in change.nodes},
         splits={k: snap.splits.get(k) for k in change.splits},
         zones={k: (snap.zones[k].zone if k in snap.zones else None) for k in change.zones},
+        queries={k: snap.queries.get(k) for k in change.queries},
     )
 
 
 def full_delta(snap: Snapshot) -> Delta:
     return Delta(version=snap.version, services=dict(snap.services), nodes=dict(snap.nodes),
-                 splits=dict(snap.splits), zones={k: z.zone for k, z in snap.zones.items()}, full=True)
+                 splits=dict(snap.splits), zones={k: z.zone for k, z in snap.zones.items()}, full=True,
+                 queries=dict(snap.queries))
 
 
 class Replica:
@@ -76,7 +79,8 @@ class Replica:
         self.state = SourceState(services=merged(self.state.services, d.services),
                                  nodes=merged(self.state.nodes, d.nodes),
                                  splits=merged(self.state.splits, d.splits),
-                                 zones=merged(self.state.zones, d.zones))
+                                 zones=merged(self.state.zones, d.zones),
+                                 queries=merged(self.state.queries, d.queries))
         self.store.publish(REPLICA_SOURCE, self.state, changed=None if d.full else set(d.services),
                            version=d.version)
         self.applied += 1

@@ -22,14 +22,17 @@ routes = web.RouteTableDef()
 def effective(split: Split, snap: Snapshot, *, only_passing: bool) -> list[dict]:
     """The share of answers each target gets right now (unhealthy targets drop out)."""
     dc = snap.datacenter
-    live = [(t, len(healthy(snap.services.get((dc, t.service), ()), only_passing=only_passing, tag=t.tag)))
+    live = [(t, len(healthy(snap.services.get((t.datacenter or dc, t.service), ()), only_passing=only_passing,
+                            tag=t.tag)))
             for t in split.targets if t.weight > 0]
     live = [(t, n) for t, n in live if n]
     if not live and split.on_all_unhealthy == "all":
-        live = [(t, len(snap.services.get((dc, t.service), ()))) for t in split.targets if t.weight > 0]
+        live = [(t, len(snap.services.get((t.datacenter or dc, t.service), ()))) for t in split.targets
+                if t.weight > 0]
         live = [(t, n) for t, n in live if n]
     total = sum(t.weight for t, _ in live)
-    return [{"Service": t.service, **({"ServiceSubset": t.tag} if t.tag else {}), "HealthyInstances": n,
+    return [{"Service": t.service, **({"ServiceSubset": t.tag} if t.tag else {}),
+             **({"Datacenter": t.datacenter} if t.datacenter else {}), "HealthyInstances": n,
              "Share": round(t.weight / total, 6)} for t, n in live]
 
 
@@ -39,6 +42,7 @@ def describe(split: Split, snap: Snapshot, index: int, *, only_passing: bool) ->
             "Meta": {"meshdns-source": split.source},
             "OnAllUnhealthy": split.on_all_unhealthy,
             "HealthyTargets": [s["Service"] + (":" + s["ServiceSubset"] if "ServiceSubset" in s else "")
+                               + ("@" + s["Datacenter"] if "Datacenter" in s else "")
                                for s in shares if s["HealthyInstances"]],
             "EffectiveShares": shares}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..catalog.model import Health
+from ..catalog.model import Health, Instance
 from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, dns_label, node_name
 from .catalog import instances
@@ -24,16 +24,17 @@ async def service(request: web.Request) -> web.Response:
     views = Views(ctx.registrations, ctx.runner)
 
     def compute(snap: Snapshot, index: int):
-        out = []
-        for inst in instances(snap, dc, name, tags):
-            if passing and inst.health is not Health.PASSING:
-                continue
-            node = snap.node(inst.node, inst.datacenter) if inst.node else None
-            out.append({"Node": node_json(node, inst, snap, index, views.node_tagged(inst.datacenter, inst.node)),
-                        "Service": service_json(inst, views.registration(inst), index),
-                        "Checks": [check_json(v, index) for v in views.instance_checks(inst)]})
-        return out
+        return [entry_json(inst, snap, views, index) for inst in instances(snap, dc, name, tags)
+                if not passing or inst.health is Health.PASSING]
     return await read(request, compute)
+
+
+def entry_json(inst: Instance, snap: Snapshot, views: Views, index: int) -> dict:
+    """One instance as /v1/health/service lists it (and a prepared query's execute answers)."""
+    node = snap.node(inst.node, inst.datacenter) if inst.node else None
+    return {"Node": node_json(node, inst, snap, index, views.node_tagged(inst.datacenter, inst.node)),
+            "Service": service_json(inst, views.registration(inst), index),
+            "Checks": [check_json(v, index) for v in views.instance_checks(inst)]}
 
 
 @routes.get("/v1/health/checks/{name}")

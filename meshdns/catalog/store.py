@@ -2,8 +2,8 @@
 
 Merge rules: a service key's instances are the concatenation over sources
 (that is how one name spans VMs and pods); a node or zone comes from the first
-source (by name) that has it; a split is the one with the newest revision
-(last write wins). Only keys that changed are rebuilt.
+source (by name) that has it, and so does a prepared query; a split is the one
+with the newest revision (last write wins). Only keys that changed are rebuilt.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Change:
     nodes: frozenset
     splits: frozenset
     zones: frozenset
+    queries: frozenset = frozenset()
 
 
 def _changed_keys(old: dict, new: dict) -> set:
@@ -38,6 +39,20 @@ def _changed_keys(old: dict, new: dict) -> set:
             keys.add(k)
     keys.update(k for k in old if k not in new)
     return keys
+
+
+def _first_wins(prev, keys, parts: list[dict], build=lambda value: value):
+    """prev with `keys` taken from the first part that has them (built), or dropped; prev when no key changed."""
+    if not keys:
+        return prev
+    out = dict(prev)
+    for key in keys:
+        value = next((part[key] for part in parts if key in part), None)
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = build(value)
+    return MappingProxyType(out)
 
 
 def _address_of(inst: Instance, nodes) -> str:
@@ -91,10 +106,12 @@ class Store:
         node_keys = _changed_keys(old.nodes, state.nodes)
         split_names = _changed_keys(old.splits, state.splits)
         zone_names = _changed_keys(old.zones, state.zones)
-        if not (svc_keys or node_keys or split_names or zone_names):
+        query_ids = _changed_keys(old.queries, state.queries)
+        if not (svc_keys or node_keys or split_names or zone_names or query_ids):
             return self.snapshot
-        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version)
-        change = Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names), frozenset(zone_names))
+        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version, query_ids)
+        change = Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names), frozenset(zone_names),
+                        frozenset(query_ids))
         for listener in list(self._listeners):
             try:
                 listener(snap)
@@ -115,7 +132,7 @@ class Store:
     def _ordered_states(self) -> list[SourceState]:
         return [self._states[name] for name in sorted(self._states)]
 
-    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None) -> Snapshot:
+    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None, query_ids=()) -> Snapshot:
         prev = self.snapshot
         states = self._ordered_states()
         raw = self._raw
@@ -197,16 +214,8 @@ class Store:
                     splits.pop(name, None)
             splits = MappingProxyType(splits)
 
-        zones = prev.zones
-        if zone_names:
-            zones = dict(prev.zones)
-            for origin in zone_names:
-                zone = next((st.zones[origin] for st in states if origin in st.zones), None)
-                if zone is None:
-                    zones.pop(origin, None)
-                else:
-                    zones[origin] = ZoneIndex.build(zone)
-            zones = MappingProxyType(zones)
+        zones = _first_wins(prev.zones, zone_names, [st.zones for st in states], ZoneIndex.build)
+        queries = _first_wins(prev.queries, query_ids, [st.queries for st in states])
 
         dcs = frozenset(dc for dc, n in self._dc_refs.items() if n > 0) | {prev.datacenter}
         self.snapshot = Snapshot(
@@ -219,6 +228,7 @@ class Store:
             ip_services=MappingProxyType(ip_services),
             ip_nodes=MappingProxyType(ip_nodes) if node_keys else prev.ip_nodes,
             datacenters=dcs if dcs != prev.datacenters else prev.datacenters,
+            queries=queries,
         )
         return self.snapshot
 

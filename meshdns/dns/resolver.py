@@ -11,11 +11,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..catalog import queries
 from ..catalog.model import Health, Instance, Split
 from ..catalog.snapshot import Snapshot
 from ..config import SoaConfig
 from . import names, rdata
-from .names import AddrLookup, ApexLookup, NodeLookup, ReverseLookup, ServiceLookup, UnknownLookup
+from .names import AddrLookup, ApexLookup, NodeLookup, QueryLookup, ReverseLookup, ServiceLookup, UnknownLookup
 from .weighting import scale_shares, weighted_order, weighted_pick
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -84,6 +85,7 @@ class ResolverOptions:
     service_ttl: tuple[tuple[str, float], ...] = (("*", 0.0),)
     soa: SoaConfig = field(default_factory=SoaConfig)
     ns_addresses: tuple[str, ...] = ()
+    peer_datacenters: tuple[str, ...] = ()   # [[peer]] order: a prepared query's NearestN takes the first N
 
     def ttl_for_service(self, service: str) -> int:
         """Exact name, then the longest matching "prefix*", then "*" (Consul's rule)."""
@@ -174,14 +176,11 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
     if isinstance(lookup, ServiceLookup):
         dc = lookup.datacenter or snap.datacenter
         split = snap.splits.get(lookup.service)
-        names_used = [lookup.service] + ([t.service for t in split.targets] if split is not None else [])
+        used = [(dc, lookup.service)] + ([(t.datacenter or dc, t.service) for t in split.targets]
+                                         if split is not None else [])
         deps.append(("splits", lookup.service, split))
-        for name in names_used:
-            insts = snap.services.get((dc, name))
-            deps.append(("services", (dc, name), insts))
-            # an instance without an address answers with its node's: the answer depends on that node too
-            deps += [("nodes", (i.datacenter, i.node.lower()), snap.nodes.get((i.datacenter, i.node.lower())))
-                     for i in insts or () if not i.address and i.node]
+        for key in used:
+            _service_deps(deps, snap, key)
         return _service(lookup, qtype, snap, opts)
     if isinstance(lookup, NodeLookup):
         dc = lookup.datacenter or snap.datacenter
@@ -189,12 +188,23 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
         return _node(lookup, qtype, snap, opts)
     if isinstance(lookup, AddrLookup):
         return _addr(lookup, qtype, snap, opts)
+    if isinstance(lookup, QueryLookup):
+        return _query(lookup, qtype, snap, opts, deps)
     if isinstance(lookup, ApexLookup):
         if qtype in (rdata.SOA, rdata.ANY) and not lookup.ns:
             deps.append(("version", None, snap.version))
         return _apex(lookup, qtype, snap, opts)
     assert isinstance(lookup, UnknownLookup)
     return _negative(NXDOMAIN, domain, snap, opts)
+
+
+def _service_deps(deps: list, snap: Snapshot, key: tuple[str, str], *, all_nodes: bool = False) -> None:
+    """The answer depends on the service's instances and on the nodes that lend them an address
+    (every instance's node with `all_nodes`, for answers that filter on node meta)."""
+    insts = snap.services.get(key)
+    deps.append(("services", key, insts))
+    deps += [("nodes", (i.datacenter, i.node.lower()), snap.nodes.get((i.datacenter, i.node.lower())))
+             for i in insts or () if i.node and (all_nodes or not i.address)]
 
 
 def _soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
@@ -329,14 +339,14 @@ def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: Re
     for target in split.targets:
         if target.weight <= 0:
             continue
-        insts = healthy(snap.services.get((dc, target.service.lower()), ()),
+        insts = healthy(snap.services.get((target.datacenter or dc, target.service.lower()), ()),
                         only_passing=opts.only_passing, tag=target.tag.lower())
         if insts:
             sides.append((target, insts))
     if not sides:
         if split.on_all_unhealthy != "all":
             return _negative(NXDOMAIN, lk.domain, snap, opts)
-        sides = [(t, list(snap.services.get((dc, t.service.lower()), ()))) for t in split.targets]
+        sides = [(t, list(snap.services.get((t.datacenter or dc, t.service.lower()), ()))) for t in split.targets]
         sides = [(t, [i for i in insts if i.health is not Health.MAINTENANCE]) for t, insts in sides]
         sides = [(t, insts) for t, insts in sides if insts]
         if not sides:
@@ -365,7 +375,31 @@ def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: Re
 
 
 def _target_label(target) -> str:
-    return f"{target.service}:{target.tag}" if target.tag else target.service
+    label = f"{target.service}:{target.tag}" if target.tag else target.service
+    return f"{label}@{target.datacenter}" if target.datacenter else label
+
+
+# -- prepared queries ---------------------------------------------------------
+
+
+def _query(lk: QueryLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list) -> Plan:
+    """Local eligible instances, else the first failover datacenter's (catalog/queries.py decides)."""
+    deps.append(("queries", None, snap.queries))
+    found = queries.find(snap.queries, lk.name) if lk.datacenter in (None, snap.datacenter) else None
+    if found is None:
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
+    q = queries.render(found, lk.name)
+    outcome = queries.execute(snap, q, peers=opts.peer_datacenters)
+    for dc in outcome.tried:
+        _service_deps(deps, snap, (dc, q.service), all_nodes=bool(q.node_meta))
+    if not outcome.instances:
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
+    ttl = int(q.ttl) if q.ttl is not None else opts.ttl_for_service(q.service)
+    insts = outcome.instances
+    units = _instance_units(insts, qtype, snap, opts, lk.domain, ttl, [float(_weight(i)) for i in insts])
+    if not units:
+        return _negative(NOERROR, lk.domain, snap, opts)
+    return Plan(groups=(Group(1.0, tuple(units)),), limit=_limit(qtype, opts))
 
 
 # -- nodes, addr, apex, reverse ---------------------------------------------
