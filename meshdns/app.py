@@ -5,6 +5,7 @@ import asyncio
 import gc
 import logging
 import random
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -120,6 +121,8 @@ def build(cfg: Config) -> App:
 
 def _add_peers(app: App) -> None:
     """One import per [[peer]]; the API shows their state (readiness, metrics, datacenters)."""
+    if app.cfg.peers:
+        _raise_open_files_limit()
     for peer in app.cfg.peers:
         source = PeerSource(peer, app.store, coalesce=coalesced)
         app.peers.append(source)
@@ -184,6 +187,18 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     app.starters.append(start)
     app.tasks.append(health.run)
     app.closers.extend([app.db.close, health.close, regs.close, api.close])
+
+
+def _raise_open_files_limit() -> None:
+    """Each imported service holds one blocking query (one connection) open to its peer: thousands of
+    services need more than the usual soft limit of 1024 descriptors, so take what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # Linux's default fs.nr_open
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
 
 
 def _settle_gc() -> None:

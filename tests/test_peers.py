@@ -146,7 +146,8 @@ def test_a_consul_peer_with_a_token_and_service_globs(sites, tmp_path):
         double.set_service("billing", [entry("web-1", "10.2.0.1", "billing", 8080, tags=["v2"]),
                                        entry("web-2", "10.2.0.2", "billing", 8080, status="warning"),
                                        entry("web-3", "10.2.0.3", "billing", 8080, node_status="critical"),
-                                       entry("web-4", "10.2.0.4", "billing", 8080, service_address="10.2.1.4")])
+                                       entry("web-4", "10.2.0.4", "billing", 8080, service_address="10.2.1.4"),
+                                       entry("web-5", "999.1.1.1", "billing", 8080)])  # skipped, reported
         double.set_service("billing-db", [entry("db-1", "10.2.0.5", "billing-db", 5432)])
         double.set_service("internal", [entry("x-1", "10.2.0.6", "internal", 1)])
         dc1 = sites.start("dc1", extra='log_level = "debug"',
@@ -161,6 +162,8 @@ def test_a_consul_peer_with_a_token_and_service_globs(sites, tmp_path):
         assert {r.token for r in seen} == {"b5d3-secret-token"} and {r.dc for r in seen} == {"dc2"}
         state = readyz(dc1)["sources"]["peer/dc2"]
         assert (state["services"], state["instances"]) == (2, 5)
+        assert state["errors"] == {"billing": "1 entries skipped, first: entry 4: Node.Address: '999.1.1.1' is "
+                                              "neither an IP address nor a hostname"}
         dc1.stop()
         assert "b5d3-secret-token" not in dc1.stderr() and "peer dc2: first sync" in dc1.stderr()
     finally:

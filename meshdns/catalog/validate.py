@@ -58,6 +58,15 @@ def address(value: Any, field: str) -> str:
     return value.lower()
 
 
+def boolean(value: Any, field: str) -> bool:
+    """A JSON true/false; absent (None) is false."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise FieldError(field, f"{value!r} is not true or false")
+    return value
+
+
 def port(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise FieldError(field, f"{value!r} is not a port (0-65535)")

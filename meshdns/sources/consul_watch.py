@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from typing import Any, Awaitable, Callable
 
 import aiohttp
 
 from .backoff import Backoff
+
+log = logging.getLogger("meshdns.sources.peers")
 
 USER_AGENT = "meshdns peer import"
 
@@ -115,8 +118,11 @@ class BlockingLoop:
                     returned, body = await self.client.get(self.path, index=self.index,
                                                            wait=jittered_wait(self.wait, self.rng))
                 self.on_answer(body)
-            except PeerError as exc:
-                self.on_error(str(exc))
+            except Exception as exc:  # this loop must outlive anything the peer sends
+                if not isinstance(exc, PeerError):
+                    log.exception("following %s%s failed", self.client.url, self.path)
+                self.on_error(str(exc) if isinstance(exc, PeerError) else
+                              f"GET {self.client.url}{self.path}: cannot use the answer ({type(exc).__name__})")
                 await self.sleep(self.backoff.next())
                 continue
             self.backoff.reset()

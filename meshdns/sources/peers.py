@@ -47,14 +47,20 @@ def _check_health(check: Any) -> Health:
         return Health.CRITICAL
 
 
-def map_entry(entry: Any, *, datacenter: str, source: str) -> tuple[Instance, Node]:
-    """One /v1/health/service entry -> (instance, its node); the worst check is the instance's health."""
+def map_entry(entry: Any, *, datacenter: str, source: str) -> tuple[Instance, Node | None]:
+    """One /v1/health/service entry -> (instance, its node); the worst check is the instance's health.
+
+    A meshdns peer lists address-only instances (zone files, pods) with an empty node: they keep
+    their own address and bring no node."""
     if not isinstance(entry, dict):
         raise FieldError("entry", "expected an object")
     node, svc = get_field(entry, "Node"), get_field(entry, "Service")
     if not isinstance(node, dict) or not isinstance(svc, dict):
         raise FieldError("entry", "expected Node and Service objects")
-    node_name = validate.node_name(get_field(node, "Node"), "Node.Node")
+    node_name = get_field(node, "Node") or ""
+    if node_name:
+        validate.node_name(node_name, "Node.Node")
+    node_address = validate.address(get_field(node, "Address"), "Node.Address")
     checks = get_field(entry, "Checks") or []
     if not isinstance(checks, list):
         raise FieldError("Checks", "expected a list")
@@ -65,15 +71,17 @@ def map_entry(entry: Any, *, datacenter: str, source: str) -> tuple[Instance, No
     sid = get_field(svc, "ID") or name
     inst = Instance(
         id=str(sid), service=name, datacenter=datacenter,
-        address=validate.address(get_field(svc, "Address"), "Service.Address"),
+        address=validate.address(get_field(svc, "Address"), "Service.Address") or ("" if node_name else node_address),
         port=validate.port(get_field(svc, "Port") or 0, "Service.Port"),
         node=node_name, tags=validate.tags(get_field(svc, "Tags"), "Service.Tags"),
         meta=validate.meta(get_field(svc, "Meta"), "Service.Meta"),
         weights=validate.weights({k.lower(): v for k, v in weights.items()} if isinstance(weights, dict) else None,
                                  "Service.Weights"),
         health=max((_check_health(c) for c in checks), default=Health.PASSING), source=source)
-    return inst, Node(name=node_name, address=validate.address(get_field(node, "Address"), "Node.Address"),
-                      datacenter=datacenter, meta=validate.meta(get_field(node, "Meta"), "Node.Meta"), source=source)
+    if not node_name:
+        return inst, None
+    return inst, Node(name=node_name, address=node_address, datacenter=datacenter,
+                      meta=validate.meta(get_field(node, "Meta"), "Node.Meta"), source=source)
 
 
 class PeerSource:
@@ -227,7 +235,8 @@ class PeerSource:
                 skipped.append(f"entry {i}: {exc}")
                 continue
             instances.append(inst)
-            nodes[(node.datacenter, node.name.lower())] = node
+            if node is not None:
+                nodes[(node.datacenter, node.name.lower())] = node
         if skipped:
             self.problems[name] = f"{len(skipped)} entries skipped, first: {skipped[0]}"
         else:

@@ -46,14 +46,6 @@ def _object(value: Any, field: str) -> Mapping:
     return value
 
 
-def _bool(value: Any, field: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise FieldError(field, f"{value!r} is not true or false")
-    return value
-
-
 def _strings(value: Any, field: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -71,24 +63,21 @@ def _unsupported(d: Mapping, names: Iterable[str], prefix: str) -> None:
             raise FieldError(f"{prefix}{name}", "is not supported by meshdns")
 
 
-def _template_text(text: str, field: str, groups: int, *, template: bool, label: bool) -> str:
-    """A string that may hold ${...} in a template; what is left must be DNS text (a label when `label`)."""
-    rest = text.lower()
-    if template:
-        for var in ANY_VARIABLE.findall(text):
-            m = VARIABLE.fullmatch(var)
-            if m is None:
-                raise FieldError(field, f"unknown variable {var!r} (use ${{name.full}}, ${{name.prefix}}, "
-                                        "${name.suffix} or ${match(N)})")
-            if m.group(2) is not None and int(m.group(2)) > groups:
-                raise FieldError(field, f"{var} needs Template.Regexp with at least {m.group(2)} group(s)")
-        rest = VARIABLE.sub("", rest)
-        if not _TEMPLATE_TEXT.fullmatch(rest):
-            raise FieldError(field, f"{text!r} is not a service name template")
-        return text
-    if label:
-        validate.dns_label(text, field)
-    return text
+def _template_text(text: str, field: str, groups: int, *, template: bool, label: bool) -> None:
+    """A string that may hold ${...} in a template; with `label` what is left must make a DNS label."""
+    if not template:
+        if label:
+            validate.dns_label(text, field)
+        return
+    for var in ANY_VARIABLE.findall(text):
+        m = VARIABLE.fullmatch(var)
+        if m is None:
+            raise FieldError(field, f"unknown variable {var!r} (use ${{name.full}}, ${{name.prefix}}, "
+                                    "${name.suffix} or ${match(N)})")
+        if m.group(2) is not None and int(m.group(2)) > groups:
+            raise FieldError(field, f"{var} needs Template.Regexp with at least {m.group(2)} group(s)")
+    if label and not _TEMPLATE_TEXT.fullmatch(VARIABLE.sub("", text.lower())):
+        raise FieldError(field, f"{text!r} is not a template of a DNS label")
 
 
 def parse_query(body: Any, *, query_id: str) -> PreparedQuery:
@@ -139,6 +128,7 @@ def parse_query(body: Any, *, query_id: str) -> PreparedQuery:
     for i, tag in enumerate(tags):
         if not tag and not template:
             raise FieldError(f"Service.Tags[{i}]", "must not be empty")
+        _template_text(tag, f"Service.Tags[{i}]", groups, template=template, label=False)
     dns = _object(get_field(body, "DNS"), "DNS")
     validate.known_keys(dns, ("TTL",), "DNS")
     ttl = get_field(dns, "TTL")
@@ -149,12 +139,12 @@ def parse_query(body: Any, *, query_id: str) -> PreparedQuery:
             raise FieldError("DNS.TTL", str(exc).split(": ", 1)[-1]) from None
     return PreparedQuery(
         id=query_id, name=name.lower(), service=service if template else service.lower(), tags=tags,
-        only_passing=_bool(get_field(svc, "OnlyPassing"), "Service.OnlyPassing"),
+        only_passing=validate.boolean(get_field(svc, "OnlyPassing"), "Service.OnlyPassing"),
         nearest_n=nearest, datacenters=tuple(d if template else d.lower() for d in datacenters),
         node_meta=validate.meta(get_field(svc, "NodeMeta"), "Service.NodeMeta"),
         service_meta=validate.meta(get_field(svc, "ServiceMeta"), "Service.ServiceMeta"),
         ttl=None if ttl in (None, "") else ttl, template=template, regexp=regexp,
-        remove_empty_tags=_bool(get_field(tmpl, "RemoveEmptyTags"), "Template.RemoveEmptyTags"))
+        remove_empty_tags=validate.boolean(get_field(tmpl, "RemoveEmptyTags"), "Template.RemoveEmptyTags"))
 
 
 def query_json(q: PreparedQuery) -> dict:
