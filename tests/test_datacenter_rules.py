@@ -1,0 +1,91 @@
+"""The pure rules behind datacenters: which prepared query a name runs, what a template makes of it,
+the failover order, and the index of the next blocking query. Tables in, values out."""
+import random
+
+import pytest
+
+from meshdns.catalog.model import Instance, PreparedQuery, SourceState
+from meshdns.catalog.queries import execute, failover_datacenters, find, render
+from meshdns.catalog.store import Store
+from meshdns.sources.consul_watch import jittered_wait, next_index
+
+STATIC = PreparedQuery(id="0a1b", name="geo-redis", service="billing")
+GEO = PreparedQuery(id="1c2d", name="geo-", service="${name.suffix}", template=True)
+GEO_DB = PreparedQuery(id="2e3f", name="geo-db-", service="${match(1)}", tags=("${match(2)}",), template=True,
+                       regexp=r"^geo-db-([a-z]+)-(v\d+)$", remove_empty_tags=True)
+ALL = PreparedQuery(id="3a4b", name="", service="${name.full}", template=True)
+UNNAMED = PreparedQuery(id="4c5d", name="", service="redis")
+QUERIES = {q.id: q for q in (STATIC, GEO, GEO_DB, ALL, UNNAMED)}
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("0a1b", STATIC), ("4c5d", UNNAMED),         # by ID first
+    ("geo-redis", STATIC),                       # an exact name beats every template
+    ("GEO-REDIS", STATIC),
+    ("geo-web", GEO), ("geo-db-x-v1", GEO_DB),   # the longest prefix
+    ("geo-db", GEO), ("billing", ALL), ("", ALL),
+])
+def test_find(name, expected):
+    assert find(QUERIES, name) is expected
+
+
+def test_find_without_a_catch_all():
+    assert find({STATIC.id: STATIC, UNNAMED.id: UNNAMED}, "billing") is None
+
+
+@pytest.mark.parametrize("query,name,service,tags", [
+    (GEO, "geo-Billing", "billing", ()),
+    (GEO_DB, "geo-db-billing-v2", "billing", ("v2",)),
+    (GEO_DB, "geo-db-nomatch", "", ()),          # no match: every ${match(N)} is empty (and the tag removed)
+    (ALL, "redis", "redis", ()),
+    (PreparedQuery(id="x", name="p-", service="${name.prefix}${name.suffix}", tags=("${match(0)}",),
+                   template=True), "p-q", "p-q", ("",)),
+    (STATIC, "anything", "billing", ()),
+])
+def test_render(query, name, service, tags):
+    out = render(query, name)
+    assert (out.service, out.tags) == (service, tags)
+
+
+@pytest.mark.parametrize("nearest,dcs,expected", [
+    (0, (), []),
+    (1, (), ["dc3"]),
+    (2, ("dc2", "dc9"), ["dc3", "dc2", "dc9"]),  # NearestN first, then Datacenters, each once
+    (5, ("dc1",), ["dc3", "dc2"]),               # never ours, N beyond the peers is all of them
+])
+def test_failover_order(nearest, dcs, expected):
+    q = PreparedQuery(id="x", service="db", nearest_n=nearest, datacenters=dcs)
+    assert failover_datacenters(q, local="dc1", peers=("dc3", "dc2")) == expected
+
+
+def test_execute_counts_the_datacenters_asked():
+    store = Store(datacenter="dc1")
+    store.publish("t", SourceState(services={
+        ("dc2", "db"): (Instance(id="a", service="db", datacenter="dc2", address="10.2.0.1", tags=("v1",)),),
+        ("dc3", "db"): (Instance(id="b", service="db", datacenter="dc3", address="10.3.0.1", tags=("v2",)),)}))
+    snap = store.snapshot
+    q = PreparedQuery(id="x", service="db", datacenters=("dc2", "dc3"), tags=("!v1",))
+    out = execute(snap, q, peers=())
+    assert (out.datacenter, out.failovers, out.tried, [i.id for i in out.instances]) == \
+        ("dc3", 2, ("dc1", "dc2", "dc3"), ["b"])
+    none = execute(snap, PreparedQuery(id="y", service="db", tags=("v9",), datacenters=("dc2",)), peers=())
+    assert (none.datacenter, none.failovers, none.instances) == ("dc2", 1, ())
+
+
+@pytest.mark.parametrize("last,returned,expected", [
+    (None, 7, 7),     # the first answer
+    (7, 9, 9),        # moved on
+    (9, 9, 9),        # a wait that timed out
+    (9, 4, 0),        # went backwards: start over with a plain read
+    (None, 0, 1),     # never 0 (which would not block)
+    (0, 0, 1),
+    (1, 0, 0),        # a real step back from 1 to 0 is still a reset
+])
+def test_next_index(last, returned, expected):
+    assert next_index(last, returned) == expected
+
+
+def test_jittered_wait_stays_within_the_last_sixteenth():
+    rng = random.Random(3)
+    waits = [jittered_wait(160.0, rng) for _ in range(1000)]
+    assert 150.0 <= min(waits) < 151.0 and 159.0 < max(waits) <= 160.0
