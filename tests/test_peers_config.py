@@ -3,8 +3,11 @@ import re
 import subprocess
 import sys
 
+import tomllib
+
 import pytest
 
+from harness import ROOT
 from meshdns.config import ConfigError, parse_config, with_overrides
 
 URL = "http://127.0.0.1:8500"
@@ -67,3 +70,21 @@ def test_serve_refuses_a_peer_of_our_own_datacenter_and_exits_2(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "peer[0].datacenter: 'dc1' is our own datacenter" in out.stderr
+
+
+def test_the_readme_and_design_examples_parse():
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Datacenters and failover\n")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    dcs = [parse_config(tomllib.loads(block)) for block in blocks]
+    assert [(c.datacenter, [p.datacenter for p in c.peers]) for c in dcs] == [("dc1", ["dc2"]), ("dc2", ["dc1"])]
+    design = parse_config(tomllib.loads('''
+[[peer]]
+datacenter = "dc2"                  # its catalog is served as <svc>.service.dc2.consul
+url = "http://10.1.0.5:8500"        # a meshdns, or a Consul agent/server HTTP API
+token_file = ""                     # sent as X-Consul-Token
+services = ["*"]                    # globs of service names to import
+'''))
+    assert design.peers[0].url == "http://10.1.0.5:8500" and design.peers[0].token == ""
