@@ -89,3 +89,48 @@ def test_jittered_wait_stays_within_the_last_sixteenth():
     rng = random.Random(3)
     waits = [jittered_wait(160.0, rng) for _ in range(1000)]
     assert 150.0 <= min(waits) < 151.0 and 159.0 < max(waits) <= 160.0
+
+
+class ScriptedPeer:
+    """Answers BlockingLoop's requests from a script: an exception to raise or an (index, body) to return;
+    when the script is over, SystemExit leaves the loop (it retries every Exception)."""
+
+    url = "http://peer"
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.asked = []
+
+    async def get(self, path, *, index, wait):
+        if not self.script:
+            raise SystemExit
+        self.asked.append(index)
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+async def test_blocking_loop_backs_off_on_errors_and_follows_the_index():
+    from meshdns.sources.backoff import Backoff
+    from meshdns.sources.consul_watch import BlockingLoop, PeerError
+
+    peer = ScriptedPeer([PeerError("down")] * 4 + [(12, "a"), (12, "a"), (3, "b"), (3, "b"), (0, "c"), (0, "d")])
+    slept, answers, errors = [], [], []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    rng = random.Random(1)
+    loop = BlockingLoop(peer, "/v1/health/service/db", wait=60, rng=rng, sleep=sleep,
+                        backoff=Backoff(initial=0.5, cap=2.0, rng=rng), on_answer=answers.append,
+                        on_error=errors.append)
+    with pytest.raises(SystemExit):
+        await loop.run()
+    assert errors == ["down"] * 4
+    steps = [0.5, 1.0, 2.0, 2.0]                              # doubling up to the cap, each 80-100% of its step
+    assert len(slept) == 4 and all(0.8 * step <= s <= step for s, step in zip(slept, steps)), slept
+    # plain reads until the first answer; 12 twice; back to 3 and to 0: a plain read each; 0 is asked as 1
+    assert peer.asked == [0, 0, 0, 0, 0, 12, 12, 0, 3, 0]
+    assert loop.index == 1
+    assert answers == ["a", "a", "b", "b", "c", "d"]
