@@ -115,7 +115,8 @@ async def test_blocking_loop_backs_off_on_errors_and_follows_the_index():
     from meshdns.sources.backoff import Backoff
     from meshdns.sources.consul_watch import BlockingLoop, PeerError
 
-    peer = ScriptedPeer([PeerError("down")] * 4 + [(12, "a"), (12, "a"), (3, "b"), (3, "b"), (0, "c"), (0, "d")])
+    peer = ScriptedPeer([PeerError("down")] * 4 + [(12, "a"), (12, "a"), (3, "b"), (3, "b"), (0, "c"), (0, "d"),
+                                                   PeerError("blip"), (7, "e"), (7, "f")])
     slept, answers, errors = [], [], []
 
     async def sleep(seconds):
@@ -127,10 +128,12 @@ async def test_blocking_loop_backs_off_on_errors_and_follows_the_index():
                         on_error=errors.append)
     with pytest.raises(SystemExit):
         await loop.run()
-    assert errors == ["down"] * 4
-    steps = [0.5, 1.0, 2.0, 2.0]                              # doubling up to the cap, each 80-100% of its step
-    assert len(slept) == 4 and all(0.8 * step <= s <= step for s, step in zip(slept, steps)), slept
-    # plain reads until the first answer; 12 twice; back to 3 and to 0: a plain read each; 0 is asked as 1
-    assert peer.asked == [0, 0, 0, 0, 0, 12, 12, 0, 3, 0]
-    assert loop.index == 1
-    assert answers == ["a", "a", "b", "b", "c", "d"]
+    assert errors == ["down"] * 4 + ["blip"]
+    # doubling up to the cap, each 80-100% of its step; a blocking query that worked starts it over
+    steps = [0.5, 1.0, 2.0, 2.0, 0.5]
+    assert len(slept) == 5 and all(0.8 * step <= s <= step for s, step in zip(slept, steps)), slept
+    # plain reads until the first answer; 12 twice; back to 3 and to 0: a plain read each; 0 is asked as 1;
+    # after an error a plain read again
+    assert peer.asked == [0, 0, 0, 0, 0, 12, 12, 0, 3, 0, 1, 0, 7]
+    assert loop.index == 7
+    assert answers == ["a", "a", "b", "b", "c", "d", "e", "f"]

@@ -211,6 +211,27 @@ def test_index_going_backwards_starts_over_with_a_plain_read(sites):
         double.stop()
 
 
+def test_after_an_error_the_peer_is_read_again_even_at_the_same_index(sites):
+    first = ConsulDouble().start()
+    first.set_service("billing", [entry("web-1", "10.2.0.1", "billing", 8080)])  # index 11
+    port = first.port
+    try:
+        dc1 = sites.start("dc1", peers=[peer("dc2", first.url, backoff="100ms", max_backoff="500ms")])
+        wait_until(lambda: synced(dc1, "dc2"), BOUND)
+        wait_until(lambda: parked(first, "/v1/health/service/billing", "11"), BOUND)
+    finally:
+        first.stop()
+    wait_until(lambda: readyz(dc1)["sources"]["peer/dc2"]["stale"], BOUND)
+    # restarted from other data that happens to carry the same index: waiting at 11 would miss it
+    second = ConsulDouble(port=port).start()
+    try:
+        second.set_service("billing", [entry("web-2", "10.2.0.2", "billing", 8080)])  # index 11 again
+        wait_until(lambda: addresses(dc1.dns_port, "billing.service.dc2.consul") == ["10.2.0.2"], BOUND)
+        wait_until(lambda: not readyz(dc1)["sources"]["peer/dc2"]["stale"], BOUND)
+    finally:
+        second.stop()
+
+
 def test_index_zero_is_used_as_one_and_never_hammers(sites):
     double = ConsulDouble().start()
     try:

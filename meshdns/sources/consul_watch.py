@@ -5,7 +5,9 @@
   index that may never come back.
 - An index below 1 is used as 1: index 0 means "do not block", and a peer
   that keeps answering 0 must not be hammered in a tight loop.
-- Errors back off (capped, jittered) and the last good answer stays in force.
+- Errors back off (capped, jittered) and the last good answer stays in force;
+  the first request after an error is a plain read, because the peer may have
+  restarted with other content at the very index we were waiting on.
 - The wait asked for is jittered, so thousands of watches started together
   do not all come back together.
 """
@@ -112,10 +114,11 @@ class BlockingLoop:
 
     async def run(self) -> None:
         while True:
-            gate = self.gate if self.index == 0 and self.gate is not None else contextlib.nullcontext()
+            asked = self.index
+            gate = self.gate if asked == 0 and self.gate is not None else contextlib.nullcontext()
             try:
                 async with gate:
-                    returned, body = await self.client.get(self.path, index=self.index,
+                    returned, body = await self.client.get(self.path, index=asked,
                                                            wait=jittered_wait(self.wait, self.rng))
                 self.on_answer(body)
             except Exception as exc:  # this loop must outlive anything the peer sends
@@ -123,7 +126,9 @@ class BlockingLoop:
                     log.exception("following %s%s failed", self.client.url, self.path)
                 self.on_error(str(exc) if isinstance(exc, PeerError) else
                               f"GET {self.client.url}{self.path}: cannot use the answer ({type(exc).__name__})")
+                self.index, self.last = 0, None
                 await self.sleep(self.backoff.next())
                 continue
-            self.backoff.reset()
+            if asked:  # only a blocking query that worked ends the backoff (a peer refusing them, 429, keeps it)
+                self.backoff.reset()
             self.index, self.last = next_index(self.last, returned), returned
