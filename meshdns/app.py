@@ -5,6 +5,7 @@ import asyncio
 import gc
 import logging
 import random
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from .api.common import ApiContext
 from .health.runner import HealthRunner
 from .sources.config_entries import ConfigEntries
 from .sources.intentions import IntentionEntries
+from .sources.peers import PeerSource
+from .sources.prepared_queries import PreparedQueries
 from .sources.registrations import Registrations
 from .sources.split_revisions import SplitRevisions
 from .sources.sqlite_store import RecordStore
@@ -41,7 +44,8 @@ def resolver_options(cfg: Config) -> ResolverOptions:
     ns = () if host in ("0.0.0.0", "::", "") else (host,)
     return ResolverOptions(domains=cfg.domains, only_passing=cfg.dns.only_passing,
                            a_record_limit=cfg.dns.a_record_limit, node_ttl=int(cfg.dns.node_ttl),
-                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns)
+                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns,
+                           peer_datacenters=tuple(p.datacenter for p in cfg.peers))
 
 
 @dataclass
@@ -61,6 +65,7 @@ class App:
     workers: "WorkerPool | None" = None
     kubernetes: list = field(default_factory=list)       # KubernetesSource per cluster (status())
     reverse_syncs: list = field(default_factory=list)    # ReverseSync per cluster that has it (status())
+    peers: list = field(default_factory=list)            # PeerSource per [[peer]] (other datacenters)
     health: HealthRunner | None = None
     registrations: Registrations | None = None
     api: HttpApi | None = None
@@ -141,7 +146,21 @@ def build(cfg: Config) -> App:
     if cfg.kubernetes:
         _add_kubernetes(app)
     _add_registrations(app, health)
+    _add_peers(app)
     return app
+
+
+def _add_peers(app: App) -> None:
+    """One import per [[peer]]; the API shows their state (readiness, metrics, datacenters)."""
+    if app.cfg.peers:
+        _raise_open_files_limit()
+    for peer in app.cfg.peers:
+        source = PeerSource(peer, app.store, coalesce=coalesced)
+        app.peers.append(source)
+        app.readiness[source.name] = source.readiness
+        app.tasks.append(source.run)
+        app.closers.append(source.close)
+    app.api.ctx.peers = app.peers
 
 
 def _add_kubernetes(app: App) -> None:
@@ -178,10 +197,11 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
     config = ConfigEntries(app.store, app.db)
     intentions = IntentionEntries(app.store, app.db)
+    queries = PreparedQueries(app.store, app.db)
     api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness,
-                             config=config, intentions=intentions))
+                             config=config, intentions=intentions, queries=queries))
     app.health, app.registrations, app.api = health, regs, api
     api.ctx.kubernetes = app.kubernetes
     # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
@@ -191,6 +211,7 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     regs.load()  # before DNS listens: a restart never answers without the registrations
     config.load()
     intentions.load()
+    queries.load()
     app.readiness["config"] = config.status
 
     async def start() -> None:
@@ -199,6 +220,18 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     app.starters.append(start)
     app.tasks.append(health.run)
     app.closers.extend([app.db.close, health.close, regs.close, api.close])
+
+
+def _raise_open_files_limit() -> None:
+    """Each imported service holds one blocking query (one connection) open to its peer: thousands of
+    services need more than the usual soft limit of 1024 descriptors, so take what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # Linux's default fs.nr_open
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
 
 
 def _settle_gc() -> None:

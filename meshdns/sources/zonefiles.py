@@ -121,7 +121,7 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str) -> TomlCon
             ttl = parse_duration(ttl, key=f"{label}.ttl") if ttl is not None else None
             splits.append(validate.split(item.get("name"), item.get("targets"), field=label, ttl=ttl,
                                          on_all_unhealthy=item.get("on_all_unhealthy", "nxdomain"),
-                                         source=source))
+                                         source=source, local_datacenter=datacenter))
         except (FieldError, ConfigError) as exc:
             raise ZoneFileError(path, line, str(exc)) from None
         where["split:" + splits[-1].name] = line
