@@ -235,8 +235,8 @@ def objects() -> dict[tuple[str, str], dict]:
 SCHEMA_VERSIONS = ("1.27.0", None)  # oldest Kubernetes still commonly run, and the newest known
 
 
-@pytest.mark.parametrize("path", sorted(p for p in [*KUBE.glob("*.yaml"), *ETCD.glob("*.yaml"), *COREDNS.glob("*.yaml")]
-                                         if p.name != "kustomization.yaml"),
+@pytest.mark.parametrize("path", sorted(p for p in [*KUBE.glob("*.yaml"), *ETCD.rglob("*.yaml"),
+                                                     *COREDNS.glob("*.yaml")] if p.name != "kustomization.yaml"),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_manifest_validates_against_kubernetes_schemas(path):
     import kubernetes_validate
@@ -441,16 +441,23 @@ def test_pods_are_locked_down_and_spread():
 
 
 
-@pytest.mark.parametrize("kind,name", [("Deployment", "meshdns"), ("StatefulSet", "meshdns-etcd")])
-def test_pods_meet_the_restricted_pod_security_standard_their_namespace_enforces(kind, name):
+def restore_pod() -> dict:
+    (pod,) = manifests(ETCD / "restore")["restore-member.yaml"]
+    return pod
+
+
+@pytest.mark.parametrize("pod", [lambda: objects()[("Deployment", "meshdns")]["spec"]["template"]["spec"],
+                                 lambda: etcd_set()["spec"]["template"]["spec"],
+                                 lambda: restore_pod()["spec"]], ids=["meshdns", "etcd", "etcd-restore"])
+def test_pods_meet_the_restricted_pod_security_standard_their_namespace_enforces(pod):
     namespace = objects()[("Namespace", "meshdns")]["metadata"]["labels"]
     assert namespace["pod-security.kubernetes.io/enforce"] == "restricted"
-    pod = objects()[(kind, name)]["spec"]["template"]["spec"]
+    pod = pod()
     assert not {"hostNetwork", "hostPID", "hostIPC"} & pod.keys()
     assert not [v for v in pod.get("volumes", []) if "hostPath" in v]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for c in pod["containers"]:
+    for c in pod.get("initContainers", []) + pod["containers"]:
         assert c["securityContext"] == {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                                         "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}, c["name"]
 
@@ -472,11 +479,18 @@ def kubelet_expand(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], text)
 
 
-def etcd_argv(pod_name: str) -> list[str]:
-    """The etcd command line of one member, with the downward-API variables its env declares."""
+def container_argv(c: dict, pod_name: str) -> list[str]:
+    """A container's command line as the kubelet runs it in pod `pod_name`: its env (values and downward-API
+    fields) expanded."""
     fields = {"metadata.name": pod_name, "metadata.namespace": etcd_set()["metadata"]["namespace"]}
-    env = {e["name"]: fields[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in etcd_container()["env"]}
-    return [kubelet_expand(a, env) for a in etcd_container()["command"] + etcd_container()["args"]]
+    env = {e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+           for e in c.get("env", [])}
+    return [kubelet_expand(a, env) for a in c["command"] + c.get("args", [])]
+
+
+def etcd_argv(pod_name: str) -> list[str]:
+    """The etcd command line of one member."""
+    return container_argv(etcd_container(), pod_name)
 
 
 def flags(argv: list[str]) -> dict[str, str]:
@@ -556,6 +570,32 @@ def test_etcd_image_is_upstream_pinned_and_has_the_compaction_fix():
     version = tuple(int(x) for x in re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", tag).groups())
     assert version >= (3, 5, 15)
     assert tag == f"v{pinned_version()}"
+
+
+
+def test_the_restore_pod_rebuilds_a_member_as_the_statefulset_runs_it():
+    """Same image, name, volume, data directory and cluster as the member; history renumbered and marked
+    compacted, so replicas relist and X-Consul-Index does not go backwards."""
+    pod = restore_pod()
+    assert pod["metadata"]["namespace"] == etcd_set()["metadata"]["namespace"]
+    (c,) = pod["spec"]["containers"]
+    assert c["image"] == etcd_container()["image"] and c["command"] == ["/usr/local/bin/etcdutl"]
+    member = next(e["value"] for e in c["env"] if e["name"] == "MEMBER")
+    assert member in member_names() and pod["metadata"]["name"].endswith(member.rpartition("-")[2])
+    argv = container_argv(c, pod["metadata"]["name"])
+    assert argv[1:4] == ["snapshot", "restore", "/restore/snapshot.db"] and "--mark-compacted" in argv
+    restore = flags([argv[0], *(a for a in argv[4:] if a != "--mark-compacted")])
+    member_flags = flags(etcd_argv(member))
+    for key in ("name", "data-dir", "initial-cluster", "initial-cluster-token", "initial-advertise-peer-urls"):
+        assert restore[key] == member_flags[key], key
+    assert int(restore["bump-revision"]) >= 1_000_000_000
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (claim,) = etcd_set()["spec"]["volumeClaimTemplates"]
+    (mount,) = etcd_container()["volumeMounts"]
+    data = next(m for m in c["volumeMounts"] if m["mountPath"] == mount["mountPath"])
+    assert volumes[data["name"]]["persistentVolumeClaim"]["claimName"] == f"{claim['metadata']['name']}-{member}"
+    assert pod["spec"]["securityContext"]["runAsUser"] == etcd_set()["spec"]["template"]["spec"][
+        "securityContext"]["runAsUser"], "the restored files belong to the member's user"
 
 
 def test_etcd_probes_do_not_restart_members_that_lost_quorum():
