@@ -1006,6 +1006,17 @@ def vm_store() -> dict:
     return tomllib.loads((VM / "meshdns-etcd.toml").read_text())["store"]
 
 
+
+def test_every_command_block_in_the_vm_readme_is_valid_sh():
+    blocks = re.findall(r"```sh\n(.*?)```", VM_README.read_text(), re.S)
+    assert len(blocks) >= 10
+    for block in blocks:
+        out = subprocess.run(["sh", "-n"], input=block, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, (block, out.stderr)
+        out = subprocess.run([tool("shellcheck"), "--shell=sh", "--severity=warning", "-"], input=block,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (block, out.stdout)
+
 def test_the_vm_table_names_the_members_etcd_env_bootstraps():
     rows = re.findall(r"^\| (\d) \| `([\w-]+)` \| `([\d.]+)` \|$", VM_README.read_text(), re.M)
     assert [(name, ip) for _, name, ip in rows] == [(n, vm_member_env(n)["MEMBER_IP"]) for n in vm_cluster()]
