@@ -47,9 +47,9 @@ class OncePer(logging.Filter):
         return True
 
 
-# aiohttp's own complaints about bad requests (bad request line, headers too long) go here
+# aiohttp's own complaints about bad requests (bad request line, headers too long) go here; `meshdns serve`
+# lets one per 10 s through (OncePer), so a flood of malformed requests is not a flood of logs
 http_log = logging.getLogger("meshdns.api.http")
-http_log.addFilter(OncePer(10.0))
 
 
 def tls_context(http: HttpConfig) -> ssl.SSLContext | None:

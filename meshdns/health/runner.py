@@ -172,19 +172,16 @@ class HealthRunner:
     async def run(self) -> None:
         self._wake = asyncio.Event()
         self._sem = asyncio.Semaphore(self.concurrency)
-        try:
-            while True:
-                now = self.clock()
-                while self._heap and self._heap[0].at <= now:
-                    self._dispatch(heapq.heappop(self._heap), now)
-                self._wake.clear()
-                timeout = max(0.0, self._heap[0].at - now) if self._heap else None
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            await self.close()
+        while True:
+            now = self.clock()
+            while self._heap and self._heap[0].at <= now:
+                self._dispatch(heapq.heappop(self._heap), now)
+            self._wake.clear()
+            timeout = max(0.0, self._heap[0].at - now) if self._heap else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
 
     def _dispatch(self, due: _Due, now: float) -> None:
         check = self._checks.get(due.ref)

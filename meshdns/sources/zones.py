@@ -41,7 +41,8 @@ class ZonesSource:
     def __init__(self, directory: str | os.PathLike, store: Store, *, datacenter: str,
                  poll_interval: float = 1.0,
                  health_status: Callable[[str, CheckSpec], Health] | None = None,
-                 split_revisions: SplitRevisions | None = None):
+                 split_revisions: SplitRevisions | None = None,
+                 on_publish: Callable[[dict[str, CheckSpec]], None] | None = None):
         self.directory = Path(directory)
         self.store = store
         self.datacenter = datacenter
@@ -52,7 +53,7 @@ class ZonesSource:
         self.errors: dict[str, str] = {}
         self.synced = False   # a pass over the directory has run
         self.ready = False    # a pass has loaded every file without an error (then it stays so)
-        self.listeners: list[Callable[[], None]] = []  # called after each publish (e.g. to sync checks)
+        self.on_publish = on_publish  # given the zone files' checks after each publish (the health runner syncs)
 
     # -- loading ------------------------------------------------------------
 
@@ -195,8 +196,8 @@ class ZonesSource:
 
     def _publish(self) -> None:
         self.store.publish(SOURCE, self.state())
-        for listener in self.listeners:
-            listener()
+        if self.on_publish is not None:
+            self.on_publish(self.checks())
 
     def republish(self) -> None:
         """Rebuild from the parsed files (e.g. a check changed an instance's health)."""

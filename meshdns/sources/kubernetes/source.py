@@ -122,7 +122,7 @@ class KubernetesSource:
     # -- lifecycle ---------------------------------------------------------------
 
     async def run(self) -> None:
-        """Start the watch threads and keep them until stopped (close() or cancellation)."""
+        """Start the watch threads and keep them until close() (which the lifecycle calls, once)."""
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         kc = self.cluster
@@ -136,10 +136,7 @@ class KubernetesSource:
             w.start()
         log.info("kubernetes cluster %s: watching services, endpointslices, nodes (datacenter %s)",
                  kc.name, self.settings.datacenter)
-        try:
-            await self._stopped.wait()
-        finally:
-            await self.close()
+        await self._stopped.wait()
 
     async def close(self) -> None:
         """Stop the threads: set the flag, cut blocked reads, wait (bounded) for them to end."""
