@@ -21,7 +21,7 @@ from .forward.forwarder import from_config as forwarder_from_config
 from .lifecycle import Component, readiness, reload_all, serve_components
 from .sources.zones import ZonesSource
 from .workers import WorkerPool
-from .api.acl import Acl, check_exposure
+from .api.acl import Acl
 from .api.app import HttpApi, agent_node
 from .api.blocking import Watch
 from .api.common import ApiContext
@@ -107,20 +107,15 @@ def zones_directory(cfg: Config) -> Path:
 def build(cfg: Config) -> App:
     """Every part, collaborators passed in; components listed so that each comes after what it uses."""
     cfg = read_secret_files(cfg)
-    check_exposure(cfg)
-    names = [kc.name for kc in cfg.kubernetes]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise ConfigError(f"kubernetes[{i}].name: {name!r} names two clusters (each needs its own name)")
     zones_dir = zones_directory(cfg)
     store = Store(datacenter=cfg.datacenter)
     # the durable store comes first: its revision orders splits from every source and floors X-Consul-Index
     db = RecordStore(cfg.data_dir, on_commit=store.advance)
     store.advance(db.revision)
     split_revisions = SplitRevisions(db)
-    health = HealthRunner()
+    health = HealthRunner(concurrency=cfg.health.max_in_flight, output_max_size=cfg.health.output_max_size)
     zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"),
-                        split_revisions=split_revisions,
+                        poll_interval=cfg.zones_poll_interval, split_revisions=split_revisions,
                         on_publish=lambda checks: health.sync("zones", checks))
     republish = coalesced(zones.republish)
     health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
@@ -151,7 +146,7 @@ def build(cfg: Config) -> App:
         log.info("dns listening on %s:%d (udp+tcp), domain %s, datacenter %s",
                  cfg.dns.listen[0], dns.port, cfg.domain, cfg.datacenter)
 
-    components.append(Component("dns", start=listen, close=dns.close))
+    components.append(Component("dns", start=listen, close=lambda: dns.close(drain=cfg.dns.drain_timeout)))
     api = HttpApi(ApiContext(cfg=cfg, store=store, registrations=regs, runner=health, handler=handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=readiness(components),

@@ -362,11 +362,10 @@ def test_backoff_is_capped_exponential_with_jitter():
 
 
 @pytest.mark.parametrize("clusters, message", [
-    ([{"name": "a", "datacenter": "not a label"}], "'a'.*datacenter"),
+    ([{"name": "a", "datacenter": "not a label"}], r"kubernetes\[0\].datacenter: 'not a label' is not a DNS label"),
     ([{"name": "a"}, {"name": "a"}], r"kubernetes\[1\].name: 'a' names two clusters"),
 ])
 def test_cluster_settings_errors_name_the_cluster(tmp_path, double, clusters, message):
     kc = str(double.kubeconfig(tmp_path / "kc"))
-    cfg = parse_config({"zones": str(tmp_path), "kubernetes": [{**c, "kubeconfig": kc} for c in clusters]})
     with pytest.raises(ConfigError, match=message):
-        build(cfg)
+        parse_config({"zones": str(tmp_path), "kubernetes": [{**c, "kubeconfig": kc} for c in clusters]})

@@ -2,7 +2,6 @@
 the server (a stop, a task that dies, a start that fails); process-wide settings belong to `meshdns serve` only."""
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import socket

@@ -56,8 +56,6 @@ def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
     """The API's TLS context, or None; a missing, unreadable or mismatched file is a ConfigError naming it."""
     if not (http.tls_cert or http.tls_key):
         return None
-    if not http.tls_cert:
-        raise ConfigError("http.tls_cert: required when http.tls_key is set (--http-tls-cert)")
     for key, path in (("http.tls_cert", http.tls_cert), ("http.tls_key", http.tls_key)):
         if not path:
             continue

@@ -21,7 +21,7 @@ from typing import Callable
 
 from cachetools import LRUCache
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..dns import rdata
 from ..dns.names import own_domain
 from ..dns.wire import CD, RD, Query
@@ -183,11 +183,6 @@ def from_config(cfg: Config, *, clock: Callable[[], float] = time.monotonic,
     fwd = cfg.forwarding
     if not fwd.recursors and not fwd.zones:
         return None
-    for i, zone in enumerate(fwd.zones):
-        ours = own_domain(zone.name, cfg.domains)
-        if ours is not None:
-            raise ConfigError(f"forwarding.zone[{i}].name: {zone.name!r} is inside our own domain {ours!r}, "
-                              f"which meshdns answers itself and never forwards")
     cache = ReplyCache(max_entries=cfg.cache.max_entries, min_ttl=cfg.cache.min_ttl,
                        max_ttl=cfg.cache.max_ttl, serve_stale=cfg.cache.serve_stale, clock=clock)
     return Forwarder(domains=cfg.domains, recursors=fwd.recursors,

@@ -60,9 +60,10 @@ class _Due:
 
 
 class HealthRunner:
-    def __init__(self, *, concurrency: int = 64, rng: random.Random | None = None,
+    def __init__(self, *, concurrency: int = 64, output_max_size: int = 4096, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.concurrency = concurrency
+        self.output_max_size = output_max_size
         self.rng = rng or random.Random()
         self.clock = clock
         self._owners: dict[str, _Owner] = {}
@@ -131,6 +132,10 @@ class HealthRunner:
     def __len__(self) -> int:
         return len(self._checks)
 
+    def clip(self, output: str) -> str:
+        """A check's output as it is kept: at most `output_max_size` characters."""
+        return output[:self.output_max_size]
+
     # -- TTL ------------------------------------------------------------------
 
     def update_ttl(self, owner: str, key: Hashable, status: Health, output: str) -> None:
@@ -141,7 +146,7 @@ class HealthRunner:
         now = self.clock()
         c.gen = next(self._gens)
         self._push(now + c.spec.ttl, c, "ttl")
-        self._set(c, sm.set_status(c.state, status, output, now=now))
+        self._set(c, sm.set_status(c.state, status, self.clip(output), now=now))
 
     # -- scheduling -----------------------------------------------------------
 
@@ -214,14 +219,14 @@ class HealthRunner:
                 if check.spec.kind == "http":
                     if self._session is None:
                         self._session = new_session(limit=self.concurrency)
-                    result, output = await probe_http(self._session, check.spec)
+                    result, output = await probe_http(self._session, check.spec, max_output=self.output_max_size)
                 else:
                     result, output = await probe_tcp(check.spec)
                 self.probes_run += 1
             if self._checks.get((check.owner, check.key)) is not check:
                 return
             spec = check.spec
-            self._set(check, sm.observe(check.state, result, output,
+            self._set(check, sm.observe(check.state, result, self.clip(output),
                                         success_before_passing=spec.success_before_passing,
                                         failures_before_critical=spec.failures_before_critical,
                                         now=self.clock()))

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 from ...catalog.model import Instance, ServiceKey, SourceState, Split
 from ...catalog.store import Store
-from ...catalog.validate import FieldError, dns_label, split_loops
-from ...config import ConfigError, KubernetesConfig
+from ...catalog.validate import FieldError, split_loops
+from ...config import KubernetesConfig
 from ..split_revisions import SplitRevisions
 from ..status import SourceStatus
 from .mapping import ClusterSettings, Mapped, map_service, node_view, object_key, slice_service
@@ -38,10 +38,6 @@ class KubernetesSource:
         self.cluster = cluster
         self.split_revisions = split_revisions  # None: annotation splits carry no revision
         self.settings = ClusterSettings.from_config(cluster, default_datacenter=default_datacenter)
-        try:
-            dns_label(self.settings.datacenter, "datacenter")
-        except FieldError as exc:
-            raise ConfigError(f"kubernetes cluster {cluster.name!r}: {exc}") from None
         self.name = self.settings.source
         self.store = store
         if api_client is None:
