@@ -33,6 +33,8 @@ SOURCE = "zones"
 class _Parsed:
     stamp: tuple[int, int]
     content: TomlContent | Zone
+    included: tuple[Path, ...] = ()                  # files a master file $INCLUDEs...
+    included_stamps: tuple[tuple[int, int] | None, ...] = ()   # ... and how they were when it was read
 
 
 class ZonesSource:
@@ -62,17 +64,19 @@ class ZonesSource:
         if not self.directory.is_dir():
             return found
         for path in sorted(self.directory.iterdir()):
-            if path.suffix in (".toml", ".zone") and path.is_file():
-                st = path.stat()
-                found[path] = (st.st_mtime_ns, st.st_size)
+            stamp = _stamp(path) if path.suffix in (".toml", ".zone") and path.is_file() else None
+            if stamp is not None:
+                found[path] = stamp
         return found
 
-    def _parse(self, path: Path, stamp: tuple[int, int]) -> TomlContent | Zone:
+    def _parse(self, path: Path, stamp: tuple[int, int]) -> _Parsed:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
-            return parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE)
+            return _Parsed(stamp, parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE))
         origin = path.name[: -len(".zone")] + "."
-        return parse_master(str(path), text, default_origin=origin, source=SOURCE)
+        included: list[Path] = []
+        zone = parse_master(str(path), text, default_origin=origin, source=SOURCE, included=included)
+        return _Parsed(stamp, zone, tuple(included), tuple(_stamp(p) for p in included))
 
     def reload(self, *, force: bool = False) -> bool:
         """Re-read changed files and publish. True when the catalog changed."""
@@ -80,10 +84,11 @@ class ZonesSource:
         changed = force or set(files) != set(self._files)
         for path, stamp in files.items():
             known = self._files.get(path)
-            if known is not None and known.stamp == stamp and not force:
+            if known is not None and known.stamp == stamp and not force and \
+                    known.included_stamps == tuple(_stamp(p) for p in known.included):
                 continue
             try:
-                self._files[path] = _Parsed(stamp, self._parse(path, stamp))
+                self._files[path] = self._parse(path, stamp)
             except ZoneFileError as exc:
                 self._failed(path, str(exc), keep=known)
                 continue
@@ -215,6 +220,14 @@ class ZonesSource:
                 self.reload()
             except Exception:
                 log.exception("reloading %s failed; what was loaded before is still served", self.directory)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _on_node_dc(inst: Instance, nodes: dict) -> Instance:
