@@ -72,10 +72,11 @@ class HealthRunner:
         self._seq = itertools.count()
         self._gens = itertools.count(1)  # global, so a removed and re-added check never matches old entries
         self._wake: asyncio.Event | None = None
-        self._sem: asyncio.Semaphore | None = None
+        self._sem = asyncio.Semaphore(concurrency)
         self._session = None
         self._probes: set[asyncio.Task] = set()
         self._closed = False
+        self.probes_started = 0
         self.probes_run = 0
 
     # -- owners and checks --------------------------------------------------
@@ -174,15 +175,21 @@ class HealthRunner:
                 except Exception:
                     log.exception("check owner %s failed to take a change", check.owner)
 
+    def run_due(self) -> float | None:
+        """Start whatever is due by `clock()` (probes, TTL expiries, reaps); seconds until the next is due.
+
+        `run` calls it whenever something is due or a check was added; tests call it with a clock they move.
+        """
+        now = self.clock()
+        while self._heap and self._heap[0].at <= now:
+            self._dispatch(heapq.heappop(self._heap), now)
+        return max(0.0, self._heap[0].at - now) if self._heap else None
+
     async def run(self) -> None:
         self._wake = asyncio.Event()
-        self._sem = asyncio.Semaphore(self.concurrency)
         while True:
-            now = self.clock()
-            while self._heap and self._heap[0].at <= now:
-                self._dispatch(heapq.heappop(self._heap), now)
+            timeout = self.run_due()
             self._wake.clear()
-            timeout = max(0.0, self._heap[0].at - now) if self._heap else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
@@ -207,6 +214,7 @@ class HealthRunner:
         if check.running or self._closed:
             return
         check.running = True
+        self.probes_started += 1
         task = asyncio.get_running_loop().create_task(self._probe(check))
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
