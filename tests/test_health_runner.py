@@ -137,3 +137,19 @@ async def test_removed_checks_stop_and_readded_checks_do_not_double():
         server.close()
     assert one_check == 10, one_check       # one probe per interval, not two chains (20)
     assert len(accepted) == one_check and runner.probes_started == 10
+
+
+async def test_a_run_cancelled_just_as_it_is_woken_still_ends():
+    """The server stops by cancelling this task; a check added in the same loop turn (a registration, a
+    TTL update) must not swallow that cancellation and leave shutdown waiting for ever."""
+    runner = HealthRunner(clock=Clock())
+    runner.register_owner("t", on_change=lambda *a: None)
+    runner.add("t", "a", parse_check({"TTL": "30s"}))   # something due later: it waits with a timeout
+    task = asyncio.create_task(runner.run())
+    for _ in range(5):
+        await asyncio.sleep(0)            # parked, waiting to be woken
+    runner.add("t", "b", parse_check({"TTL": "30s"}))   # wakes it...
+    task.cancel()                                        # ... as the server stops
+    done, _ = await asyncio.wait({task}, timeout=10)
+    await runner.close()
+    assert task in done and task.cancelled()

@@ -77,9 +77,10 @@ class Watch:
         """True when a new snapshot arrived within `timeout`; False on timeout or shutdown."""
         if self._closed:
             return False
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
+        try:  # asyncio.timeout, not wait_for: wait_for swallows a cancel (shutdown) that comes as the wait ends
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
             return False
         return not self._closed
 

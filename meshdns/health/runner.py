@@ -190,9 +190,10 @@ class HealthRunner:
         while True:
             timeout = self.run_due()
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout, not wait_for: wait_for swallows a cancel that comes as the wait ends
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     def _dispatch(self, due: _Due, now: float) -> None:
