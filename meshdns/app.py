@@ -5,6 +5,7 @@ import asyncio
 import gc
 import logging
 import random
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.rrl import RateLimiter
 from .dns.server import DnsServer
+from .dns.topology import TopologyCounter
 from .forward.forwarder import from_config as forwarder_from_config
 from .lifecycle import Component, readiness, reload_all, serve_components
 from .sources.zones import ZonesSource
@@ -27,6 +29,9 @@ from .api.blocking import Watch
 from .api.common import ApiContext
 from .health.runner import HealthRunner
 from .sources.config_entries import ConfigEntries
+from .sources.intentions import IntentionEntries
+from .sources.peers import PeerSource
+from .sources.prepared_queries import PreparedQueries
 from .sources.registrations import Registrations
 from .sources.split_revisions import SplitRevisions
 from .sources.sqlite_store import RecordStore
@@ -40,7 +45,8 @@ def resolver_options(cfg: Config) -> ResolverOptions:
     ns = () if host in ("0.0.0.0", "::", "") else (host,)
     return ResolverOptions(domains=cfg.domains, only_passing=cfg.dns.only_passing,
                            a_record_limit=cfg.dns.a_record_limit, node_ttl=int(cfg.dns.node_ttl),
-                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns)
+                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns,
+                           peer_datacenters=tuple(p.datacenter for p in cfg.peers))
 
 
 @dataclass
@@ -59,6 +65,7 @@ class App:
     components: tuple[Component, ...]
     kubernetes: tuple = ()        # KubernetesSource per cluster
     reverse_syncs: tuple = ()     # ReverseSync per cluster that has it
+    peers: tuple = ()             # PeerSource per [[peer]] (other datacenters)
     workers: WorkerPool | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -81,10 +88,15 @@ def make_handler(cfg: Config, store: Store, *, workers: WorkerPool | None = None
     if cfg.dns.rrl_responses_per_second:
         rrl = RateLimiter(rate=cfg.dns.rrl_responses_per_second, exempt=cfg.dns.rrl_exempt, clock=time.monotonic)
     rng = random.Random(cfg.dns.rng_seed) if cfg.dns.rng_seed is not None else None
+    topology = None
+    if cfg.ui.topology:
+        topology = TopologyCounter(clock=time.monotonic, max_keys=cfg.ui.topology_max_keys,
+                                   keep_minutes=int(cfg.ui.topology_window // 60),
+                                   peers=workers.topology if workers is not None else None)
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder, rng=rng,
                          recursion=RecursionPolicy(cfg.forwarding.allow_recursion), rate_limiter=rrl,
-                         peers=workers.stats if workers is not None else None)
+                         topology=topology, peers=workers.stats if workers is not None else None)
     return handler, forwarder
 
 
@@ -122,23 +134,31 @@ def build(cfg: Config) -> App:
                           else None)
     regs = Registrations(store, db, health, agent_node=agent_node(cfg))
     config = ConfigEntries(store, db)
+    intentions = IntentionEntries(store, db)
+    queries = PreparedQueries(store, db)
     components = [
         Component("storage", close=db.close),
         Component("health", run=health.run, close=health.close),
         # loaded before DNS listens: a restart never answers without the registrations
         Component("registrations", start=_now(regs.load), close=regs.close, readiness=regs.status),
         Component("config", start=_now(config.load), readiness=config.status),
+        Component("intentions", start=_now(intentions.load)),
+        Component("prepared-queries", start=_now(queries.load)),
         # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
         Component("zones", start=_now(zones.reload), run=zones.run, reload=lambda: zones.reload(force=True),
                   readiness=lambda: SourceStatus(synced=zones.ready, errors=dict(zones.errors))),
     ]
     kubernetes, reverse_syncs = _kubernetes(cfg, store, split_revisions, components)
+    peers = tuple(PeerSource(peer, store, coalesce=coalesced) for peer in cfg.peers)
+    components += [Component(p.name, run=p.run, close=p.close, readiness=p.readiness) for p in peers]
     # the splits read at start are served before we say ready
     components.append(Component("splits", start=split_revisions.settled))
     workers = WorkerPool(cfg, store, count=cfg.dns.workers - 1) if cfg.dns.workers > 1 else None
     handler, forwarder = make_handler(cfg, store, workers=workers)
     if forwarder is not None:
         components.append(Component("forwarding", close=forwarder.close))
+    if handler.topology is not None:
+        components.append(Component("topology", run=handler.topology.run))
     dns = make_server(cfg, handler)
 
     async def listen() -> None:
@@ -150,14 +170,15 @@ def build(cfg: Config) -> App:
     api = HttpApi(ApiContext(cfg=cfg, store=store, registrations=regs, runner=health, handler=handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=readiness(components),
-                             config=config, kubernetes=list(kubernetes)))
+                             config=config, intentions=intentions, queries=queries, kubernetes=list(kubernetes),
+                             peers=list(peers)))
     components.append(Component("http", start=api.start, close=api.close))
     if workers is not None:  # last: the workers share the port the primary has bound; they stop first
         components.append(Component("workers", start=lambda: workers.start(dns.port), run=workers.run,
                                     close=workers.close))
     return App(cfg=cfg, store=store, db=db, health=health, zones=zones, registrations=regs, handler=handler,
                dns=dns, api=api, components=tuple(components), kubernetes=kubernetes,
-               reverse_syncs=reverse_syncs, workers=workers)
+               reverse_syncs=reverse_syncs, peers=peers, workers=workers)
 
 
 def _now(fn: Callable[[], object]) -> Callable[[], "asyncio.Future[None]"]:
@@ -187,6 +208,19 @@ def _kubernetes(cfg: Config, store: Store, split_revisions: SplitRevisions,
             reverse_syncs.append(reverse)
             components.append(Component(f"kubernetes/{kc.name}/sync", run=reverse.run, close=reverse.close))
     return tuple(sources), tuple(reverse_syncs)
+
+
+def raise_open_files_limit() -> None:
+    """Each imported service holds one blocking query (one connection) open to its peer: thousands of
+    services need more than the usual soft limit of 1024 descriptors, so take what the hard limit allows.
+    Process-wide, so only `meshdns serve` calls it (when it has peers)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # Linux's default fs.nr_open
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
 
 
 def settle_gc() -> None:

@@ -56,6 +56,8 @@ def serve(args: argparse.Namespace) -> int:
     from . import app as app_module
     from .api.app import OncePer, http_log
     http_log.addFilter(OncePer(10.0))
+    if cfg.peers:
+        app_module.raise_open_files_limit()
     try:
         import uvloop
         uvloop.install()

@@ -17,6 +17,8 @@ from ..config import Config
 from ..dns.handler import DnsHandler
 from ..health.runner import HealthRunner
 from ..sources.config_entries import ConfigEntries
+from ..sources.intentions import IntentionEntries
+from ..sources.prepared_queries import PreparedQueries
 from ..sources.registrations import NotFound, Registrations
 from ..sources.sqlite_store import StorageError
 from ..sources.status import StatusRegistry
@@ -39,7 +41,10 @@ class ApiContext:
     watch: Watch
     readiness: StatusRegistry
     config: "ConfigEntries | None" = None
+    intentions: "IntentionEntries | None" = None
     kubernetes: list = field(default_factory=list)              # KubernetesSource per cluster
+    queries: "PreparedQueries | None" = None                    # /v1/query
+    peers: list = field(default_factory=list)                   # PeerSource per [[peer]]
     requests: Counter = field(default_factory=Counter)          # (method, route, status) -> n
     http_port: int = 0                                          # the port the API serves on, once started
 

@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Any, Mapping
 
-from .model import Split, SplitTarget, Weights
+from .model import Intention, IntentionSource, Split, SplitTarget, Weights
 
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
 _HOST = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
@@ -92,6 +92,15 @@ def service_address(value: Any, field: str) -> str:
     return text
 
 
+def boolean(value: Any, field: str) -> bool:
+    """A JSON true/false; absent (None) is false."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise FieldError(field, f"{value!r} is not true or false")
+    return value
+
+
 def port(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise FieldError(field, f"{value!r} is not a port (0-65535)")
@@ -143,8 +152,10 @@ def weights(value: Any, field: str) -> Weights:
 
 def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
           on_all_unhealthy: str = "nxdomain", source: str = "", revision: int = 0,
-          percent: bool = False) -> Split:
-    """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter)."""
+          percent: bool = False, local_datacenter: str = "") -> Split:
+    """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter).
+
+    A target's `datacenter` naming `local_datacenter` is the same as none: a target is local or a peer's."""
     name = service_name(name, f"{field}.name").lower()
     if not isinstance(targets, list) or not targets:
         raise FieldError(f"{field}.targets", "expected a non-empty list of targets")
@@ -162,9 +173,13 @@ def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
         tag = t.get("tag", "") or ""
         if not isinstance(tag, str):
             raise FieldError(f"{f}.tag", "expected a string")
-        if service == name and not tag:
-            raise FieldError(f"{f}.service", "a split may not target itself without a tag")
-        out.append(SplitTarget(service=service, weight=float(weight), tag=tag.lower()))
+        dc = t.get("datacenter", "") or ""
+        dc = dns_label(dc, f"{f}.datacenter").lower() if dc else ""
+        if dc == local_datacenter.lower():
+            dc = ""
+        if service == name and not tag and not dc:
+            raise FieldError(f"{f}.service", "a split may not target itself without a tag or another datacenter")
+        out.append(SplitTarget(service=service, weight=float(weight), tag=tag.lower(), datacenter=dc))
     total = sum(t.weight for t in out)
     if total <= 0:
         raise FieldError(f"{field}.targets", "at least one target needs a positive weight")
@@ -180,9 +195,39 @@ def split_loops(splits: Mapping[str, Split]) -> str | None:
     """A message when a split targets another split (we do not chain them), else None."""
     for s in splits.values():
         for t in s.targets:
-            if t.service in splits and not (t.service == s.name and t.tag):
+            # a split answers only for our datacenter: a peer's copy of a name is never a split here
+            if t.service in splits and not (t.service == s.name and t.tag) and not t.datacenter:
                 return f"split {s.name!r} targets {t.service!r}, which is itself a split"
     return None
+
+
+ACTIONS = ("allow", "deny")
+
+
+def action(value: Any, field: str) -> str:
+    """An intention's action: "allow" or "deny" (any case)."""
+    if not isinstance(value, str) or value.lower() not in ACTIONS:
+        raise FieldError(field, f"{value!r} is not allow or deny")
+    return value.lower()
+
+
+def intention(name: Any, sources: Any, *, field: str, source: str = "", revision: int = 0) -> Intention:
+    """Validate a service-intentions entry: `sources` is a list of {name, action}; a source name is a
+    service or "*", and appears once (the most specific source wins, so order carries no meaning)."""
+    name = service_name(name, f"{field}.name").lower()
+    if not isinstance(sources, list):
+        raise FieldError(f"{field}.sources", "expected a list of {name, action}")
+    out: list[IntentionSource] = []
+    for i, raw in enumerate(sources):
+        f = f"{field}.sources[{i}]"
+        if not isinstance(raw, Mapping):
+            raise FieldError(f, "expected {name = ..., action = ...}")
+        src = raw.get("name")
+        src = "*" if src == "*" else service_name(src, f"{f}.name").lower()
+        if any(s.name == src for s in out):
+            raise FieldError(f"{f}.name", f"{src!r} is listed twice")
+        out.append(IntentionSource(name=src, action=action(raw.get("action"), f"{f}.action")))
+    return Intention(name=name, sources=tuple(out), source=source, revision=revision)
 
 
 _ID_BAD = re.compile(r"[/\\?#%\x00-\x1f\x7f\x85\u2028\u2029]")

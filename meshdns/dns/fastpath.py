@@ -257,7 +257,7 @@ def _render(entry: Compiled, version: int, flags: int, question: bytes, authorit
         rendered.append(tuple(tails))
     targets = tuple(g[2] for g in entry.groups) or ("",)
     return Replay(version, tuple(rendered), entry.group_weights, targets, entry.count_key, p.split, size,
-                  None if p.soa_domain else p.deps)
+                  None if p.soa_domain else p.deps, entry.qname)
 
 
 def _question_end(data: bytes, n: int, arcount: int) -> int:

@@ -21,6 +21,7 @@ from . import rdata
 from .fastpath import FastPath
 from .rrl import RateLimiter, slipped_reply
 from .stats import DnsStats
+from .topology import TopologyCounter
 from .resolver import REFUSED, SERVFAIL, ResolverOptions, plan, realize
 from .wire import MAX_TCP, Query, WireError, encode_response, error_response, parse_query, response_limit
 
@@ -67,7 +68,8 @@ class DnsHandler:
     def __init__(self, store: Store, opts: ResolverOptions, *, udp_payload: int = 1232,
                  enable_truncate: bool = True, rng: random.Random | None = None,
                  forwarder: Forwarder | None = None, recursion: RecursionPolicy | None = None,
-                 rate_limiter: RateLimiter | None = None, peers: Callable[[], list[DnsStats]] | None = None):
+                 rate_limiter: RateLimiter | None = None, topology: TopologyCounter | None = None,
+                 peers: Callable[[], list[DnsStats]] | None = None):
         self.store = store
         self.opts = opts
         self.udp_payload = udp_payload
@@ -78,6 +80,7 @@ class DnsHandler:
         self.stats = DnsStats()
         self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
         self.rrl = rate_limiter
+        self.topology = topology  # who asked for which name (None: not counted)
         self.internal_errors = 0
         self.peers = peers  # the worker processes' counters
         self._last_error_log = -1e9
@@ -118,6 +121,8 @@ class DnsHandler:
             if hit is not None:
                 reply, replay, target = hit
                 self.stats.queries[replay.count_key] += 1
+                if self.topology is not None:
+                    self.topology.count(client[0], replay.qname)
                 if target:
                     self.stats.splits[(replay.split, target)] += 1
                 return reply
@@ -139,6 +144,8 @@ class DnsHandler:
                 self.stats.queries[(entry.count_key[0], reply[3] & 0xF, "forward")] += 1
             else:
                 self.stats.queries[entry.count_key] += 1
+                if self.topology is not None:
+                    self.topology.count(client[0], entry.qname)
                 if target:
                     self.stats.splits[(entry.plan.split, target)] += 1
             return reply
@@ -186,6 +193,8 @@ class DnsHandler:
             return error_response(query, REFUSED, our_payload=self.udp_payload)
         ans = realize(p, self.rng)
         self.stats.queries[(query.qtype, ans.rcode, p.kind)] += 1
+        if self.topology is not None:
+            self.topology.count(client[0], query.qname_lower)
         if ans.split:
             self.stats.splits[(ans.split, ans.target)] += 1
         target = cname_target(query.qtype, ans) if may_recurse else None

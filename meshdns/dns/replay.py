@@ -47,6 +47,7 @@ class Replay:
     split: str
     size: int
     deps: tuple | None                     # the plan's deps; None when valid for this version only
+    qname: str = ""                        # lower-case, as the compiled answer has it (topology counts)
 
 
 @dataclass(slots=True)

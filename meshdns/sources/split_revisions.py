@@ -1,4 +1,4 @@
-"""Last write wins between the sources of a split, decided by the store's revision, not by clocks.
+"""Last write wins between the sources of a split (or an intention), decided by the store's revision, not by clocks.
 
 The API's splits are records whose mod revision is their revision. A zone file
 or a Kubernetes annotation presents its splits again at every load, so each
@@ -23,19 +23,21 @@ import hashlib
 import json
 import logging
 from dataclasses import astuple, replace
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
-from ..catalog.model import Split
+from ..catalog.model import Intention, Split
 from .sqlite_store import RecordStore, Write
 
 log = logging.getLogger("meshdns.sources.splits")
 
 KIND = "split-revision"
 
+Entry = TypeVar("Entry", Split, Intention)   # config entries that several sources may write
 
-def content_hash(split: Split) -> str:
-    """What the split says, without where it came from or when."""
-    plain = replace(split, source="", revision=0, create_revision=0)
+
+def content_hash(entry: Split | Intention) -> str:
+    """What the entry says, without where it came from or when."""
+    plain = replace(entry, source="", revision=0, create_revision=0)
     return hashlib.sha256(json.dumps(astuple(plain), default=str).encode()).hexdigest()[:32]
 
 
@@ -50,7 +52,7 @@ class SplitRevisions:
         self._upgrading = db.upgraded_from == 1   # splits first seen now predate the API's (see above)
         self._touched: set[str] = set()
 
-    def stamp(self, source: str, owner: str, split: Split, *, on_ready: Callable[[], None]) -> Split | None:
+    def stamp(self, source: str, owner: str, split: Entry, *, on_ready: Callable[[], None]) -> Entry | None:
         """`split` with its revisions if its content is recorded; otherwise record it (then call `on_ready`)
         and meanwhile give the owner's previous split, or None."""
         key = f"{source}/{owner}"

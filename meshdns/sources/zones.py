@@ -24,6 +24,8 @@ from ..health.spec import CheckSpec
 from .split_revisions import SplitRevisions
 from .zonefiles import TomlContent, ZoneFileError, parse_master, parse_toml
 
+INTENTION_OWNER = "intention:"   # owners of intentions in the revision records, apart from splits
+
 log = logging.getLogger("meshdns.sources.zones")
 
 SOURCE = "zones"
@@ -144,6 +146,7 @@ class ZonesSource:
         nodes: dict = {}
         splits: dict = {}
         zones: dict = {}
+        intentions: dict = {}
         for path, parsed in sorted(self._files.items()):
             c = parsed.content
             if isinstance(c, Zone):
@@ -153,6 +156,8 @@ class ZonesSource:
                 nodes[(node.datacenter, node.name.lower())] = node
             for s in c.splits:
                 splits[s.name] = s
+            for entry in c.intentions:
+                intentions[entry.name] = entry
         for path, parsed in sorted(self._files.items()):
             c = parsed.content
             if isinstance(c, Zone):
@@ -178,19 +183,24 @@ class ZonesSource:
                     line = parsed.content.lines.get("split:" + name, 1)
                     return None, (path, f"{path}:{line}: {loop}")
         return SourceState(services={k: tuple(v) for k, v in services.items()}, nodes=nodes,
-                           splits=splits, zones=zones), None
+                           splits=splits, zones=zones, intentions=intentions), None
 
     def _stamped(self, state: SourceState) -> SourceState:
-        """Each split with the store revision of the write that gave it its content (last write wins)."""
+        """Each split and intention with the store revision of the write that gave it its content (last
+        write wins against the API's entries of the same name)."""
         if self.split_revisions is None:
             return state
-        self.split_revisions.retain(SOURCE, state.splits)
-        splits = {}
-        for name, split in state.splits.items():
-            stamped = self.split_revisions.stamp(SOURCE, name, split, on_ready=self.republish)
-            if stamped is not None:
-                splits[name] = stamped
-        return replace(state, splits=splits)
+        entries = {**{name: split for name, split in state.splits.items()},
+                   **{INTENTION_OWNER + name: entry for name, entry in state.intentions.items()}}
+        self.split_revisions.retain(SOURCE, entries)
+        stamped = {}
+        for owner, entry in entries.items():
+            revised = self.split_revisions.stamp(SOURCE, owner, entry, on_ready=self.republish)
+            if revised is not None:
+                stamped[owner] = revised
+        return replace(state, splits={o: e for o, e in stamped.items() if not o.startswith(INTENTION_OWNER)},
+                       intentions={o[len(INTENTION_OWNER):]: e for o, e in stamped.items()
+                                   if o.startswith(INTENTION_OWNER)})
 
     def checks(self) -> dict[str, CheckSpec]:
         out = {}
