@@ -31,7 +31,6 @@ import yaml
 
 from harness import ROOT, ServerThread, free_port, make_config, query, rrset_values, wait_until
 from meshdns.config import Config, parse_config
-from meshdns.store.kv import StoreUnavailable
 
 DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
@@ -733,13 +732,13 @@ def uncommented(text: str, keys: set[str]) -> str:
 
 
 def test_replicas_share_their_state_through_the_shipped_etcd():
-    from meshdns.store.etcd import grpc_target
+    from meshdns.store.etcd import grpc_targets
     store = cluster_toml()["store"]
     assert set(store) <= STORE_KEYS and store["backend"] == "etcd" and store["prefix"] == "/meshdns/"
     assert store["timeout"] and store["member_ttl"]
     (endpoint,) = store["endpoints"]
     # one name that resolves to every ready member, so the client spreads over them and skips a dead one
-    target, tls = grpc_target(store["endpoints"])
+    (target,), tls = grpc_targets(store["endpoints"])
     assert target.startswith("dns:///") and not tls
     host, port = target.removeprefix("dns:///").rsplit(":", 1)
     service, namespace, rest = host.split(".", 2)
@@ -1048,14 +1047,14 @@ def test_the_vm_members_compact_and_speak_tls_to_each_other_and_to_clients():
 
 
 def test_the_vm_meshdns_config_reaches_every_member_with_its_credentials():
-    from meshdns.store.etcd import grpc_target
+    from meshdns.store.etcd import grpc_targets
     text = (VM / "meshdns-etcd.toml").read_text()
     cfg = parse_config(without_store(tomllib.loads(text)))
     store = vm_store()
     assert set(store) <= STORE_KEYS and store["backend"] == "etcd" and store["prefix"] == "/meshdns/"
     clients = [flags(exec_start("etcd.service", vm_member_env(n)))["advertise-client-urls"] for n in vm_cluster()]
     assert store["endpoints"] == clients
-    assert grpc_target(store["endpoints"])[1] is True, "TLS"
+    assert grpc_targets(store["endpoints"])[1] is True, "TLS"
     first = vm_member_env(next(iter(vm_cluster())))
     assert store["advertise"] == f"{first['MEMBER_IP']}:{cfg.http.listen[1]}"
     credentials = load_credentials("meshdns-etcd.conf")
@@ -1177,15 +1176,12 @@ def test_meshdns_certificate_writes_to_every_vm_member_and_none_without_it(vm_et
                                        key))
 
 
-@pytest.mark.xfail(strict=True, raises=StoreUnavailable, reason=(
-    "meshdns.store.etcd balances several IP endpoints over one TLS channel whose authority is the whole "
-    "address list, so no member's certificate matches it (Hostname Verification Check failed); each "
-    "member must be verified against its own address, as etcd's clients do"))
 def test_meshdns_reaches_the_three_vm_members_through_one_tls_client(vm_etcd):
     import asyncio
     key = vm_store()["prefix"].encode() + b"deploy-check-all"
     kv = vm_etcd.meshdns_client(vm_store()["endpoints"], timeout=5)
     assert asyncio.run(write_and_read(kv, key)) == [(key, b"written")]
+
 
 def test_resolver_snippets_send_consul_names_to_meshdns():
     resolv = [line.split() for line in (VM / "resolv.conf").read_text().splitlines()
