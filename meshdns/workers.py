@@ -40,6 +40,7 @@ class Delta:
     zones: dict = field(default_factory=dict)      # origin -> Zone | None
     intentions: dict = field(default_factory=dict)  # destination -> Intention | None
     full: bool = False
+    queries: dict = field(default_factory=dict)    # ID -> PreparedQuery | None
 
 
 def delta_for(snap: Snapshot, change: Change) -> Delta:
@@ -50,13 +51,14 @@ def delta_for(snap: Snapshot, change: Change) -> Delta:
         splits={k: snap.splits.get(k) for k in change.splits},
         zones={k: (snap.zones[k].zone if k in snap.zones else None) for k in change.zones},
         intentions={k: snap.intentions.get(k) for k in change.intentions},
+        queries={k: snap.queries.get(k) for k in change.queries},
     )
 
 
 def full_delta(snap: Snapshot) -> Delta:
     return Delta(version=snap.version, services=dict(snap.services), nodes=dict(snap.nodes),
                  splits=dict(snap.splits), zones={k: z.zone for k, z in snap.zones.items()},
-                 intentions=dict(snap.intentions), full=True)
+                 intentions=dict(snap.intentions), queries=dict(snap.queries), full=True)
 
 
 class Replica:
@@ -81,7 +83,8 @@ class Replica:
                                  nodes=merged(self.state.nodes, d.nodes),
                                  splits=merged(self.state.splits, d.splits),
                                  zones=merged(self.state.zones, d.zones),
-                                 intentions=merged(self.state.intentions, d.intentions))
+                                 intentions=merged(self.state.intentions, d.intentions),
+                                 queries=merged(self.state.queries, d.queries))
         self.store.publish(REPLICA_SOURCE, self.state, changed=None if d.full else set(d.services),
                            version=d.version)
         self.applied += 1
@@ -103,10 +106,13 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, cfg: Config, store: Store, *, port: int, count: int):
+    """Built with the rest of the server (the DNS handler reads its counters); `start` runs the processes
+    once the primary has bound the port they share."""
+
+    def __init__(self, cfg: Config, store: Store, *, count: int):
         self.cfg = cfg
         self.store = store
-        self.port = port
+        self.port = 0
         self.workers = [_Worker(i + 1) for i in range(count)]
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
@@ -158,9 +164,12 @@ class WorkerPool:
         """The latest forwarding counters of every worker that forwards."""
         return [w.forward for w in self.workers if w.forward is not None]
 
-    async def run(self) -> None:
+    async def start(self, port: int) -> None:
+        self.port = port
         for w in self.workers:
             self._start(w)
+
+    async def run(self) -> None:
         while not self._stopping:
             await asyncio.sleep(1.0)
             for w in self.workers:

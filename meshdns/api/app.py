@@ -15,15 +15,16 @@ from aiohttp import web
 
 from ..config import Config, ConfigError, HttpConfig
 from ..sources.registration_model import NodeReg
-from . import agent, catalog, config, health, intentions, metrics, status, topology, ui
+from . import agent, catalog, config, health, intentions, metrics, query, status, topology, ui
 from .common import CTX, ApiContext, consistent_writes, errors
 from .metrics import count_requests
+from .peers import read_only_peers
 
 log = logging.getLogger("meshdns.api")
 
 # intentions before config: its fixed /v1/config/service-intentions paths go before config's /v1/config/{kind}
 ROUTE_TABLES = (agent.routes, catalog.routes, intentions.routes, config.routes, health.routes, status.routes,
-                metrics.routes, topology.routes, ui.routes)
+                metrics.routes, query.routes, topology.routes, ui.routes)
 
 # Request head bounds (aiohttp answers 400 beyond them): Consul clients send a handful of short headers.
 MAX_LINE = 8192       # request line, and each header line
@@ -49,17 +50,15 @@ class OncePer(logging.Filter):
         return True
 
 
-# aiohttp's own complaints about bad requests (bad request line, headers too long) go here
+# aiohttp's own complaints about bad requests (bad request line, headers too long) go here; `meshdns serve`
+# lets one per 10 s through (OncePer), so a flood of malformed requests is not a flood of logs
 http_log = logging.getLogger("meshdns.api.http")
-http_log.addFilter(OncePer(10.0))
 
 
 def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
     """The API's TLS context, or None; a missing, unreadable or mismatched file is a ConfigError naming it."""
     if not (http.tls_cert or http.tls_key):
         return None
-    if not http.tls_cert:
-        raise ConfigError("http.tls_cert: required when http.tls_key is set (--http-tls-cert)")
     for key, path in (("http.tls_cert", http.tls_cert), ("http.tls_key", http.tls_key)):
         if not path:
             continue
@@ -94,7 +93,7 @@ def agent_node(cfg: Config) -> NodeReg:
 class HttpApi:
     def __init__(self, ctx: ApiContext):
         self.ctx = ctx
-        self.web = web.Application(middlewares=[count_requests, errors, consistent_writes],
+        self.web = web.Application(middlewares=[count_requests, errors, read_only_peers, consistent_writes],
                                    client_max_size=ctx.cfg.http.max_body + 1)
         self.web[CTX] = ctx
         self.web[metrics.REGISTRY] = metrics.make_registry(ctx)

@@ -9,6 +9,7 @@ from ..catalog.validate import FieldError, identifier, node_name, service_name
 from ..health.spec import get_field
 from ..sources.registration_model import parse_catalog_register, parse_datacenter
 from .common import ctx_of, datacenter, entry_filter, ok_true, read, read_json, tags_filter
+from .peers import refuse_peer_datacenter
 from .shapes import CATALOG_SERVICE, NODE, SERVICE
 
 routes = web.RouteTableDef()
@@ -33,6 +34,7 @@ async def register(request: web.Request) -> web.Response:
     ctx.acl.require_token(request)
     regs = ctx.registrations
     reg = parse_catalog_register(await read_json(request), datacenter=ctx.datacenter)
+    refuse_peer_datacenter(ctx, reg.node.datacenter, "Datacenter")
     node_known = reg.node.key in regs.nodes
     node_write = not (node_known and (reg.skip_node_update or regs.nodes[reg.node.key] == reg.node))
     node_checks = any(not c.service_id for c in reg.checks)
@@ -58,6 +60,7 @@ async def deregister(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise FieldError("body", "expected a JSON object")
     dc = parse_datacenter(get_field(body, "Datacenter"), ctx.datacenter)
+    refuse_peer_datacenter(ctx, dc, "Datacenter")
     raw_node = get_field(body, "Node")
     if raw_node in (None, ""):
         raise FieldError("Node", "required")
@@ -92,8 +95,11 @@ async def deregister(request: web.Request) -> web.Response:
 
 @routes.get("/v1/catalog/datacenters")
 async def datacenters(request: web.Request) -> web.Response:
+    """Ours first, then every other one: peers (synced or not) and those zone files name."""
+    peers = {p.datacenter for p in ctx_of(request).cfg.peers}
+
     def compute(snap: Snapshot):
-        return [snap.datacenter] + sorted(dc for dc in snap.datacenters if dc != snap.datacenter)
+        return [snap.datacenter] + sorted((snap.datacenters | peers) - {snap.datacenter})
     return await read(request, compute)
 
 

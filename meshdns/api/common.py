@@ -18,6 +18,7 @@ from ..dns.handler import DnsHandler
 from ..health.runner import HealthRunner
 from ..sources.config_entries import ConfigEntries
 from ..sources.intentions import IntentionEntries
+from ..sources.prepared_queries import PreparedQueries
 from ..sources.registrations import NotFound, Registrations
 from ..sources.status import StatusRegistry
 from ..store.kv import InvalidRequest, StoreError, StoreUnavailable
@@ -46,6 +47,8 @@ class ApiContext:
     records: "Records | None" = None                            # the shared store (its status, its revision)
     replicas: object = field(default_factory=lambda: SingleReplica("local"))   # members and the leader
     kubernetes: list = field(default_factory=list)              # KubernetesSource per cluster
+    queries: "PreparedQueries | None" = None                    # /v1/query
+    peers: list = field(default_factory=list)                   # PeerSource per [[peer]]
     requests: Counter = field(default_factory=Counter)          # (method, route, status) -> n
     http_port: int = 0                                          # the port the API serves on, once started
 
@@ -189,7 +192,7 @@ async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
     ctx.acl.require_read(request)
     if not filtered and request.query.get("filter"):
         raise FieldError("filter", "this endpoint does not filter its answer")
-    index, wait = parse_blocking(request.query)
+    index, wait = parse_blocking(request.query, max_wait=ctx.cfg.http.max_wait)
     snap = ctx.store.snapshot
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ctx.watch.jittered(wait) if index else 0.0
@@ -207,6 +210,7 @@ async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
                 snap = ctx.store.snapshot
                 if json_body(request, compute(snap)) != seen:
                     break
+                ctx.watch.unchanged += 1
     snap = ctx.store.snapshot
     return web.Response(body=json_body(request, compute(snap)), content_type="application/json",
                         headers=_read_headers(ctx, snap))

@@ -26,6 +26,7 @@ routes = web.RouteTableDef()
 def effective(split: Split, snap: Snapshot, *, only_passing: bool) -> list[dict]:
     """The share of answers each target gets right now: the sides DNS answers with, from the same function."""
     return [{"Service": side.target.service, **({"ServiceSubset": side.target.tag} if side.target.tag else {}),
+             **({"Datacenter": side.target.datacenter} if side.target.datacenter else {}),
              "HealthyInstances": len(healthy(side.instances, only_passing=only_passing)),  # 0 when failing open
              "Share": round(side.share, 6)}
             for side in split_sides(split, snap, only_passing=only_passing)]
@@ -39,6 +40,7 @@ def describe(split: Split, snap: Snapshot, *, only_passing: bool) -> dict:
             "Meta": {"meshdns-source": split.source},
             "OnAllUnhealthy": split.on_all_unhealthy,
             "HealthyTargets": [s["Service"] + (":" + s["ServiceSubset"] if "ServiceSubset" in s else "")
+                               + ("@" + s["Datacenter"] if "Datacenter" in s else "")
                                for s in shares if s["HealthyInstances"]],
             "EffectiveShares": shares}
 

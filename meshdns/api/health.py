@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..catalog.model import Health
+from ..catalog.model import Health, Instance
 from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError, node_name, service_name
 from .catalog import instances
 from .common import ctx_of, datacenter, entry_filter, flag, read, tags_filter
-from .shapes import CHECK, HEALTH_SERVICE, check_json, status_name
+from .shapes import CHECK, HEALTH_SERVICE, Views, check_json, status_name
 
 routes = web.RouteTableDef()
 
@@ -25,14 +25,15 @@ async def service(request: web.Request) -> web.Response:
     views = ctx.views()
 
     def compute(snap: Snapshot):
-        out = []
-        for inst in instances(snap, dc, name, tags):
-            if passing and inst.health is not Health.PASSING:
-                continue
-            out.append({"Node": views.node_of(inst, snap), "Service": views.service(inst),
-                        "Checks": [check_json(v) for v in views.instance_checks(inst)]})
-        return wanted.select(out)
+        return wanted.select([entry_json(inst, snap, views) for inst in instances(snap, dc, name, tags)
+                              if not passing or inst.health is Health.PASSING])
     return await read(request, compute, filtered=True)
+
+
+def entry_json(inst: Instance, snap: Snapshot, views: Views) -> dict:
+    """One instance as /v1/health/service lists it (and a prepared query's execute answers)."""
+    return {"Node": views.node_of(inst, snap), "Service": views.service(inst),
+            "Checks": [check_json(v) for v in views.instance_checks(inst)]}
 
 
 @routes.get("/v1/health/checks/{name}")

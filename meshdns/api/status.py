@@ -17,15 +17,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """503 until every source has synced once; errors are listed but do not make us unready
+    """503 until every required source has synced once; errors are listed but do not make us unready
     (a source keeps serving its last good state, e.g. a Kubernetes cluster that is unreachable
-    shows connected: false and how old its last event is, while its last synced state is served)."""
+    shows connected: false and how old its last event is, while its last synced state is served).
+    Peers (other datacenters) are listed with `required: false`: they never hold readiness back."""
     ctx = ctx_of(request)
-    sources = {}
+    sources, ready = {}, True
     for name, status_of in sorted(ctx.readiness.items()):
         st = status_of()
         sources[name] = {"synced": st.synced, "errors": dict(st.errors), **st.details}
-    ready = all(s["synced"] for s in sources.values())
+        if not st.required:
+            sources[name]["required"] = False
+        ready = ready and (st.synced or not st.required)
     body = {"ready": ready, "sources": sources}
     if ctx.records is not None:  # ready only after the first full read; a lost store does not unready it
         body["store"] = ctx.records.status()

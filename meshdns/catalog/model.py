@@ -77,6 +77,7 @@ class SplitTarget:
     service: str
     weight: float
     tag: str = ""
+    datacenter: str = ""   # "" = ours; else a peer's (an imported copy of its service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,27 @@ class Zone:
     source: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """A Consul prepared query (`/v1/query`), as stored. Strings may hold ${...} when `template`."""
+
+    id: str
+    name: str = ""                    # lower-case; a template's name is the prefix it matches
+    service: str = ""
+    tags: tuple[str, ...] = ()        # "!tag" excludes
+    only_passing: bool = False
+    nearest_n: int = 0                # the first N [[peer]] entries, in config order
+    datacenters: tuple[str, ...] = ()
+    node_meta: Meta = ()
+    service_meta: Meta = ()
+    ttl: float | None = None          # DNS.TTL; None: the service's TTL
+    template: bool = False            # Template.Type = "name_prefix_match"
+    regexp: str = ""
+    remove_empty_tags: bool = False
+    create_index: int = 0
+    modify_index: int = 0
+
+
 ServiceKey = tuple[str, str]  # (datacenter, lower-case service name)
 NodeKey = tuple[str, str]     # (datacenter, lower-case node name)
 
@@ -141,3 +163,4 @@ class SourceState:
     splits: dict[str, Split] = field(default_factory=dict)
     zones: dict[str, Zone] = field(default_factory=dict)
     intentions: dict[str, Intention] = field(default_factory=dict)
+    queries: dict[str, PreparedQuery] = field(default_factory=dict)  # by ID

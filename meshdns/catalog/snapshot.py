@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from .model import Instance, Intention, Node, NodeKey, ServiceKey, Split, Zone, ZoneRecord
+from .model import Instance, Intention, Node, NodeKey, PreparedQuery, ServiceKey, Split, Zone, ZoneRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,7 @@ class Snapshot:
     ip_nodes: Mapping[str, frozenset[NodeKey]] = field(default_factory=_empty)
     datacenters: frozenset[str] = field(default_factory=frozenset)
     intentions: Mapping[str, Intention] = field(default_factory=_empty)  # destination service -> entry
+    queries: Mapping[str, PreparedQuery] = field(default_factory=_empty)  # prepared queries by ID
 
     def instances(self, name: str, datacenter: str | None = None) -> tuple[Instance, ...]:
         return self.services.get((datacenter or self.datacenter, name.lower()), ())

@@ -2,8 +2,9 @@
 
 Merge rules: a service key's instances are the concatenation over sources
 (that is how one name spans VMs and pods); a node or zone comes from the first
-source (by name) that has it; a split or an intention is the one with the newest
-revision (last write wins). Only keys that changed are rebuilt.
+source (by name) that has it, and so does a prepared query; a split or an
+intention is the one with the newest revision (last write wins). Only keys that
+changed are rebuilt.
 
 The snapshot version (X-Consul-Index, the SOA serial) grows with every change.
 Each instance and node also remembers the version at which it appeared and the
@@ -34,6 +35,7 @@ class Change:
     splits: frozenset
     zones: frozenset
     intentions: frozenset = frozenset()
+    queries: frozenset = frozenset()
 
 
 def _changed_keys(old: dict, new: dict) -> set:
@@ -52,6 +54,20 @@ def _identity(entry: Instance | Node) -> tuple:
     if isinstance(entry, Node):
         return ("node", entry.datacenter, entry.name.lower())
     return (entry.source, entry.datacenter, entry.node.lower(), entry.id)
+
+
+def _first_wins(prev, keys, parts: list[dict], build=lambda value: value):
+    """prev with `keys` taken from the first part that has them (built), or dropped; prev when no key changed."""
+    if not keys:
+        return prev
+    out = dict(prev)
+    for key in keys:
+        value = next((part[key] for part in parts if key in part), None)
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = build(value)
+    return MappingProxyType(out)
 
 
 def _address_of(inst: Instance, nodes) -> str:
@@ -157,13 +173,14 @@ class Store:
         split_names = _changed_keys(old.splits, state.splits)
         zone_names = _changed_keys(old.zones, state.zones)
         intention_names = _changed_keys(old.intentions, state.intentions)
-        if not (svc_keys or node_keys or split_names or zone_names or intention_names):
+        query_ids = _changed_keys(old.queries, state.queries)
+        if not (svc_keys or node_keys or split_names or zone_names or intention_names or query_ids):
             if version is not None and revision is None:
                 self.advance(version)
             return self.snapshot
-        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version, intention_names)
+        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version, intention_names, query_ids)
         self._notify(snap, Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names),
-                                  frozenset(zone_names), frozenset(intention_names)))
+                                  frozenset(zone_names), frozenset(intention_names), frozenset(query_ids)))
         return snap
 
     def _notify(self, snap: Snapshot, change: Change) -> None:
@@ -188,7 +205,7 @@ class Store:
         return [self._states[name] for name in sorted(self._states)]
 
     def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None,
-                 intention_names=frozenset()) -> Snapshot:
+                 intention_names=frozenset(), query_ids=frozenset()) -> Snapshot:
         prev = self.snapshot
         version = prev.version + 1 if version is None else version
         states = self._ordered_states()
@@ -272,16 +289,8 @@ class Store:
         splits = _newest(prev.splits, split_names, [st.splits for st in states])
         intentions = _newest(prev.intentions, intention_names, [st.intentions for st in states])
 
-        zones = prev.zones
-        if zone_names:
-            zones = dict(prev.zones)
-            for origin in zone_names:
-                zone = next((st.zones[origin] for st in states if origin in st.zones), None)
-                if zone is None:
-                    zones.pop(origin, None)
-                else:
-                    zones[origin] = ZoneIndex.build(zone)
-            zones = MappingProxyType(zones)
+        zones = _first_wins(prev.zones, zone_names, [st.zones for st in states], ZoneIndex.build)
+        queries = _first_wins(prev.queries, query_ids, [st.queries for st in states])
 
         dcs = frozenset(dc for dc, n in self._dc_refs.items() if n > 0) | {prev.datacenter}
         return Snapshot(
@@ -295,6 +304,7 @@ class Store:
             ip_nodes=MappingProxyType(ip_nodes) if node_keys else prev.ip_nodes,
             datacenters=dcs if dcs != prev.datacenters else prev.datacenters,
             intentions=intentions,
+            queries=queries,
         )
 
     def _note_index(self, old: Instance | Node | None, new: Instance | Node, version: int) -> None:

@@ -92,6 +92,15 @@ def service_address(value: Any, field: str) -> str:
     return text
 
 
+def boolean(value: Any, field: str) -> bool:
+    """A JSON true/false; absent (None) is false."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise FieldError(field, f"{value!r} is not true or false")
+    return value
+
+
 def port(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise FieldError(field, f"{value!r} is not a port (0-65535)")
@@ -143,8 +152,10 @@ def weights(value: Any, field: str) -> Weights:
 
 def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
           on_all_unhealthy: str = "nxdomain", source: str = "", revision: int = 0,
-          percent: bool = False) -> Split:
-    """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter)."""
+          percent: bool = False, local_datacenter: str = "") -> Split:
+    """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter).
+
+    A target's `datacenter` naming `local_datacenter` is the same as none: a target is local or a peer's."""
     name = service_name(name, f"{field}.name").lower()
     if not isinstance(targets, list) or not targets:
         raise FieldError(f"{field}.targets", "expected a non-empty list of targets")
@@ -162,9 +173,13 @@ def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
         tag = t.get("tag", "") or ""
         if not isinstance(tag, str):
             raise FieldError(f"{f}.tag", "expected a string")
-        if service == name and not tag:
-            raise FieldError(f"{f}.service", "a split may not target itself without a tag")
-        out.append(SplitTarget(service=service, weight=float(weight), tag=tag.lower()))
+        dc = t.get("datacenter", "") or ""
+        dc = dns_label(dc, f"{f}.datacenter").lower() if dc else ""
+        if dc == local_datacenter.lower():
+            dc = ""
+        if service == name and not tag and not dc:
+            raise FieldError(f"{f}.service", "a split may not target itself without a tag or another datacenter")
+        out.append(SplitTarget(service=service, weight=float(weight), tag=tag.lower(), datacenter=dc))
     total = sum(t.weight for t in out)
     if total <= 0:
         raise FieldError(f"{field}.targets", "at least one target needs a positive weight")
@@ -180,7 +195,8 @@ def split_loops(splits: Mapping[str, Split]) -> str | None:
     """A message when a split targets another split (we do not chain them), else None."""
     for s in splits.values():
         for t in s.targets:
-            if t.service in splits and not (t.service == s.name and t.tag):
+            # a split answers only for our datacenter: a peer's copy of a name is never a split here
+            if t.service in splits and not (t.service == s.name and t.tag) and not t.datacenter:
                 return f"split {s.name!r} targets {t.service!r}, which is itself a split"
     return None
 

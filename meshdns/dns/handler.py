@@ -68,7 +68,8 @@ class DnsHandler:
     def __init__(self, store: Store, opts: ResolverOptions, *, udp_payload: int = 1232,
                  enable_truncate: bool = True, rng: random.Random | None = None,
                  forwarder: Forwarder | None = None, recursion: RecursionPolicy | None = None,
-                 rate_limiter: RateLimiter | None = None, topology: TopologyCounter | None = None):
+                 rate_limiter: RateLimiter | None = None, topology: TopologyCounter | None = None,
+                 peers: Callable[[], list[DnsStats]] | None = None):
         self.store = store
         self.opts = opts
         self.udp_payload = udp_payload
@@ -81,7 +82,7 @@ class DnsHandler:
         self.rrl = rate_limiter
         self.topology = topology  # who asked for which name (None: not counted)
         self.internal_errors = 0
-        self.peers: Callable[[], list[DnsStats]] | None = None  # the worker processes' counters
+        self.peers = peers  # the worker processes' counters
         self._last_error_log = -1e9
         if forwarder is not None:
             self.fast.forward_hit = self._forward_hit

@@ -12,12 +12,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..catalog import queries
 from ..catalog.model import Instance, Split
 from ..catalog.rules import healthy, split_sides
 from ..catalog.snapshot import Snapshot
 from ..config import SoaConfig
 from . import names, rdata
-from .names import AddrLookup, ApexLookup, NodeLookup, ReverseLookup, ServiceLookup, UnknownLookup
+from .names import AddrLookup, ApexLookup, NodeLookup, QueryLookup, ReverseLookup, ServiceLookup, UnknownLookup
 from .weighting import scale_shares, weighted_order, weighted_pick
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -91,6 +92,7 @@ class ResolverOptions:
     service_ttl: tuple[tuple[str, float], ...] = (("*", 0.0),)
     soa: SoaConfig = field(default_factory=SoaConfig)
     ns_addresses: tuple[str, ...] = ()
+    peer_datacenters: tuple[str, ...] = ()   # [[peer]] order: a prepared query's NearestN takes the first N
 
     def ttl_for_service(self, service: str) -> int:
         """Exact name, then the longest matching "prefix*", then "*" (Consul's rule)."""
@@ -182,14 +184,11 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
     if isinstance(lookup, ServiceLookup):
         dc = lookup.datacenter or snap.datacenter
         split = snap.splits.get(lookup.service)
-        names_used = [lookup.service] + ([t.service for t in split.targets] if split is not None else [])
+        used = [(dc, lookup.service)] + ([(t.datacenter or dc, t.service) for t in split.targets]
+                                         if split is not None else [])
         deps.append(("splits", lookup.service, split))
-        for name in names_used:
-            insts = snap.services.get((dc, name))
-            deps.append(("services", (dc, name), insts))
-            # an instance without an address answers with its node's: the answer depends on that node too
-            deps += [("nodes", (i.datacenter, i.node.lower()), snap.nodes.get((i.datacenter, i.node.lower())))
-                     for i in insts or () if not i.address and i.node]
+        for key in used:
+            _service_deps(deps, snap, key)
         chain += (qname,)
         return _service(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, deps, chain))
     if isinstance(lookup, NodeLookup):
@@ -198,6 +197,9 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
         return _node(lookup, qtype, snap, opts)
     if isinstance(lookup, AddrLookup):
         return _addr(lookup, qtype, snap, opts)
+    if isinstance(lookup, QueryLookup):
+        chain += (qname,)
+        return _query(lookup, qtype, snap, opts, deps, lambda name, qt: _chase(name, qt, snap, opts, deps, chain))
     if isinstance(lookup, ApexLookup):
         if qtype in (rdata.SOA, rdata.ANY) and not lookup.ns:
             deps.append(("version", None, snap.version))
@@ -229,6 +231,13 @@ def _chase(target: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps:
 def _owned(records: tuple[Record, ...], owner: str) -> tuple[Record, ...]:
     """Records answering `owner`, with the question-name placeholder replaced by it."""
     return tuple(r if r.name is not None else Record(owner, r.rtype, r.ttl, r.rdata) for r in records)
+def _service_deps(deps: list, snap: Snapshot, key: tuple[str, str], *, all_nodes: bool = False) -> None:
+    """The answer depends on the service's instances and on the nodes that lend them an address
+    (every instance's node with `all_nodes`, for answers that filter on node meta)."""
+    insts = snap.services.get(key)
+    deps.append(("services", key, insts))
+    deps += [("nodes", (i.datacenter, i.node.lower()), snap.nodes.get((i.datacenter, i.node.lower())))
+             for i in insts or () if i.node and (all_nodes or not i.address)]
 
 
 def _soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
@@ -275,13 +284,18 @@ def _service(lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOption
     insts = healthy(snap.services.get((dc, lk.service), ()), only_passing=opts.only_passing, tag=lk.tag)
     if not insts:
         return _negative(NXDOMAIN, lk.domain, snap, opts)
-    ttl = opts.ttl_for_service(lk.service)
+    return _instances(insts, qtype, snap, opts, lk.domain, opts.ttl_for_service(lk.service), chase)
+
+
+def _instances(insts, qtype: int, snap: Snapshot, opts: ResolverOptions, domain: str, ttl: int,
+               chase: Chase) -> Plan:
+    """The answer with these instances, weighted-shuffled (a service's, or a prepared query's)."""
     if qtype == rdata.SRV:
-        groups = _srv_groups(insts, snap, lk.domain, ttl, [float(_weight(i)) for i in insts], None, "", chase)
+        groups = _srv_groups(insts, snap, domain, ttl, [float(_weight(i)) for i in insts], None, "", chase)
     else:
         groups = _address_groups(insts, qtype, snap, ttl, 1.0, "", chase)
     if not groups:
-        return _negative(NOERROR, lk.domain, snap, opts)
+        return _negative(NOERROR, domain, snap, opts)
     return Plan(groups=tuple(groups), limit=_limit(qtype, opts))
 
 
@@ -422,7 +436,28 @@ def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: Re
 
 
 def _target_label(target) -> str:
-    return f"{target.service}:{target.tag}" if target.tag else target.service
+    label = f"{target.service}:{target.tag}" if target.tag else target.service
+    return f"{label}@{target.datacenter}" if target.datacenter else label
+
+
+# -- prepared queries ---------------------------------------------------------
+
+
+def _query(lk: QueryLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list,
+           chase: Chase) -> Plan:
+    """Local eligible instances, else the first failover datacenter's (catalog/queries.py decides)."""
+    deps.append(("queries", None, snap.queries))
+    found = queries.find(snap.queries, lk.name) if lk.datacenter in (None, snap.datacenter) else None
+    if found is None:
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
+    q = queries.render(found, lk.name)
+    outcome = queries.execute(snap, q, peers=opts.peer_datacenters)
+    for dc in outcome.tried:
+        _service_deps(deps, snap, (dc, q.service), all_nodes=bool(q.node_meta))
+    if not outcome.instances:
+        return _negative(NXDOMAIN, lk.domain, snap, opts)
+    ttl = int(q.ttl) if q.ttl is not None else opts.ttl_for_service(q.service)
+    return _instances(outcome.instances, qtype, snap, opts, lk.domain, ttl, chase)
 
 
 # -- nodes, addr, apex, reverse ---------------------------------------------

@@ -159,12 +159,7 @@ def _json_object(value: Any, f: str) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _bool(value: Any, f: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise FieldError(f, f"{value!r} is not true or false")
-    return value
+_bool = validate.boolean
 
 
 def _text(value: Any, f: str) -> str:

@@ -37,7 +37,6 @@ NODE, SERVICE, CHECK, CHECK_STATUS = "node", "service", "check", "check-status"
 CHECK_TTL = "check-ttl"   # a TTL update received by a replica that does not run the check, for its owner
 KINDS = (NODE, SERVICE, CHECK, CHECK_STATUS, CHECK_TTL)
 _LOADERS = {NODE: load_node, SERVICE: load_service, CHECK: load_check}
-MAX_OUTPUT = 4096
 
 
 class NotFound(LookupError):
@@ -105,7 +104,7 @@ class Registrations:
         return Write(change.kind, self._disk_key(change.key), value, if_changed=True)
 
     def _status_write(self, key: CKey, state: CheckState | None) -> Write:
-        value = None if state is None else {"Status": state.status.api_name, "Output": state.output[:MAX_OUTPUT]}
+        value = None if state is None else {"Status": state.status.api_name, "Output": self.runner.clip(state.output)}
         return Write(CHECK_STATUS, self._disk_key(key), value, if_changed=True)
 
     # -- indexes --------------------------------------------------------------
@@ -491,12 +490,12 @@ class Registrations:
 
         The replica that runs the check restarts its TTL; another stores the update for it (and the new
         status, so every replica shows it at once)."""
+        output = self.runner.clip(output)
         check = self.checks.get(key)
         if check is None:
             raise NotFound(f"unknown check ID {key[2]!r}")
         if check.spec is None or check.spec.kind != "ttl":
             raise FieldError("CheckID", f"check {key[2]!r} is not a TTL check")
-        output = output[:MAX_OUTPUT]
         stored = self.check_state(check)
         new = CheckState(status=status, output=output)
         changed = (stored.status, stored.output) != (status, output)

@@ -14,7 +14,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, StoreConfig, check_endpoint, parse_duration
+from ..config import ConfigError, StoreConfig, endpoint_problem, parse_duration
 from .kv import KV, MAX_TXN_OPS, KeyValue, Put, StoreError
 from .legacy import read_legacy
 from .records import VERSION_DIR
@@ -64,10 +64,10 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from .setup import open_kv
     try:
-        endpoints = tuple(check_endpoint(e.strip(), key="--endpoints") for e in args.endpoints.split(",")
-                          if e.strip())
-        if not endpoints:
-            raise ConfigError("--endpoints: at least one etcd endpoint is needed")
+        endpoints = tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
+        problems = [endpoint_problem(e) for e in endpoints] if endpoints else ["at least one etcd endpoint is needed"]
+        if any(problems):
+            raise ConfigError(f"--endpoints: {next(p for p in problems if p)}")
         for flag, value in (("--prefix", args.prefix), ("--source-prefix", args.source_prefix)):
             if not (value.startswith("/") and value.endswith("/")):
                 raise ConfigError(f"{flag}: {value!r} must start and end with '/'")

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 from ..catalog.model import Revision
-from ..backoff import Backoff
+from ..sources.backoff import Backoff
 from .kv import DELETE, KV, MAX_TXN_OPS, Batch, Compare, Delete, InvalidRequest, Op, Put, StoreError, \
     StoreUnavailable
 from .reflector import Reflector
@@ -219,10 +219,16 @@ class Records:
         timeout = self.timeout if timeout is None else timeout
         now = await asyncio.wait_for(self.current_revision(), timeout)
         target = now if revision is None else min(revision, now)
-        if self.revision >= target:
-            return True
-        await self.reflector.request_progress()   # the revision moves on even if nothing here changed
-        return await self.wait_applied(target, timeout)
+        loop = asyncio.get_running_loop()
+        deadline, step = loop.time() + timeout, 0.02
+        while self.revision < target:   # the watch's member may apply the last revision an instant later
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await self.reflector.request_progress()   # the revision moves on even if nothing here changed
+            await self.wait_applied(target, min(step, remaining))
+            step = min(step * 2, 0.5)
+        return True
 
     # -- lifecycle ------------------------------------------------------------------
 

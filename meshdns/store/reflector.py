@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-from ..backoff import Backoff
+from ..sources.backoff import Backoff
 from .kv import DELETE, KV, PUT, Batch, Compacted, Event, KeyValue, StoreError, Watch
 
 log = logging.getLogger("meshdns.store.reflector")

@@ -51,7 +51,7 @@ def open_store(cfg: Config) -> tuple[Records, SingleReplica | ClusterReplicas]:
                           timeout=store.timeout)
         return records, SingleReplica(replica_id(cfg))
     records = Records(open_kv(store, cfg.data_dir), store.prefix.encode(), timeout=store.timeout)
-    return records, ClusterReplicas(records, replica_id(cfg), ttl=store.member_ttl)
+    return records, ClusterReplicas(records, replica_id(cfg), ttl=int(store.member_ttl))
 
 
 async def start_store(records: Records, cfg: Config) -> None:

@@ -25,7 +25,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import ReadTimeoutError
 
-from ...backoff import Backoff  # noqa: F401 (the watchers' backoff, also imported from here)
+from ..backoff import Backoff
 
 log = logging.getLogger("meshdns.sources.kubernetes")
 

@@ -1,4 +1,4 @@
-"""Capped exponential backoff with jitter, for every reconnect loop (Kubernetes watches, the store)."""
+"""Capped exponential backoff with jitter, for every source that retries a remote API."""
 from __future__ import annotations
 
 import random
