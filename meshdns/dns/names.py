@@ -53,15 +53,6 @@ class ReverseLookup:
 Lookup = ServiceLookup | NodeLookup | AddrLookup | ApexLookup | UnknownLookup | ReverseLookup
 
 
-def own_domain(qname: str, domains: tuple[str, ...]) -> str | None:
-    """The (longest) of our domains that contains qname, else None. Names are lower-case FQDNs."""
-    best = None
-    for d in domains:
-        if (qname == d or qname.endswith("." + d)) and (best is None or len(d) > len(best)):
-            best = d
-    return best
-
-
 def parse_own(qname: str, domain: str) -> Lookup:
     """Parse a lower-case FQDN known to be inside `domain`."""
     if qname == domain:
