@@ -9,11 +9,11 @@ assembler. When a group's orders can be listed, each choice has an index
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import rdata
 from .resolver import Plan, Record
-from .weighting import Order, choose, orders_for
+from .weighting import Choices, Order, choose
 from .wire import A, AAAA, Query, answer, read_name
 
 
@@ -30,9 +30,6 @@ class WireGroup:
     label: str                       # the split target it serves ("" when none)
     prefix: tuple[bytes, ...]        # answer records before the units (a CNAME chain)
     units: tuple[WireUnit, ...]
-    weights: tuple[float, ...]       # the units' shuffle weights
-    orders: tuple | None             # every order of the units, when they can be listed (weighting.orders_for)
-    offset: int                      # the variant index of this group's first order
     cname: str = ""                  # the target, when the group answers one CNAME and nothing else
 
 
@@ -53,18 +50,27 @@ class Compiled:
     version: int                     # the snapshot version the plan was last found valid at
     groups: tuple[WireGroup, ...] = ()
     authority: tuple[bytes, ...] = ()
-    variants: int = 0                # how many replies can be listed (for groups whose orders can be)
+    choices: Choices | None = None   # what each answer chooses (weighting.choose)
     count_key: tuple = ()            # (qtype, rcode, name kind) for the queries counter
     split_keys: tuple = ()           # per group: (split, target) for the split answers counter
     cname_only: bool = False         # every group answers one CNAME: with recursion its target is resolved
     records_size: int = 0            # bytes of records in the biggest reply (for a cache's budget)
     size: int = 1
-    _weights: tuple = field(default=(), repr=False)
 
     def choose(self, rng: random.Random) -> tuple[int, int, Order]:
-        """(group, variant index or -1 when the order cannot be listed, order)."""
-        g, k, order = choose(self._weights[0], self._weights[1], self._weights[2], rng)
-        return g, (self.groups[g].offset + k if k >= 0 and self.groups else k), order
+        """(group, index of the reply among those that can be listed or -1, order of the units)."""
+        return choose(self.choices, rng)
+
+    @property
+    def variants(self) -> int:
+        """How many replies can be listed (one per group and order that can be)."""
+        return self.choices.count if self.groups else 1
+
+    @property
+    def fixed(self) -> bool:
+        """One reply only: nothing to choose, no random number drawn."""
+        orders = self.choices.orders
+        return not orders or (len(orders) == 1 and orders[0] is not None and len(orders[0]) == 1)
 
     @property
     def forward(self) -> bool:
@@ -72,25 +78,20 @@ class Compiled:
 
 
 def compile_plan(p: Plan, qtype: int, version: int) -> Compiled:
-    groups, offset = [], 0
+    groups = []
     for g in p.groups:
         units = tuple(WireUnit(u.weight, tuple(map(_record, u.answer)), tuple(map(_record, u.additional)))
                       for u in g.units)
-        weights = tuple(u.weight for u in units)
-        orders = orders_for(weights)
         answers = g.prefix + tuple(r for u in g.units for r in u.answer)
-        groups.append(WireGroup(g.weight, g.label, tuple(map(_record, g.prefix)), units, weights, orders,
-                                offset, _lone_cname(answers)))
-        offset += len(orders) if orders is not None else 0
+        groups.append(WireGroup(g.weight, g.label, tuple(map(_record, g.prefix)), units, _lone_cname(answers)))
     kind = "split" if p.split else p.kind
     authority = tuple(map(_record, p.authority))
     size = max((sum(map(len, g.prefix)) + sum(len(r) for u in g.units for r in u.an + u.ar) for g in groups),
                default=0) + sum(map(len, authority)) + (120 if p.soa_domain else 0)
-    c = Compiled(p, qtype, version, tuple(groups), authority, offset if groups else 1,
-                 (qtype, p.rcode, kind), tuple((p.split, g.label) for g in groups) if p.split else (),
-                 bool(groups) and all(g.cname for g in groups), size)
-    c._weights = ([g.weight for g in groups], [g.orders for g in groups], [g.weights for g in groups])
-    return c
+    choices = Choices.of([g.weight for g in groups], [[u.weight for u in g.units] for g in groups])
+    return Compiled(p, qtype, version, tuple(groups), authority, choices, (qtype, p.rcode, kind),
+                    tuple((p.split, g.label) for g in groups) if p.split else (),
+                    bool(groups) and all(g.cname for g in groups), size)
 
 
 def render(c: Compiled, query: Query, g: int, order: Order, *, soa: bytes, ra: bool, limit: int,

@@ -21,6 +21,7 @@ from ..catalog.snapshot import Snapshot
 from ..catalog.view import still_valid
 from ..forward.cache import Cached
 from .answer import Compiled, compile_plan, render
+from .weighting import choose
 from .resolver import ResolverOptions, plan, soa_record
 from .rdata import record
 from .wire import Query
@@ -100,7 +101,7 @@ class Entry:
     """The replies to one exact query from one client class."""
 
     __slots__ = ("compiled", "query", "answers", "counts", "ra", "limit", "our_payload", "set_tc", "version",
-                 "replies", "size")
+                 "replies", "fixed", "size")
 
     def __init__(self, compiled: Compiled, query: Query, answers: Answers, counts: Counts, *, ra: bool, limit: int,
                  our_payload: int, set_tc: bool, key_size: int):
@@ -108,6 +109,7 @@ class Entry:
         self.ra, self.limit, self.our_payload, self.set_tc = ra, limit, our_payload, set_tc
         self.version = compiled.version
         self.replies: list = [None] * compiled.variants
+        self.fixed = compiled.fixed
         self.size = key_size + ENTRY_OVERHEAD + compiled.variants * (compiled.records_size + key_size)
 
     def body(self, snap: Snapshot, rng: random.Random) -> bytes | None:
@@ -120,7 +122,14 @@ class Entry:
             self.version = snap.version
         c = self.compiled
         self.counts.queries[c.count_key] += 1
-        g, v, order = c.choose(rng)
+        if self.fixed:
+            body = self.replies[0]
+            if body is None:
+                body = self.replies[0] = self._render(snap, 0, (0,) if c.groups and c.groups[0].units else ())
+            if c.split_keys:
+                self.counts.splits[c.split_keys[0]] += 1
+            return body
+        g, v, order = choose(c.choices, rng)
         if c.split_keys:
             self.counts.splits[c.split_keys[g]] += 1
         if v < 0:

@@ -82,7 +82,28 @@ class DnsHandler:
 
     def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
         started = perf_counter()
-        reply = self._handle(data, client, tcp)
+        if self.rrl is not None and not tcp:
+            verdict = self.rrl.check(client[0])
+            if verdict != "send":
+                reply = self._slip(data) if verdict == "slip" else None
+                self.stats.observe(perf_counter() - started)
+                return reply
+        slot = self._clients.get(client[0]) or self.client_class(client[0])
+        table = slot.tables[tcp]
+        key = data[2:]
+        entry = table.get(key)
+        if entry is not None:
+            try:
+                body = entry.body(self.store.snapshot, self.rng)
+            except Exception:   # answered below, where errors become rcodes
+                log.debug("a kept reply failed", exc_info=True)
+                body = None
+            if body is not None:
+                table.move_to_end(key)
+                reply = data[:2] + body
+                self.stats.observe(perf_counter() - started)
+                return reply
+        reply = self._answer(data, slot, tcp)
         if reply is None or isinstance(reply, bytes):
             self.stats.observe(perf_counter() - started)
             return reply
@@ -106,26 +127,6 @@ class DnsHandler:
                 self._clients.popitem(last=False)
             self._clients[ip] = slot
         return slot
-
-    def _handle(self, data: bytes, client: tuple, tcp: bool) -> Reply:
-        if self.rrl is not None and not tcp:
-            verdict = self.rrl.check(client[0])
-            if verdict != "send":
-                return self._slip(data) if verdict == "slip" else None
-        slot = self._clients.get(client[0]) or self.client_class(client[0])
-        table = slot.tables[tcp]
-        key = data[2:]
-        entry = table.get(key)
-        if entry is not None:
-            try:
-                body = entry.body(self.store.snapshot, self.rng)
-            except Exception:   # answered below, where errors become rcodes
-                log.debug("a kept reply failed", exc_info=True)
-                body = None
-            if body is not None:
-                table.move_to_end(key)
-                return data[:2] + body
-        return self._answer(data, slot, tcp)
 
     def _answer(self, data: bytes, slot: Slot, tcp: bool) -> Reply:
         """A query not answered from the reply cache: parse strictly, plan, render, keep."""

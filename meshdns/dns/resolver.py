@@ -19,7 +19,7 @@ from ..catalog.snapshot import Snapshot
 from ..catalog.view import Dep, View
 from . import names, rdata
 from .names import AddrLookup, ApexLookup, NodeLookup, ReverseLookup, ServiceLookup, UnknownLookup
-from .weighting import choose, orders_for, scale_shares
+from .weighting import Choices, choose, scale_shares
 from .wire import NOERROR, NXDOMAIN, own_domain, read_name
 
 
@@ -113,8 +113,7 @@ class ResolverOptions:
 def realize(plan: Plan, rng: random.Random, soa: Record | None = None) -> Answer:
     """One answer to the plan; `soa` is the record for a plan whose authority is our SOA."""
     groups = plan.groups
-    weights = [[u.weight for u in g.units] for g in groups]
-    g, _, order = choose([g.weight for g in groups], [orders_for(w) for w in weights], weights, rng)
+    g, _, order = choose(Choices.of([g.weight for g in groups], [[u.weight for u in g.units] for g in groups]), rng)
     chosen = groups[g] if groups else Group(1.0, ())
     units = [chosen.units[i] for i in order]
     if plan.limit:

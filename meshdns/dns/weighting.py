@@ -8,6 +8,8 @@ gives the same answer whichever way the reply is built.
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
+from dataclasses import dataclass
 from itertools import permutations
 from typing import Sequence
 
@@ -30,21 +32,49 @@ def orders_for(weights: Sequence[float]) -> tuple[tuple[int, ...], ...] | None:
     return None
 
 
-def choose(group_weights: Sequence[float], group_orders: Sequence, unit_weights: Sequence[Sequence[float]],
-           rng: random.Random) -> tuple[int, int, Order]:
-    """(group, k, order): the group by weight, then its units' order. k indexes group_orders[group] (from
-    orders_for) when the order is one of those, else it is -1 and the order was drawn by weight."""
-    n = len(group_weights)
-    if n == 0:
-        return 0, 0, ()
-    g = 0 if n == 1 else weighted_pick(group_weights, rng)
-    if g < 0:
-        g = n - 1
-    orders = group_orders[g]
+@dataclass(frozen=True, slots=True)
+class Choices:
+    """What one answer may choose between: a group by weight, then an order of that group's units."""
+
+    cumulative: tuple[float, ...]     # running totals of the groups' positive weights
+    last: int                         # the last group with weight (or the last group)
+    orders: tuple                     # per group: orders_for(its unit weights)
+    weights: tuple                    # per group: its unit weights
+    offsets: tuple[int, ...]          # per group: the index of its first listed order among all groups'
+    count: int                        # how many orders are listed, all groups together
+
+    @classmethod
+    def of(cls, group_weights: Sequence[float], unit_weights: Sequence[Sequence[float]]) -> "Choices":
+        cumulative, total, last, offsets, count = [], 0.0, len(group_weights) - 1, [], 0
+        for i, w in enumerate(group_weights):
+            if w > 0:
+                total, last = total + w, i
+            cumulative.append(total)
+        orders = tuple(orders_for(w) for w in unit_weights)
+        for o in orders:
+            offsets.append(count)
+            count += len(o) if o is not None else 0
+        return cls(tuple(cumulative), last, orders, tuple(tuple(w) for w in unit_weights), tuple(offsets), count)
+
+
+def choose(c: Choices, rng: random.Random) -> tuple[int, int, Order]:
+    """(group, v, order): the group by weight, then its units' order. v numbers the order among every
+    listed one (Choices.count of them), or is -1 when the order was drawn by weight."""
+    n = len(c.orders)
+    if n <= 1:
+        if n == 0:
+            return 0, 0, ()
+        g = 0
+    else:
+        total = c.cumulative[-1]
+        g = bisect_right(c.cumulative, rng.random() * total) if total > 0 else c.last
+        if g >= n:
+            g = c.last
+    orders = c.orders[g]
     if orders is not None:
         k = 0 if len(orders) == 1 else int(rng.random() * len(orders))
-        return g, k, orders[k]
-    return g, -1, _weighted_order(unit_weights[g], rng)
+        return g, c.offsets[g] + k, orders[k]
+    return g, -1, _weighted_order(c.weights[g], rng)
 
 
 def _weighted_order(weights: Sequence[float], rng: random.Random) -> list[int]:
@@ -55,23 +85,6 @@ def _weighted_order(weights: Sequence[float], rng: random.Random) -> list[int]:
     rand = rng.random
     keys = [rand() ** (1.0 / w) if w > 0 else -rand() for w in weights]
     return sorted(range(len(weights)), key=keys.__getitem__, reverse=True)
-
-
-def weighted_pick(weights: Sequence[float], rng: random.Random) -> int:
-    """One index with probability w_i / sum(w); -1 when nothing has weight."""
-    total = sum(w for w in weights if w > 0)
-    if total <= 0:
-        return -1
-    point = rng.random() * total
-    last = -1
-    for i, w in enumerate(weights):
-        if w <= 0:
-            continue
-        last = i
-        point -= w
-        if point < 0:
-            return i
-    return last
 
 
 def scale_shares(shares: Sequence[float], *, top: int = 65535) -> list[int]:
