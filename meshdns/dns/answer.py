@@ -4,17 +4,16 @@ Compiling encodes every record once. An answer's only per-query freedom is
 the choice `weighting.choose` makes (a group, then the order of its units);
 `render` turns one choice into a reply through `wire.answer`, the one
 assembler. When a group's orders can be listed, each choice has an index
-(`variant`), so a cache can keep the reply rendered for it.
+(see Choices), so a cache can keep the reply rendered for it.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from . import rdata
 from .resolver import Plan, Record
-from .weighting import Choices, Order, choose
-from .wire import A, AAAA, Query, answer, read_name
+from .weighting import Choices, Order
+from .wire import Query, answer, read_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +45,6 @@ def _lone_cname(records: tuple[Record, ...]) -> str:
 @dataclass(slots=True)
 class Compiled:
     plan: Plan
-    qtype: int
     version: int                     # the snapshot version the plan was last found valid at
     groups: tuple[WireGroup, ...] = ()
     authority: tuple[bytes, ...] = ()
@@ -57,10 +55,6 @@ class Compiled:
     records_size: int = 0            # bytes of records in the biggest reply (for a cache's budget)
     size: int = 1
 
-    def choose(self, rng: random.Random) -> tuple[int, int, Order]:
-        """(group, index of the reply among those that can be listed or -1, order of the units)."""
-        return choose(self.choices, rng)
-
     @property
     def variants(self) -> int:
         """How many replies can be listed (one per group and order that can be)."""
@@ -68,7 +62,7 @@ class Compiled:
 
     @property
     def fixed(self) -> bool:
-        """One reply only: nothing to choose, no random number drawn."""
+        """One reply only: nothing to choose, no random number drawn (choose gives group 0, order 0)."""
         orders = self.choices.orders
         return not orders or (len(orders) == 1 and orders[0] is not None and len(orders[0]) == 1)
 
@@ -89,7 +83,7 @@ def compile_plan(p: Plan, qtype: int, version: int) -> Compiled:
     size = max((sum(map(len, g.prefix)) + sum(len(r) for u in g.units for r in u.an + u.ar) for g in groups),
                default=0) + sum(map(len, authority)) + (120 if p.soa_domain else 0)
     choices = Choices.of([g.weight for g in groups], [[u.weight for u in g.units] for g in groups])
-    return Compiled(p, qtype, version, tuple(groups), authority, choices, (qtype, p.rcode, kind),
+    return Compiled(p, version, tuple(groups), authority, choices, (qtype, p.rcode, kind),
                     tuple((p.split, g.label) for g in groups) if p.split else (),
                     bool(groups) and all(g.cname for g in groups), size)
 
@@ -115,8 +109,3 @@ def render(c: Compiled, query: Query, g: int, order: Order, *, soa: bytes, ra: b
     ns = [soa] if p.soa_domain else list(c.authority)
     return answer(query, p.rcode, an, ns, ar, limit=limit, our_payload=our_payload, aa=p.authoritative, ra=ra,
                   set_tc=set_tc, units=units)
-
-
-def chased_type(qtype: int) -> bool:
-    """Types for which a lone CNAME to a name elsewhere is followed upstream for clients offered recursion."""
-    return qtype in (A, AAAA)

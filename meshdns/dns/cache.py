@@ -21,7 +21,7 @@ from ..catalog.snapshot import Snapshot
 from ..catalog.view import still_valid
 from ..forward.cache import Cached
 from .answer import Compiled, compile_plan, render
-from .weighting import choose
+from .weighting import Order, choose
 from .resolver import ResolverOptions, plan, soa_record
 from .rdata import record
 from .wire import Query
@@ -120,30 +120,31 @@ class Entry:
             if self.compiled.plan.soa_domain:   # the SOA serial is the version
                 self.replies = [None] * len(self.replies)
             self.version = snap.version
-        c = self.compiled
-        self.counts.queries[c.count_key] += 1
-        if self.fixed:
-            body = self.replies[0]
-            if body is None:
-                body = self.replies[0] = self._render(snap, 0, (0,) if c.groups and c.groups[0].units else ())
-            if c.split_keys:
-                self.counts.splits[c.split_keys[0]] += 1
-            return body
-        g, v, order = choose(c.choices, rng)
-        if c.split_keys:
-            self.counts.splits[c.split_keys[g]] += 1
+        g, v, order = self.draw(rng)
         if v < 0:
-            return self._render(snap, g, order)
+            return self.render(snap, g, order)[2:]
         body = self.replies[v]
         if body is None:
-            body = self.replies[v] = self._render(snap, g, order)
+            body = self.replies[v] = self.render(snap, g, order)[2:]
         return body
 
-    def _render(self, snap: Snapshot, g: int, order) -> bytes:
+    def draw(self, rng: random.Random) -> tuple[int, int, Order]:
+        """One answer's choice (weighting.choose), counted."""
+        c = self.compiled
+        self.counts.queries[c.count_key] += 1
+        if self.fixed:   # what choose gives, without the call
+            g, v, order = 0, 0, c.choices.orders[0][0] if c.groups else ()
+        else:
+            g, v, order = choose(c.choices, rng)
+        if c.split_keys:
+            self.counts.splits[c.split_keys[g]] += 1
+        return g, v, order
+
+    def render(self, snap: Snapshot, g: int, order: Order, extra: tuple[bytes, ...] = ()) -> bytes:
         c = self.compiled
         soa = self.answers.soa(c.plan.soa_domain, snap) if c.plan.soa_domain else b""
         return render(c, self.query, g, order, soa=soa, ra=self.ra, limit=self.limit, our_payload=self.our_payload,
-                      set_tc=self.set_tc)[2:]
+                      set_tc=self.set_tc, extra=extra)
 
 
 class Forwarded:

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from ..forward.forwarder import Forwarder
     from ..forward.message import Reply
 
-_CHASED = frozenset((A, AAAA, CNAME))
+CHASED_QTYPES = (A, AAAA)              # queries whose lone CNAME answer is followed
+_CHASED = frozenset((A, AAAA, CNAME))   # record types taken from the upstream's answer
 
 
 async def chase(forwarder: "Forwarder", query: Query, target: str, *, tcp: bool) -> tuple[bytes, ...]:

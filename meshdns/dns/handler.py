@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..catalog.store import Store
 from . import rdata
-from .answer import Compiled, chased_type, render
+from .answer import Compiled
 from .cache import Answers, Counts, Entry, Forwarded, Table
-from .chase import chase
+from .chase import CHASED_QTYPES, chase
 from .clients import Classifier, ClientClass, RecursionPolicy
 from .rrl import RateLimiter
 from .stats import DnsStats
@@ -153,10 +153,10 @@ class DnsHandler:
         limit = limit_for(query, tcp=tcp, our_payload=self.udp_payload)
         if compiled.forward:
             return self._forward(query, data, slot, tcp, compiled, limit)
-        if slot.ra and compiled.cname_only and chased_type(query.qtype):
-            return self._chased(query, compiled, tcp, limit)
         entry = Entry(compiled, query, self.answers, self._counts, ra=slot.ra, limit=limit,
                       our_payload=self.udp_payload, set_tc=self.enable_truncate, key_size=len(data))
+        if slot.ra and compiled.cname_only and query.qtype in CHASED_QTYPES:
+            return self._chased(entry, tcp)
         return self._keep(data, slot.tables[tcp], entry)
 
     def _keep(self, data: bytes, table: Table, entry: Entry | Forwarded) -> bytes:
@@ -210,31 +210,22 @@ class DnsHandler:
         self.stats.queries[(query.qtype, cached.reply.rcode, "forward")] += 1
         return cached.render(query, now, our_payload=self.udp_payload, limit=limit)
 
-    def _chased(self, query: Query, compiled: Compiled, tcp: bool, limit: int) -> Reply:
+    def _chased(self, entry: Entry, tcp: bool) -> Reply:
         """A lone CNAME to a name elsewhere, for a client offered recursion: its target is resolved
         upstream and appended (not kept: the reply depends on the upstream's)."""
         snap = self.store.snapshot
-        g, _, order = compiled.choose(self.rng)
-        self.stats.queries[compiled.count_key] += 1
-        if compiled.split_keys:
-            self.stats.splits[compiled.split_keys[g]] += 1
-        soa = self.answers.soa(compiled.plan.soa_domain, snap) if compiled.plan.soa_domain else b""
-        target = compiled.groups[g].cname
-
-        def reply_with(extra: tuple[bytes, ...] = ()) -> bytes:
-            return render(compiled, query, g, order, soa=soa, ra=True, limit=limit, our_payload=self.udp_payload,
-                          set_tc=self.enable_truncate, extra=extra)
-
+        g, _, order = entry.draw(self.rng)
+        target = entry.compiled.groups[g].cname
         if snap.zone_for(target) is not None or not self.forwarder.handles(target):  # never forward our zones' names
-            return reply_with()
+            return entry.render(snap, g, order)
 
         async def chased() -> bytes:
             try:
-                extra = await chase(self.forwarder, query, target, tcp=tcp)
+                extra = await chase(self.forwarder, entry.query, target, tcp=tcp)
             except Exception:
-                log.exception("resolving the CNAME target for %s failed", query.qname)
+                log.exception("resolving the CNAME target for %s failed", entry.query.qname)
                 extra = ()
-            return reply_with(extra)
+            return entry.render(snap, g, order, extra)
         return chased()
 
 
