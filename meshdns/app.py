@@ -5,6 +5,7 @@ import asyncio
 import gc
 import logging
 import random
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from .dns.handler import DnsHandler, RecursionPolicy
 from .dns.resolver import ResolverOptions
 from .dns.rrl import RateLimiter
 from .dns.server import DnsServer
+from .dns.topology import TopologyCounter
 from .forward.forwarder import from_config as forwarder_from_config
 from .sources.zones import ZonesSource
 from .workers import WorkerPool
@@ -26,7 +28,11 @@ from .api.blocking import Watch
 from .api.common import ApiContext
 from .health.runner import HealthRunner
 from .sources.config_entries import ConfigEntries
+from .sources.intentions import IntentionEntries
+from .sources.peers import PeerSource
+from .sources.prepared_queries import PreparedQueries
 from .sources.registrations import Registrations
+from .sources.split_revisions import SplitRevisions
 from .sources.sqlite_store import RecordStore
 from .sources.status import SourceStatus
 
@@ -38,7 +44,8 @@ def resolver_options(cfg: Config) -> ResolverOptions:
     ns = () if host in ("0.0.0.0", "::", "") else (host,)
     return ResolverOptions(domains=cfg.domains, only_passing=cfg.dns.only_passing,
                            a_record_limit=cfg.dns.a_record_limit, node_ttl=int(cfg.dns.node_ttl),
-                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns)
+                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns,
+                           peer_datacenters=tuple(p.datacenter for p in cfg.peers))
 
 
 @dataclass
@@ -58,10 +65,12 @@ class App:
     workers: "WorkerPool | None" = None
     kubernetes: list = field(default_factory=list)       # KubernetesSource per cluster (status())
     reverse_syncs: list = field(default_factory=list)    # ReverseSync per cluster that has it (status())
+    peers: list = field(default_factory=list)            # PeerSource per [[peer]] (other datacenters)
     health: HealthRunner | None = None
     registrations: Registrations | None = None
     api: HttpApi | None = None
     db: RecordStore | None = None  # durable (kind, key) -> JSON records; e.g. config entries can use it too
+    split_revisions: SplitRevisions | None = None
     starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # awaited before on_ready
     readiness: dict[str, Callable[[], SourceStatus]] = field(default_factory=dict)  # /readyz, per source
 
@@ -85,9 +94,14 @@ def make_handler(cfg: Config, store: Store):
     if cfg.dns.rrl_responses_per_second:
         rrl = RateLimiter(rate=cfg.dns.rrl_responses_per_second, exempt=cfg.dns.rrl_exempt, clock=time.monotonic)
     rng = random.Random(cfg.dns.rng_seed) if cfg.dns.rng_seed is not None else None
+    topology = None
+    if cfg.ui.topology:
+        topology = TopologyCounter(clock=time.monotonic, max_keys=cfg.ui.topology_max_keys,
+                                   keep_minutes=int(cfg.ui.topology_window // 60))
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder, rng=rng,
-                         recursion=RecursionPolicy(cfg.forwarding.allow_recursion), rate_limiter=rrl)
+                         recursion=RecursionPolicy(cfg.forwarding.allow_recursion), rate_limiter=rrl,
+                         topology=topology)
     return handler, forwarder
 
 
@@ -112,19 +126,41 @@ def build(cfg: Config) -> App:
     check_exposure(cfg)
     zones_dir = zones_directory(cfg)
     store = Store(datacenter=cfg.datacenter)
+    # the durable store comes first: its revision orders splits from every source and floors X-Consul-Index
+    db = RecordStore(cfg.data_dir, on_commit=store.advance)
+    store.advance(db.revision)
+    split_revisions = SplitRevisions(db)
     health = HealthRunner()
-    zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"))
+    zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"),
+                        split_revisions=split_revisions)
     handler, forwarder = make_handler(cfg, store)
     dns = make_server(cfg, handler)
-    app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns)
+    app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns, db=db, split_revisions=split_revisions)
+    app.starters.append(split_revisions.settled)   # the splits read at start are served before we say ready
     app.reloaders.append(lambda: zones.reload(force=True))
     app.tasks.append(zones.run)
+    if handler.topology is not None:
+        app.tasks.append(handler.topology.run)
     if forwarder is not None:
         app.closers.append(forwarder.close)
     if cfg.kubernetes:
         _add_kubernetes(app)
     _add_registrations(app, health)
+    _add_peers(app)
     return app
+
+
+def _add_peers(app: App) -> None:
+    """One import per [[peer]]; the API shows their state (readiness, metrics, datacenters)."""
+    if app.cfg.peers:
+        _raise_open_files_limit()
+    for peer in app.cfg.peers:
+        source = PeerSource(peer, app.store, coalesce=coalesced)
+        app.peers.append(source)
+        app.readiness[source.name] = source.readiness
+        app.tasks.append(source.run)
+        app.closers.append(source.close)
+    app.api.ctx.peers = app.peers
 
 
 def _add_kubernetes(app: App) -> None:
@@ -138,7 +174,7 @@ def _add_kubernetes(app: App) -> None:
         if name in names[:i]:
             raise ConfigError(f"kubernetes[{i}].name: {name!r} names two clusters (each needs its own name)")
     for kc in cfg.kubernetes:
-        source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter)
+        source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter, split_revisions=app.split_revisions)
         app.kubernetes.append(source)
         app.readiness[f"kubernetes/{kc.name}"] = source.readiness
         app.tasks.append(source.run)
@@ -158,13 +194,14 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
                           else None)
     zones.listeners.append(lambda: health.sync("zones", zones.checks()))
-    app.db = RecordStore(cfg.data_dir)
     regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
     config = ConfigEntries(app.store, app.db)
+    intentions = IntentionEntries(app.store, app.db)
+    queries = PreparedQueries(app.store, app.db)
     api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness,
-                             config=config))
+                             config=config, intentions=intentions, queries=queries))
     app.health, app.registrations, app.api = health, regs, api
     api.ctx.kubernetes = app.kubernetes
     # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
@@ -173,6 +210,8 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
 
     regs.load()  # before DNS listens: a restart never answers without the registrations
     config.load()
+    intentions.load()
+    queries.load()
     app.readiness["config"] = config.status
 
     async def start() -> None:
@@ -181,6 +220,18 @@ def _add_registrations(app: App, health: HealthRunner) -> None:
     app.starters.append(start)
     app.tasks.append(health.run)
     app.closers.extend([app.db.close, health.close, regs.close, api.close])
+
+
+def _raise_open_files_limit() -> None:
+    """Each imported service holds one blocking query (one connection) open to its peer: thousands of
+    services need more than the usual soft limit of 1024 descriptors, so take what the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # Linux's default fs.nr_open
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
 
 
 def _settle_gc() -> None:
@@ -223,6 +274,8 @@ async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signal
         app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
         app.tasks.append(app.workers.run)
         app.handler.peers = app.workers.stats
+        if app.handler.topology is not None:
+            app.handler.topology.peers = app.workers.topology
         if app.handler.forwarder is not None:
             app.handler.forwarder.peers = app.workers.forward_counts
         app.closers.append(app.workers.close)  # closers run in reverse: workers stop first

@@ -17,7 +17,9 @@ import sys
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from .catalog.validate import FieldError, client_ip
 from .health.spec import get_field
+from .sources.registration_model import parse_service
 
 DEFAULT_ADDR = "127.0.0.1:8500"
 
@@ -77,7 +79,7 @@ class Api:
         """The local address used to reach the server (what the server sees as our address)."""
         try:
             with socket.create_connection((self.host, self.port), timeout=self.timeout) as s:
-                return s.getsockname()[0]
+                return client_ip(s.getsockname()[0])
         except OSError as exc:
             raise ClientError(f"cannot reach meshdns at {self.host}:{self.port}: {exc}") from None
 
@@ -102,11 +104,13 @@ def services_in(path: str) -> list[dict]:
 
 
 def service_id(svc: dict, local_address: str) -> str:
-    """The ID the server will give it (explicit ID, else <name>-<address>)."""
-    sid = get_field(svc, "ID")
-    if sid:
-        return str(sid)
-    return f"{get_field(svc, 'Name')}-{get_field(svc, 'Address') or local_address}"
+    """The ID the server gives it: the server's own parser decides (explicit ID, else <name>-<address>,
+    with the address written the way the server stores it)."""
+    try:
+        return parse_service(svc, field="", datacenter="", node="", default_address=local_address,
+                             default_id=True).id
+    except FieldError as exc:
+        raise ClientError(f"invalid service definition: {exc}") from None
 
 
 def register(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -116,6 +117,10 @@ class DnsConfig:
     rrl_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     rng_seed: int | None = None       # reproducible shuffles and split choices (tests, demos)
     busy_poll: float = 100e-6         # poll the UDP socket this long before sleeping, under steady load
+    prefer_same_zone: bool = False    # A/AAAA from the client's zone when it has enough healthy instances
+    same_zone_min: int = 1            # ... at least this many
+    enforce_intentions: bool = False  # a name the client may not reach is answered as one that does not exist
+    intentions_default: str = "allow"  # no entry, or no source of it matching the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +193,28 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UiConfig:
+    topology: bool = True             # count (client, name) per minute for GET /v1/meshdns/topology
+    topology_window: float = 900.0    # the longest window the topology keeps and answers (seconds)
+    topology_max_keys: int = 10_000   # distinct (client, name) pairs per minute; beyond: dropped, counted
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """Another datacenter whose catalog is imported through its Consul-shaped HTTP API."""
+
+    datacenter: str
+    url: str                                  # scheme://host:port, no trailing slash
+    token_file: str = ""
+    token: str = field(default="", repr=False)  # token_file's contents, sent as X-Consul-Token
+    services: tuple[str, ...] = ("*",)        # globs of service names to import
+    wait: float = 300.0                       # blocking-query wait asked of the peer
+    timeout: float = 10.0                     # each request may take this much beyond its wait
+    backoff: float = 0.25                     # first delay after an error, doubling up to max_backoff
+    max_backoff: float = 30.0
+    sync_concurrency: int = 64                # plain (non-blocking) reads in flight at once
+
+@dataclass(frozen=True, slots=True)
 class Config:
     domain: str = "consul."
     alt_domain: str = ""
@@ -201,6 +228,9 @@ class Config:
     forwarding: ForwardingConfig = field(default_factory=ForwardingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     kubernetes: tuple[KubernetesConfig, ...] = ()
+    ui: UiConfig = field(default_factory=UiConfig)
+    localities: tuple[tuple[str, str], ...] = ()   # [[locality]]: (cidr, zone), in file order
+    peers: tuple[PeerConfig, ...] = ()
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -317,7 +347,14 @@ def _parse_dns(t: _Table) -> DnsConfig:
         rrl_exempt=_cidrs(t.strings("rrl_exempt", d.rrl_exempt), key=t.key("rrl_exempt")),
         rng_seed=t.get("rng_seed", int, None),
         busy_poll=t.duration("busy_poll", d.busy_poll),
+        prefer_same_zone=t.get("prefer_same_zone", bool, d.prefer_same_zone),
+        same_zone_min=t.get("same_zone_min", int, d.same_zone_min),
+        enforce_intentions=t.get("enforce_intentions", bool, d.enforce_intentions),
+        intentions_default=_choice(t.get("intentions_default", str, d.intentions_default), ("allow", "deny"),
+                                   key=t.key("intentions_default")),
     )
+    if cfg.same_zone_min < 1:
+        raise ConfigError(f"{t.key('same_zone_min')}: must be at least 1")
     if cfg.busy_poll > 0.01:
         raise ConfigError(f"{t.key('busy_poll')}: at most 10ms (it holds the event loop while it polls)")
     if not 512 <= cfg.udp_payload <= 65535:
@@ -400,6 +437,22 @@ def _parse_cache(t: _Table) -> CacheConfig:
     return cfg
 
 
+def _parse_ui(t: _Table) -> UiConfig:
+    d = UiConfig()
+    cfg = UiConfig(
+        topology=t.get("topology", bool, d.topology),
+        topology_window=t.duration("topology_window", d.topology_window),
+        topology_max_keys=t.get("topology_max_keys", int, d.topology_max_keys),
+    )
+    window = cfg.topology_window
+    if window % 60 or not 60 <= window <= 3600:
+        raise ConfigError(f"{t.key('topology_window')}: a whole number of minutes from 1m to 60m")
+    if cfg.topology_max_keys < 1:
+        raise ConfigError(f"{t.key('topology_max_keys')}: must be at least 1")
+    t.done()
+    return cfg
+
+
 ADDRESS_MODES = ("auto", "endpoints", "clusterip", "nodeport", "loadbalancer")
 
 
@@ -433,6 +486,99 @@ def _parse_kubernetes(raw: Any, index: int) -> KubernetesConfig:
     return cfg
 
 
+def _parse_locality(raw: Any, index: int) -> tuple[str, str]:
+    """One [[locality]] table: clients in `cidr` are in `zone`."""
+    t = _Table(raw, f"locality[{index}]")
+    cidr = t.get("cidr", str, "")
+    zone = t.get("zone", str, "").strip()
+    t.done()
+    if not cidr:
+        raise ConfigError(f"{t.key('cidr')}: required (e.g. \"10.20.0.0/16\")")
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise ConfigError(f"{t.key('cidr')}: {cidr!r} is not a CIDR (e.g. \"10.20.0.0/16\")") from None
+    if not zone:
+        raise ConfigError(f"{t.key('zone')}: required and must not be empty")
+    return str(network), zone
+
+
+def _read_token(path: str, *, key: str) -> str:
+    try:
+        with open(Path(path).expanduser(), encoding="utf-8") as fh:
+            token = fh.read().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
+    if not token.strip() or "\n" in token:
+        raise ConfigError(f"{key}: {path} must hold one token on one line")
+    return token
+
+
+def _peer_url(value: str, *, key: str) -> str:
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"{key}: {value!r} is not an http:// or https:// URL")
+    try:
+        parsed.port
+    except ValueError:
+        raise ConfigError(f"{key}: bad port in {value!r}") from None
+    if parsed.query or parsed.fragment:
+        raise ConfigError(f"{key}: {value!r} must not have a query or fragment")
+    return value.rstrip("/")
+
+
+def _parse_peer(raw: Any, index: int) -> PeerConfig:
+    t = _Table(raw, f"peer[{index}]")
+    d = PeerConfig(datacenter="", url="")
+    datacenter = t.get("datacenter", str, "").lower()
+    if not _LABEL.fullmatch(datacenter):
+        raise ConfigError(f"{t.key('datacenter')}: required, one DNS label (got {datacenter!r})")
+    url = t.get("url", str, "")
+    if not url:
+        raise ConfigError(f"{t.key('url')}: required")
+    token_file = t.get("token_file", str, "")
+    services = t.strings("services", d.services)
+    if not services or not all(services):
+        raise ConfigError(f"{t.key('services')}: expected non-empty globs such as \"*\" or \"billing-*\"")
+    cfg = PeerConfig(
+        datacenter=datacenter,
+        url=_peer_url(url, key=t.key("url")),
+        token_file=token_file,
+        token=_read_token(token_file, key=t.key("token_file")) if token_file else "",
+        services=tuple(s.lower() for s in services),
+        wait=t.duration("wait", d.wait),
+        timeout=t.duration("timeout", d.timeout),
+        backoff=t.duration("backoff", d.backoff),
+        max_backoff=t.duration("max_backoff", d.max_backoff),
+        sync_concurrency=t.get("sync_concurrency", int, d.sync_concurrency),
+    )
+    if not 1 <= cfg.wait <= 600:
+        raise ConfigError(f"{t.key('wait')}: between 1s and 10m (a peer caps blocking waits at 10m)")
+    for name in ("timeout", "backoff"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{t.key(name)}: must be more than 0")
+    if cfg.max_backoff < cfg.backoff:
+        raise ConfigError(f"{t.key('max_backoff')}: must not be less than backoff")
+    if cfg.sync_concurrency < 1:
+        raise ConfigError(f"{t.key('sync_concurrency')}: must be at least 1")
+    t.done()
+    return cfg
+
+
+def check_peers(datacenter: str, peers: tuple[PeerConfig, ...]) -> None:
+    """A peer is another datacenter: never ours, and each one once."""
+    seen = set()
+    for i, peer in enumerate(peers):
+        if peer.datacenter == datacenter:
+            raise ConfigError(f"peer[{i}].datacenter: {peer.datacenter!r} is our own datacenter "
+                              "(a peer must be another one)")
+        if peer.datacenter in seen:
+            raise ConfigError(f"peer[{i}].datacenter: {peer.datacenter!r} names two peers")
+        seen.add(peer.datacenter)
+
+
 def parse_config(data: Mapping[str, Any]) -> Config:
     t = _Table(data, "")
     d = Config()
@@ -456,8 +602,12 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         forwarding=_parse_forwarding(t.sub("forwarding")),
         cache=_parse_cache(t.sub("cache")),
         kubernetes=tuple(_parse_kubernetes(raw, i) for i, raw in enumerate(t.get("kubernetes", list, []))),
+        ui=_parse_ui(t.sub("ui")),
+        localities=tuple(_parse_locality(raw, i) for i, raw in enumerate(t.get("locality", list, []))),
+        peers=tuple(_parse_peer(raw, i) for i, raw in enumerate(t.get("peer", list, []))),
     )
     t.done()
+    check_peers(cfg.datacenter, cfg.peers)
     return cfg
 
 
@@ -528,4 +678,6 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         base = replace(base, kubeconfig=flags.get("kubeconfig") or base.kubeconfig,
                        context=flags.get("kube_context") or base.context)
         kube = (base,) + kube[1:]
-    return replace(cfg, dns=dns, http=http, forwarding=fwd, kubernetes=kube, **top)
+    out = replace(cfg, dns=dns, http=http, forwarding=fwd, kubernetes=kube, **top)
+    check_peers(out.datacenter, out.peers)
+    return out

@@ -24,6 +24,7 @@ from .catalog.snapshot import Snapshot
 from .catalog.store import Change, Store
 from .config import Config
 from .dns.stats import DnsStats
+from .dns.topology import merged
 from .forward.forwarder import ForwardCounts
 
 log = logging.getLogger("meshdns.workers")
@@ -37,7 +38,9 @@ class Delta:
     nodes: dict = field(default_factory=dict)      # key -> Node | None
     splits: dict = field(default_factory=dict)     # name -> Split | None
     zones: dict = field(default_factory=dict)      # origin -> Zone | None
+    intentions: dict = field(default_factory=dict)  # destination -> Intention | None
     full: bool = False
+    queries: dict = field(default_factory=dict)    # ID -> PreparedQuery | None
 
 
 def delta_for(snap: Snapshot, change: Change) -> Delta:
@@ -47,12 +50,15 @@ def delta_for(snap: Snapshot, change: Change) -> Delta:
         nodes={k: snap.nodes.get(k) for k in change.nodes},
         splits={k: snap.splits.get(k) for k in change.splits},
         zones={k: (snap.zones[k].zone if k in snap.zones else None) for k in change.zones},
+        intentions={k: snap.intentions.get(k) for k in change.intentions},
+        queries={k: snap.queries.get(k) for k in change.queries},
     )
 
 
 def full_delta(snap: Snapshot) -> Delta:
     return Delta(version=snap.version, services=dict(snap.services), nodes=dict(snap.nodes),
-                 splits=dict(snap.splits), zones={k: z.zone for k, z in snap.zones.items()}, full=True)
+                 splits=dict(snap.splits), zones={k: z.zone for k, z in snap.zones.items()},
+                 intentions=dict(snap.intentions), queries=dict(snap.queries), full=True)
 
 
 class Replica:
@@ -76,7 +82,9 @@ class Replica:
         self.state = SourceState(services=merged(self.state.services, d.services),
                                  nodes=merged(self.state.nodes, d.nodes),
                                  splits=merged(self.state.splits, d.splits),
-                                 zones=merged(self.state.zones, d.zones))
+                                 zones=merged(self.state.zones, d.zones),
+                                 intentions=merged(self.state.intentions, d.intentions),
+                                 queries=merged(self.state.queries, d.queries))
         self.store.publish(REPLICA_SOURCE, self.state, changed=None if d.full else set(d.services),
                            version=d.version)
         self.applied += 1
@@ -93,6 +101,7 @@ class _Worker:
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.stats = DnsStats()
         self.forward: ForwardCounts | None = None
+        self.topology: dict = {}  # minute -> (counts by (address, name), dropped)
         self.started = 0.0
 
 
@@ -137,10 +146,16 @@ class WorkerPool:
                 return
             if kind == "stats":
                 w.stats, w.forward = payload
+            elif kind == "topology":
+                w.topology = merged(w.topology, payload, keep_minutes=int(self.cfg.ui.topology_window // 60))
 
     def stats(self) -> list[DnsStats]:
         """The latest counters of every worker (the primary's own are on its DnsHandler)."""
         return [w.stats for w in self.workers]
+
+    def topology(self) -> list[dict]:
+        """Every worker's topology buckets, as last reported."""
+        return [w.topology for w in self.workers]
 
     def forward_counts(self) -> list[ForwardCounts]:
         """The latest forwarding counters of every worker that forwards."""
@@ -235,6 +250,8 @@ async def _worker(cfg: Config, port: int, inbox, outbox, index: int) -> None:
             pass
         try:
             outbox.send(("stats", (handler.stats, forwarder.counts() if forwarder is not None else None)))
+            if handler.topology is not None:
+                outbox.send(("topology", handler.topology.export()))
         except (OSError, EOFError):
             break
     await dns.close()

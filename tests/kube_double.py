@@ -636,7 +636,7 @@ def service(name: str, namespace: str = "default", *, type: str = "ClusterIP",
 def endpoint_slice(service_name: str, namespace: str = "default", *, endpoints: list[tuple] = (),
                    ports: list[dict] | None = None, address_type: str = "IPv4", name: str | None = None,
                    service_uid: str | None = None) -> dict:
-    """endpoints: (address, ready[, nodeName]) tuples; pods named like a Deployment's."""
+    """endpoints: (address, ready[, nodeName[, zone]]) tuples; pods named like a Deployment's."""
     eps = []
     for i, ep in enumerate(endpoints):
         address, ready = ep[0], ep[1]
@@ -647,6 +647,8 @@ def endpoint_slice(service_name: str, namespace: str = "default", *, endpoints: 
                     "targetRef": {"kind": "Pod", "namespace": namespace,
                                   "name": f"{service_name}-7d9c6f8b5d-{i:05x}",
                                   "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{service_name}/{address}"))}})
+        if len(ep) > 3 and ep[3]:
+            eps[-1]["zone"] = ep[3]   # the EndpointSlice controller copies the node's zone label here
     return {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": address_type,
         "metadata": {
@@ -665,18 +667,20 @@ def endpoint_slice(service_name: str, namespace: str = "default", *, endpoints: 
     }
 
 
-def node(name: str, internal_ip: str, *, external_ip: str | None = None, ready: bool = True) -> dict:
-    addresses = [{"type": "InternalIP", "address": internal_ip}]
+def node(name: str, internal_ip: str | None, *, external_ip: str | None = None, ready: bool = True,
+         zone: str | None = None) -> dict:
+    addresses = [{"type": "InternalIP", "address": internal_ip}] if internal_ip else []
     if external_ip:
         addresses.append({"type": "ExternalIP", "address": external_ip})
     addresses.append({"type": "Hostname", "address": name})
     now = _now()
+    labels = {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+              "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}
+    if zone:  # as cloud providers label nodes
+        labels.update({"topology.kubernetes.io/region": zone[:-1], "topology.kubernetes.io/zone": zone})
     return {
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name,
-                     "labels": {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
-                                "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name,
-                                "kubernetes.io/os": "linux"},
+        "metadata": {"name": name, "labels": labels,
                      "annotations": {"node.alpha.kubernetes.io/ttl": "0",
                                      "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
         "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"], "providerID": f"kind://docker/kind/{name}"},

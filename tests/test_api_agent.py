@@ -136,6 +136,22 @@ def test_ttl_check_register_pass_warn_fail_update(srv):
     assert api(srv.http, "PUT", "/v1/agent/check/deregister/mem").status == 404
 
 
+def test_a_check_without_an_id_takes_its_name_spaces_included(srv):
+    """Consul's "Register Check" doc payload without its ID: the ID is the Name."""
+    api(srv.http, "PUT", "/v1/agent/service/register", REDIS1)
+    check = {"Name": "Memory utilization", "Notes": "Ensure we don't oversubscribe memory", "TTL": "30s",
+             "ServiceID": "redis1"}
+    reply = api(srv.http, "PUT", "/v1/agent/check/register", check)
+    assert reply.status == 200, reply
+    assert list(api(srv.http, "GET", "/v1/agent/checks").json()) == ["Memory utilization"]
+    assert api(srv.http, "PUT", "/v1/agent/check/pass/Memory%20utilization").status == 200
+    checks = api(srv.http, "GET", "/v1/health/checks/redis").json()
+    assert [(c["CheckID"], c["Status"]) for c in checks] == [("Memory utilization", "passing")]
+    assert rrset_values(query(srv.dns_port, "redis.service.consul")) == ["127.0.0.1"]
+    assert api(srv.http, "PUT", "/v1/agent/check/deregister/Memory%20utilization").status == 200
+    assert api(srv.http, "GET", "/v1/agent/checks").json() == {}
+
+
 def test_pass_on_a_non_ttl_check_is_refused(srv):
     body = dict(REDIS1, Check={"TCP": "127.0.0.1:1", "Interval": "10s"})
     api(srv.http, "PUT", "/v1/agent/service/register", body)

@@ -28,6 +28,9 @@ AGENT_CASES = [
     (svc(Port="80"), "Port"),
     (svc(Address="300.1.2.3"), "Address"),
     (svc(Address="10.0.0.1/24"), "Address"),
+    (svc(Address="0.0.0.0"), "Address"),
+    (svc(Address="::"), "Address"),
+    (svc(Address="0:0::0"), "Address"),
     (svc(ID="has/slash"), "ID"),
     (svc(Tags="primary"), "Tags"),
     (svc(Meta={"k": 1}), "Meta.k"),
@@ -83,6 +86,8 @@ CATALOG_CASES = [
     ({"Node": "n1", "Address": "192.168.1.1", "Datacenter": "dc 2"}, "Datacenter"),
     ({"Node": "n1", "Address": "192.168.1.1", "NodeMeta": "x"}, "NodeMeta"),
     ({"Node": "n1", "Address": "192.168.1.1", "Service": {"Service": "web", "Port": 99999}}, "Service.Port"),
+    ({"Node": "n1", "Address": "192.168.1.1", "Service": {"Service": "web", "Address": "0.0.0.0"}},
+     "Service.Address"),
     ({"Node": "n1", "Address": "192.168.1.1", "Service": {"Service": "web"},
       "Check": {"CheckID": "c", "Status": "fine"}}, "Check.Status"),
     ({"Node": "n1", "Address": "192.168.1.1", "Check": {"CheckID": "c", "Node": "other"}}, "Check.Node"),
@@ -95,7 +100,7 @@ CATALOG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("body, field", CATALOG_CASES, ids=[c[1] for c in CATALOG_CASES])
+@pytest.mark.parametrize("body, field", CATALOG_CASES, ids=[c[1] + f"-{i}" for i, c in enumerate(CATALOG_CASES)])
 def test_catalog_register_rejects(srv, body, field):
     r = api(srv.http, "PUT", "/v1/catalog/register", body)
     assert r.status == 400, r.text
@@ -129,8 +134,6 @@ def test_unknown_ids_are_404(srv):
         r = api(srv.http, "PUT", path)
         assert r.status == 404 and "ghost" in r.text, path
     assert api(srv.http, "GET", "/v1/agent/service/ghost").status == 404
-    r = api(srv.http, "PUT", "/v1/catalog/deregister", {"Node": "ghost"})
-    assert r.status == 404
     nothing_stored(srv)
 
 
@@ -146,8 +149,8 @@ def test_bad_query_parameters(srv):
     assert api(srv.http, "GET", "/v1/health/state/sideways").status == 400
     r = api(srv.http, "GET", "/v1/health/service/web?dc=no%20such")
     assert r.status == 400 and "dc" in r.text
-    r = api(srv.http, "GET", "/v1/health/service/web?filter=Service.Port%3D%3D80")
-    assert r.status == 400 and "filter" in r.text
+    r = api(srv.http, "GET", "/v1/health/service/web?filter=Service.Prot%3D%3D80")
+    assert r.status == 400 and r.text.startswith("Invalid request: filter: Selector 'Service.Prot' is not valid")
     r = api(srv.http, "GET", "/v1/health/service/web?passing=maybe")
     assert r.status == 400 and "passing" in r.text
 

@@ -131,9 +131,20 @@ def test_deregister_check_service_and_node(srv):
     assert api(srv.http, "GET", "/v1/catalog/service/redis").json() == []
     assert api(srv.http, "GET", "/v1/catalog/node/foobar").json() is None
     assert query(srv.dns_port, "foobar.node.consul").rcode() == dns.rcode.NXDOMAIN
-    for body in ({"Node": "foobar"}, {"Node": "nope"}):
+
+
+def test_deregister_of_what_is_already_gone_is_200(srv):
+    """As Consul: consul-esm and friends deregister idempotently."""
+    api(srv.http, "PUT", "/v1/catalog/register", FOOBAR)
+    for body in ({"Node": "foobar", "CheckID": "nope"}, {"Node": "foobar", "ServiceID": "nope"},
+                 {"Node": "nope"}, {"Node": "nope", "ServiceID": "redis1"}):
         r = api(srv.http, "PUT", "/v1/catalog/deregister", body)
-        assert r.status == 404 and repr(body["Node"]) in r.text
+        assert r.status == 200 and r.json() is True, body
+    assert [e["ServiceID"] for e in api(srv.http, "GET", "/v1/catalog/service/redis").json()] == ["redis1"]
+    for _ in range(2):
+        r = api(srv.http, "PUT", "/v1/catalog/deregister", {"Node": "foobar"})
+        assert r.status == 200 and r.json() is True
+    assert api(srv.http, "GET", "/v1/catalog/node/foobar").json() is None
 
 
 def test_catalog_merges_sources(start_server, tmp_path):

@@ -42,6 +42,21 @@ def test_register_and_deregister_a_consul_service_file(srv, tmp_path):
     assert query(srv.dns_port, "billing.service.consul").rcode() == dns.rcode.NXDOMAIN
 
 
+@pytest.mark.parametrize("address, stored", [("FD00:0:0:0::7", "fd00::7"), ("::ffff:127.0.0.9", "::ffff:7f00:9"),
+                                             ("Billing-VM.Example.com", "billing-vm.example.com")])
+def test_the_id_printed_is_the_id_the_server_stores(srv, tmp_path, address, stored):
+    path = tmp_path / "billing.json"
+    path.write_text(json.dumps({"Name": "billing", "Address": address, "Port": 8080}))
+    addr = f"127.0.0.1:{srv.http_port}"
+    out = meshdns("register", str(path), "--http-addr", addr, "--token", "vm-boot")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"Registered service: billing (ID billing-{stored})"
+    assert list(api(srv.http, "GET", "/v1/agent/services").json()) == [f"billing-{stored}"]
+    out = meshdns("deregister", str(path), "--http-addr", addr, "--token", "vm-boot")
+    assert out.returncode == 0 and out.stdout.strip() == f"Deregistered service: billing-{stored}", out.stderr
+    assert api(srv.http, "GET", "/v1/agent/services").json() == {}
+
+
 def test_several_services_and_deregister_by_id(srv, tmp_path):
     path = tmp_path / "svcs.json"
     path.write_text(json.dumps({"Services": [{"ID": "billing-a", "Name": "billing", "Address": "127.0.0.7"},

@@ -33,6 +33,16 @@ def test_defaults():
     ({"dns": {"a_record_limit": -1}}, "dns.a_record_limit"),
     ({"dns": {"busy_poll": "1s"}}, "dns.busy_poll: at most 10ms"),
     ({"dns": {"busy_poll": "fast"}}, "dns.busy_poll"),
+    ({"locality": [{"cidr": "10.20.0.0/33", "zone": "a"}]}, "locality[0].cidr: '10.20.0.0/33' is not a CIDR"),
+    ({"locality": [{"zone": "a"}]}, "locality[0].cidr: required"),
+    ({"locality": [{"cidr": "10.20.0.0/16", "zone": "a"}, {"cidr": "10.30.0.0/16"}]}, "locality[1].zone: required"),
+    ({"locality": [{"cidr": "10.20.0.0/16", "zone": "a", "region": "eu"}]}, "unknown key 'locality[0].region'"),
+    ({"locality": [{"cidr": "10.20.0.0/16", "zone": 3}]}, "locality[0].zone: expected str"),
+    ({"locality": {"cidr": "10.20.0.0/16", "zone": "a"}}, "locality: expected list"),
+    ({"dns": {"same_zone_min": 0}}, "dns.same_zone_min: must be at least 1"),
+    ({"dns": {"prefer_same_zone": "yes"}}, "dns.prefer_same_zone: expected bool"),
+    ({"dns": {"enforce_intentions": 1}}, "dns.enforce_intentions: expected bool"),
+    ({"dns": {"intentions_default": "Deny"}}, "dns.intentions_default: 'Deny' is not one of allow, deny"),
 ])
 def test_errors_name_the_key(data, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -42,6 +52,36 @@ def test_errors_name_the_key(data, message):
 @pytest.mark.parametrize("text,seconds", [("10s", 10), ("1m30s", 90), ("250ms", 0.25), ("2h", 7200), ("5", 5), (3, 3)])
 def test_durations(text, seconds):
     assert parse_duration(text, key="k") == pytest.approx(seconds)
+
+
+def test_locality_and_views_keys(tmp_path):
+    assert parse_config({}).localities == ()
+    dns = parse_config({}).dns
+    assert (dns.prefer_same_zone, dns.same_zone_min, dns.enforce_intentions, dns.intentions_default) == \
+        (False, 1, False, "allow")
+    p = tmp_path / "meshdns.toml"
+    p.write_text('''
+[dns]
+prefer_same_zone = true
+same_zone_min = 2
+enforce_intentions = true
+intentions_default = "deny"
+[[locality]]
+cidr = "10.20.0.0/16"
+zone = "eu-west-1a"
+[[locality]]
+cidr = "10.20.7.9/8"
+zone = "eu-west-1b"
+[[locality]]
+cidr = "fd00:20::/48"
+zone = "eu-west-1c"
+''')
+    cfg = load_config(p)
+    assert (cfg.dns.prefer_same_zone, cfg.dns.same_zone_min, cfg.dns.enforce_intentions,
+            cfg.dns.intentions_default) == (True, 2, True, "deny")
+    # file order kept (the first match wins); host bits dropped
+    assert cfg.localities == (("10.20.0.0/16", "eu-west-1a"), ("10.0.0.0/8", "eu-west-1b"),
+                              ("fd00:20::/48", "eu-west-1c"))
 
 
 def test_full_example_from_design_parses(tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from kube_double import endpoint_slice, node, service
-from meshdns.catalog.model import Health, Weights
+from meshdns.catalog.model import Health, Node, Weights
 from meshdns.catalog.validate import FieldError
-from meshdns.sources.kubernetes.mapping import ClusterSettings, map_service
+from meshdns.sources.kubernetes.mapping import ClusterSettings, catalog_node, map_service
 
 S = ClusterSettings(cluster="c1", datacenter="dc1")
 
@@ -234,3 +234,32 @@ def test_split_annotation():
 def test_bad_split_is_named(text):
     with pytest.raises(FieldError, match="meshdns.io/split"):
         map_service(svc("billing", annotations={"meshdns.io/split": text}), [], {}, S)
+
+
+def test_endpoint_zone_goes_into_the_instance_meta_else_none():
+    sl = endpoint_slice("web", endpoints=[("10.244.1.5", True, "n1", "eu-west-1a"), ("10.244.2.7", True, "n2"),
+                                          ("10.244.3.9", False, "n3", "eu-west-1c")])
+    annotated = svc(annotations={"meshdns.io/service-meta-zone": "stale", "meshdns.io/service-meta-team": "pay"})
+    m = map_service(annotated, [sl], {}, S)
+    zones = {i.address: dict(i.meta).get("zone") for i in m.instances}
+    # the endpoint's zone is what the cluster observed: it wins over a meta annotation
+    assert zones == {"10.244.1.5": "eu-west-1a", "10.244.2.7": "stale", "10.244.3.9": "eu-west-1c"}
+    first = next(i for i in m.instances if i.address == "10.244.1.5")
+    assert list(first.meta) == sorted(first.meta) and dict(first.meta)["team"] == "pay"
+    assert map_service(svc(), [sl], {}, S).instances[1].meta == \
+        (("external-source", "kubernetes"), ("k8s-namespace", "default"), ("k8s-service", "web"))
+
+
+@pytest.mark.parametrize("obj,expected", [
+    (node("n1", "172.18.0.2", zone="eu-west-1a"),
+     Node("n1", "172.18.0.2", "dc1", (("external-source", "kubernetes"), ("zone", "eu-west-1a")), "kubernetes:c1")),
+    (node("ip-10-0-1-7.eu-west-1.compute.internal", "10.0.1.7", external_ip="203.0.113.2"),   # InternalIP only
+     Node("ip-10-0-1-7.eu-west-1.compute.internal", "10.0.1.7", "dc1", (("external-source", "kubernetes"),),
+          "kubernetes:c1")),
+    (node("n3", "172.18.0.4", ready=False), Node("n3", "172.18.0.4", "dc1", (("external-source", "kubernetes"),),
+                                                 "kubernetes:c1")),   # a node is a node, ready or not
+    (node("n4", None, external_ip="203.0.113.4"), None),              # no InternalIP: nothing to answer with
+    (node("n5", "not-an-ip"), None),
+])
+def test_catalog_node(obj, expected):
+    assert catalog_node(obj, S) == expected

@@ -102,3 +102,17 @@ def test_the_strangler_fig_walkthrough_runs_on_a_laptop(start_server, tmp_path):
     counted = re.findall(r'meshdns_split_answers_total\{split="billing",target="[^"]+"\} (\d+)',
                          api(srv.http, "GET", "/metrics").text)
     assert sorted(int(float(n)) for n in counted if float(n)) == sorted(n for n in (vm_answers, pod_answers) if n)
+
+
+def test_locality_and_views_examples_are_valid_config_and_zone_files():
+    from meshdns.config import parse_config
+    from meshdns.sources.zonefiles import parse_toml
+    import tomllib
+
+    blocks = re.findall(r"```toml\n(.*?)```", section("Locality and views"), re.S)
+    config, zone_file = blocks
+    cfg = parse_config(tomllib.loads(config))
+    assert cfg.dns.prefer_same_zone and cfg.dns.enforce_intentions and cfg.dns.same_zone_min == 2
+    assert cfg.localities == (("10.20.0.0/16", "eu-west-1a"), ("10.21.0.0/16", "eu-west-1b"))
+    content = parse_toml("README.md", zone_file, datacenter="dc1", source="zones")
+    assert [(s.name, s.action) for s in content.intentions[0].sources] == [("web", "deny"), ("*", "allow")]

@@ -6,19 +6,18 @@ an Address gets the address the request came from, and without an ID the ID
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
 
 from aiohttp import web
 
+from .. import __version__
 from ..catalog.model import Health
-from ..catalog.validate import FieldError, identifier
+from ..catalog.validate import FieldError, client_ip, identifier
 from ..health.spec import get_field
 from ..sources.registration_model import parse_agent_check, parse_service, service_checks
 from ..sources.registrations import NotFound
-from .blocking import index_of
-from .common import ctx_of, flag, json_response, ok, read_json
-from .shapes import Views, agent_service_json, check_json
+from .common import ctx_of, entry_filter, flag, json_response, ok, read_json
+from .shapes import CHECK, SERVICE, agent_service_json, check_json
 
 routes = web.RouteTableDef()
 
@@ -26,14 +25,7 @@ MAX_OUTPUT = 4096
 
 
 def peer_address(request: web.Request) -> str:
-    remote = request.remote or ""
-    try:
-        ip = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return ""
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
+    return client_ip(request.remote or "")
 
 
 def _service_key(request: web.Request):
@@ -68,15 +60,37 @@ def _require_check_write(request: web.Request, check) -> None:
 # -- reads ------------------------------------------------------------------------
 
 
+@routes.get("/v1/agent/self")
+async def agent_self(request: web.Request) -> web.Response:
+    """Consul's agent description: the tools that ask (py-consul's agent.self(), consul-template...) read
+    Config.Datacenter, Config.NodeName and Config.Version, and Member."""
+    ctx = ctx_of(request)
+    ctx.acl.require_read(request)
+    node = ctx.registrations.agent_node
+    dc = ctx.datacenter
+    return json_response(request, {
+        "Config": {"Datacenter": dc, "PrimaryDatacenter": dc, "NodeName": node.name, "NodeID": node.node_id,
+                   "Server": True, "Version": __version__, "Revision": "", "BuildDate": ""},
+        "Member": {"Name": node.name, "Addr": node.address, "Port": ctx.http_port,
+                   "Tags": {"dc": dc, "role": "consul", "build": __version__, "port": str(ctx.http_port)},
+                   "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+                   "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4},
+        "Meta": dict(node.meta),
+    })
+
+
 @routes.get("/v1/agent/services")
 async def services(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
+    wanted = entry_filter(request, SERVICE)
     regs = ctx.registrations
-    return json_response(request, {s.id: agent_service_json(s) for s in regs.services_on(regs.agent_node.key)})
+    return json_response(request, wanted.select_values({s.id: agent_service_json(s)
+                                                        for s in regs.services_on(regs.agent_node.key)}))
 
 
-@routes.get("/v1/agent/service/{id}")
+# not "register": GET /v1/agent/service/register is a wrong method (405), not an unknown service ID
+@routes.get("/v1/agent/service/{id:(?!register$)[^{}/]+}")
 async def service(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
@@ -90,18 +104,18 @@ async def service(request: web.Request) -> web.Response:
 async def checks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
+    wanted = entry_filter(request, CHECK)
     regs = ctx.registrations
-    views = Views(regs, ctx.runner)
-    index = index_of(ctx.store.snapshot)
+    views = ctx.views()
     out = {}
     node_key = regs.agent_node.key
     for key, check in sorted(regs.checks.items()):
         if key[:2] == node_key:
-            out[check.id] = check_json(views.registered_check(check), index)
+            out[check.id] = check_json(views.registered_check(check))
     for svc in regs.services_on(node_key):
         if svc.maintenance is not None:
-            out[f"_service_maintenance:{svc.id}"] = check_json(views.maintenance_check(svc), index)
-    return json_response(request, out)
+            out[f"_service_maintenance:{svc.id}"] = check_json(views.maintenance_check(svc))
+    return json_response(request, wanted.select_values(out))
 
 
 # -- service writes -------------------------------------------------------------------

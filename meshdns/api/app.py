@@ -15,13 +15,16 @@ from aiohttp import web
 
 from ..config import Config, ConfigError, HttpConfig
 from ..sources.registration_model import NodeReg
-from . import agent, catalog, config, health, metrics, status
+from . import agent, catalog, config, health, intentions, metrics, query, status, topology, ui
 from .common import CTX, ApiContext, errors
 from .metrics import count_requests
+from .peers import read_only_peers
 
 log = logging.getLogger("meshdns.api")
 
-ROUTE_TABLES = (agent.routes, catalog.routes, config.routes, health.routes, status.routes, metrics.routes)
+# intentions before config: its fixed /v1/config/service-intentions paths go before config's /v1/config/{kind}
+ROUTE_TABLES = (agent.routes, catalog.routes, intentions.routes, config.routes, health.routes, status.routes,
+                metrics.routes, query.routes, topology.routes, ui.routes)
 
 # Request head bounds (aiohttp answers 400 beyond them): Consul clients send a handful of short headers.
 MAX_LINE = 8192       # request line, and each header line
@@ -88,11 +91,14 @@ def agent_node(cfg: Config) -> NodeReg:
 class HttpApi:
     def __init__(self, ctx: ApiContext):
         self.ctx = ctx
-        self.web = web.Application(middlewares=[count_requests, errors], client_max_size=ctx.cfg.http.max_body + 1)
+        self.web = web.Application(middlewares=[count_requests, errors, read_only_peers],
+                                   client_max_size=ctx.cfg.http.max_body + 1)
         self.web[CTX] = ctx
         self.web[metrics.REGISTRY] = metrics.make_registry(ctx)
         for table in ROUTE_TABLES:
             self.web.add_routes(table)
+        topology.install(self.web)
+        ui.install(self.web)
         ctx.store.subscribe(ctx.watch)
         self._tls = tls_context(ctx.cfg.http)  # at build time: a bad file stops startup before anything listens
         self._runner: web.AppRunner | None = None
@@ -113,7 +119,7 @@ class HttpApi:
         tls = self._tls
         site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.port = self.ctx.http_port = self._runner.addresses[0][1]
         log.info("http api listening on %s:%d%s%s", host, self.port, " (tls)" if tls else "",
                  ", acl enforced" if self.ctx.acl.enabled else "")
         return self.port

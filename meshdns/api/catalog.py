@@ -5,11 +5,12 @@ from aiohttp import web
 
 from ..catalog.model import Instance
 from ..catalog.snapshot import Snapshot
-from ..catalog.validate import FieldError, dns_label, identifier, node_name
+from ..catalog.validate import FieldError, identifier, node_name, service_name
 from ..health.spec import get_field
 from ..sources.registration_model import parse_catalog_register, parse_datacenter
-from .common import ctx_of, datacenter, ok_true, read, read_json, tags_filter
-from .shapes import Views, catalog_service_json, node_json, service_json
+from .common import ctx_of, datacenter, entry_filter, ok_true, read, read_json, tags_filter
+from .peers import refuse_peer_datacenter
+from .shapes import CATALOG_SERVICE, NODE, SERVICE
 
 routes = web.RouteTableDef()
 
@@ -33,6 +34,7 @@ async def register(request: web.Request) -> web.Response:
     ctx.acl.require_token(request)
     regs = ctx.registrations
     reg = parse_catalog_register(await read_json(request), datacenter=ctx.datacenter)
+    refuse_peer_datacenter(ctx, reg.node.datacenter, "Datacenter")
     node_known = reg.node.key in regs.nodes
     node_write = not (node_known and (reg.skip_node_update or regs.nodes[reg.node.key] == reg.node))
     node_checks = any(not c.service_id for c in reg.checks)
@@ -58,6 +60,7 @@ async def deregister(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise FieldError("body", "expected a JSON object")
     dc = parse_datacenter(get_field(body, "Datacenter"), ctx.datacenter)
+    refuse_peer_datacenter(ctx, dc, "Datacenter")
     raw_node = get_field(body, "Node")
     if raw_node in (None, ""):
         raise FieldError("Node", "required")
@@ -72,7 +75,7 @@ async def deregister(request: web.Request) -> web.Response:
     node_key = (dc, node.lower())
     if node_key == regs.agent_node.key:
         raise FieldError("Node", f"{node!r} is meshdns's own node; use /v1/agent/service/deregister")
-    if node_key in regs.nodes:  # unknown names get their 404 from the source
+    if node_key in regs.nodes:  # what is already gone needs no write permission: deregistering it changes nothing
         if check_id:
             check = regs.checks.get((*node_key, check_id))
             if check is not None and check.service_id:
@@ -92,48 +95,58 @@ async def deregister(request: web.Request) -> web.Response:
 
 @routes.get("/v1/catalog/datacenters")
 async def datacenters(request: web.Request) -> web.Response:
-    def compute(snap: Snapshot, index: int):
-        return [snap.datacenter] + sorted(dc for dc in snap.datacenters if dc != snap.datacenter)
+    """Ours first, then every other one: peers (synced or not) and those zone files name."""
+    peers = {p.datacenter for p in ctx_of(request).cfg.peers}
+
+    def compute(snap: Snapshot):
+        return [snap.datacenter] + sorted((snap.datacenters | peers) - {snap.datacenter})
     return await read(request, compute)
 
 
 @routes.get("/v1/catalog/services")
 async def services(request: web.Request) -> web.Response:
+    """Service names and their tags; ?filter= selects instances (as catalog/service shows them) first."""
+    ctx = ctx_of(request)
     dc = datacenter(request)
+    wanted = entry_filter(request, CATALOG_SERVICE)
+    views = ctx.views()
 
-    def compute(snap: Snapshot, index: int):
+    def compute(snap: Snapshot):
         out = {}
         for (sdc, _), insts in sorted(snap.services.items()):
-            if sdc == dc and insts:
-                tags = sorted({t for i in insts for t in i.tags})
-                out[insts[0].service] = tags
+            if sdc != dc:
+                continue
+            if wanted:
+                insts = [i for i in insts if wanted.matches(views.catalog_service(i, snap))]
+            if insts:
+                out[insts[0].service] = sorted({t for i in insts for t in i.tags})
         return out
-    return await read(request, compute)
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/catalog/service/{name}")
 async def service(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc, tags = datacenter(request), tags_filter(request)
-    name = dns_label(request.match_info["name"], "service")
-    views = Views(ctx.registrations, ctx.runner)
+    name = service_name(request.match_info["name"], "service")
+    wanted = entry_filter(request, CATALOG_SERVICE)
+    views = ctx.views()
 
-    def compute(snap: Snapshot, index: int):
-        return [catalog_service_json(i, snap, views.registration(i), index, views.node_tagged(i.datacenter, i.node))
-                for i in instances(snap, dc, name, tags)]
-    return await read(request, compute)
+    def compute(snap: Snapshot):
+        return wanted.select(views.catalog_service(i, snap) for i in instances(snap, dc, name, tags))
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/catalog/nodes")
 async def nodes(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
-    views = Views(ctx.registrations, ctx.runner)
+    wanted = entry_filter(request, NODE)
+    views = ctx.views()
 
-    def compute(snap: Snapshot, index: int):
-        return [node_json(n, None, snap, index, views.node_tagged(n.datacenter, n.name))
-                for (ndc, _), n in sorted(snap.nodes.items()) if ndc == dc]
-    return await read(request, compute)
+    def compute(snap: Snapshot):
+        return wanted.select(views.node(n, None, snap) for (ndc, _), n in sorted(snap.nodes.items()) if ndc == dc)
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/catalog/node/{node}")
@@ -141,9 +154,10 @@ async def node(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     name = node_name(request.match_info["node"], "node")
-    views = Views(ctx.registrations, ctx.runner)
+    wanted = entry_filter(request, SERVICE)
+    views = ctx.views()
 
-    def compute(snap: Snapshot, index: int):
+    def compute(snap: Snapshot):
         n = snap.node(name, dc)
         if n is None:
             return None  # Consul answers 200 with null for an unknown node
@@ -153,7 +167,7 @@ async def node(request: web.Request) -> web.Response:
                 continue
             for i in insts:
                 if i.node.lower() == name.lower():
-                    services[i.id] = service_json(i, views.registration(i), index)
-        return {"Node": node_json(n, None, snap, index, views.node_tagged(dc, n.name)),
-                "Services": dict(sorted(services.items()))}
-    return await read(request, compute)
+                    services[i.id] = views.service(i)
+        return {"Node": views.node(n, None, snap),
+                "Services": wanted.select_values(dict(sorted(services.items())))}
+    return await read(request, compute, filtered=True)

@@ -17,11 +17,15 @@ from ..config import Config
 from ..dns.handler import DnsHandler
 from ..health.runner import HealthRunner
 from ..sources.config_entries import ConfigEntries
+from ..sources.intentions import IntentionEntries
+from ..sources.prepared_queries import PreparedQueries
 from ..sources.registrations import NotFound, Registrations
 from ..sources.sqlite_store import StorageError
 from ..sources.status import StatusRegistry
 from .acl import Acl, Denied
 from .blocking import TooManyWaiters, Watch, index_of, parse_blocking
+from .filter import Filter
+from .shapes import Views
 
 log = logging.getLogger("meshdns.api")
 
@@ -37,12 +41,19 @@ class ApiContext:
     watch: Watch
     readiness: StatusRegistry
     config: "ConfigEntries | None" = None
+    intentions: "IntentionEntries | None" = None
     kubernetes: list = field(default_factory=list)              # KubernetesSource per cluster
+    queries: "PreparedQueries | None" = None                    # /v1/query
+    peers: list = field(default_factory=list)                   # PeerSource per [[peer]]
     requests: Counter = field(default_factory=Counter)          # (method, route, status) -> n
+    http_port: int = 0                                          # the port the API serves on, once started
 
     @property
     def datacenter(self) -> str:
         return self.cfg.datacenter
+
+    def views(self) -> Views:
+        return Views(self.registrations, self.runner, self.store)
 
 
 CTX = web.AppKey("meshdns", ApiContext)
@@ -136,9 +147,9 @@ def tags_filter(request: web.Request) -> tuple[str, ...]:
     return tuple(t.lower() for t in request.query.getall("tag", ()) if t)
 
 
-def reject_unsupported(request: web.Request) -> None:
-    if request.query.get("filter"):
-        raise FieldError("filter", "filter expressions are not supported")
+def entry_filter(request: web.Request, schema) -> Filter:
+    """?filter= parsed against the endpoint's schema; a bad expression or selector is a 400 naming it."""
+    return Filter.parse(request.query.get("filter"), schema)
 
 
 # -- output ---------------------------------------------------------------------
@@ -159,31 +170,36 @@ def _read_headers(snap: Snapshot) -> dict[str, str]:
     return {"X-Consul-Index": str(index_of(snap)), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
 
 
-async def read(request: web.Request, compute: Callable[[Snapshot, int], Any]) -> web.Response:
+async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
+               filtered: bool = False) -> web.Response:
     """Answer a catalog/health read; with ?index=N (N = current index) wait for a change first.
 
-    compute(snapshot, index) builds the answer; index goes into CreateIndex/ModifyIndex. Whether
-    the answer changed is judged with index 0, so an unrelated change does not end the wait.
+    compute(snapshot) builds the answer. The wait ends when the answer changes (an unrelated change
+    does not end it: entries carry their own indexes, which change only with them).
+
+    `filtered`: compute applies ?filter= (entry_filter); elsewhere a filter is refused, as it would
+    otherwise be silently ignored.
     """
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
-    reject_unsupported(request)
+    if not filtered and request.query.get("filter"):
+        raise FieldError("filter", "this endpoint does not filter its answer")
     index, wait = parse_blocking(request.query)
     snap = ctx.store.snapshot
     if index is not None and index > 0 and index == index_of(snap):
         with ctx.watch.slot():
             loop = asyncio.get_running_loop()
             deadline = loop.time() + ctx.watch.jittered(wait)
-            seen = json_body(request, compute(snap, 0))
+            seen = json_body(request, compute(snap))
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or not await ctx.watch.changed(remaining):
                     break
                 snap = ctx.store.snapshot
-                if json_body(request, compute(snap, 0)) != seen:
+                if json_body(request, compute(snap)) != seen:
                     break
     snap = ctx.store.snapshot
-    return web.Response(body=json_body(request, compute(snap, index_of(snap))), content_type="application/json",
+    return web.Response(body=json_body(request, compute(snap)), content_type="application/json",
                         headers=_read_headers(snap))
 
 

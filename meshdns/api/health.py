@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..catalog.model import Health
+from ..catalog.model import Health, Instance
 from ..catalog.snapshot import Snapshot
-from ..catalog.validate import FieldError, dns_label, node_name
+from ..catalog.validate import FieldError, node_name, service_name
 from .catalog import instances
-from .common import ctx_of, datacenter, flag, read, tags_filter
-from .shapes import Views, check_json, node_json, service_json, status_name
+from .common import ctx_of, datacenter, entry_filter, flag, read, tags_filter
+from .shapes import CHECK, HEALTH_SERVICE, Views, check_json, status_name
 
 routes = web.RouteTableDef()
 
@@ -19,33 +19,35 @@ STATES = ("any", "passing", "warning", "critical")
 async def service(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc, tags = datacenter(request), tags_filter(request)
-    name = dns_label(request.match_info["name"], "service")
+    name = service_name(request.match_info["name"], "service")
     passing = flag(request, "passing")
-    views = Views(ctx.registrations, ctx.runner)
+    wanted = entry_filter(request, HEALTH_SERVICE)
+    views = ctx.views()
 
-    def compute(snap: Snapshot, index: int):
-        out = []
-        for inst in instances(snap, dc, name, tags):
-            if passing and inst.health is not Health.PASSING:
-                continue
-            node = snap.node(inst.node, inst.datacenter) if inst.node else None
-            out.append({"Node": node_json(node, inst, snap, index, views.node_tagged(inst.datacenter, inst.node)),
-                        "Service": service_json(inst, views.registration(inst), index),
-                        "Checks": [check_json(v, index) for v in views.instance_checks(inst)]})
-        return out
-    return await read(request, compute)
+    def compute(snap: Snapshot):
+        return wanted.select([entry_json(inst, snap, views) for inst in instances(snap, dc, name, tags)
+                              if not passing or inst.health is Health.PASSING])
+    return await read(request, compute, filtered=True)
+
+
+def entry_json(inst: Instance, snap: Snapshot, views: Views) -> dict:
+    """One instance as /v1/health/service lists it (and a prepared query's execute answers)."""
+    return {"Node": views.node_of(inst, snap), "Service": views.service(inst),
+            "Checks": [check_json(v) for v in views.instance_checks(inst)]}
 
 
 @routes.get("/v1/health/checks/{name}")
 async def service_checks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
-    name = dns_label(request.match_info["name"], "service")
-    views = Views(ctx.registrations, ctx.runner)
+    name = service_name(request.match_info["name"], "service")
+    wanted = entry_filter(request, CHECK)
+    views = ctx.views()
 
-    def compute(snap: Snapshot, index: int):
-        return [check_json(v, index) for inst in instances(snap, dc, name) for v in views.service_checks(inst)]
-    return await read(request, compute)
+    def compute(snap: Snapshot):
+        return wanted.select(check_json(v) for inst in instances(snap, dc, name)
+                             for v in views.service_checks(inst))
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/health/node/{node}")
@@ -53,16 +55,17 @@ async def node_checks(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     dc = datacenter(request)
     name = node_name(request.match_info["node"], "node")
-    views = Views(ctx.registrations, ctx.runner)
+    wanted = entry_filter(request, CHECK)
+    views = ctx.views()
 
-    def compute(snap: Snapshot, index: int):
-        out = [check_json(v, index) for v in views.node_checks(dc, name)]
+    def compute(snap: Snapshot):
+        out = [check_json(v) for v in views.node_checks(dc, name)]
         for (sdc, _), insts in sorted(snap.services.items()):
             if sdc == dc:
-                out += [check_json(v, index) for i in insts if i.node.lower() == name.lower()
+                out += [check_json(v) for i in insts if i.node.lower() == name.lower()
                         for v in views.service_checks(i)]
-        return out
-    return await read(request, compute)
+        return wanted.select(out)
+    return await read(request, compute, filtered=True)
 
 
 @routes.get("/v1/health/state/{state}")
@@ -72,9 +75,10 @@ async def state(request: web.Request) -> web.Response:
     wanted = request.match_info["state"].lower()
     if wanted not in STATES:
         raise FieldError("state", f"{wanted!r} is not one of {', '.join(STATES)}")
-    views = Views(ctx.registrations, ctx.runner)
+    chosen = entry_filter(request, CHECK)
+    views = ctx.views()
 
-    def compute(snap: Snapshot, index: int):
+    def compute(snap: Snapshot):
         found = []
         nodes_seen = set()
         for (sdc, _), insts in sorted(snap.services.items()):
@@ -88,5 +92,6 @@ async def state(request: web.Request) -> web.Response:
         for (ndc, lname), n in sorted(ctx.registrations.all_nodes().items()):
             if ndc == dc and lname not in nodes_seen:
                 found += views.node_checks(dc, n.name)
-        return [check_json(v, index) for v in found if wanted == "any" or status_name(v.status) == wanted]
-    return await read(request, compute)
+        return chosen.select(check_json(v) for v in found
+                             if wanted == "any" or status_name(v.status) == wanted)
+    return await read(request, compute, filtered=True)

@@ -38,6 +38,7 @@ class MeshdnsCollector(Collector):
         yield from self._forwarding()
         yield from self._catalog()
         yield from self._kubernetes()
+        yield from self._peers()
         yield from self._api()
 
     def _dns(self):
@@ -162,6 +163,33 @@ class MeshdnsCollector(Collector):
                     continue
                 family.add_metric([st["name"]], float(value))
         yield from families.values()
+
+    def _peers(self):
+        sources = self.ctx.peers
+        if not sources:
+            return
+        labels = ["datacenter"]
+        synced = GaugeMetricFamily("meshdns_peer_synced", "1 once every imported service was read from the peer",
+                                   labels=labels)
+        connected = GaugeMetricFamily("meshdns_peer_connected", "1 while every blocking query to the peer succeeds",
+                                      labels=labels)
+        age = GaugeMetricFamily("meshdns_peer_sync_age_seconds",
+                                "Seconds since the imported copy was last known current (0 while the peer answers; "
+                                "absent before the first sync)", labels=labels)
+        errors = CounterMetricFamily("meshdns_peer_errors", "Failed requests to the peer", labels=labels)
+        services = GaugeMetricFamily("meshdns_peer_services", "Services imported from the peer", labels=labels)
+        instances = GaugeMetricFamily("meshdns_peer_instances", "Instances imported from the peer", labels=labels)
+        for source in sources:
+            dc = [source.peer.datacenter]
+            synced.add_metric(dc, float(source.synced))
+            connected.add_metric(dc, float(source.connected))
+            seconds = source.sync_age()
+            if seconds is not None:
+                age.add_metric(dc, seconds)
+            errors.add_metric(dc, source.errors)
+            services.add_metric(dc, len(source.services))
+            instances.add_metric(dc, sum(map(len, source.services.values())))
+        yield from (synced, connected, age, errors, services, instances)
 
     def _api(self):
         requests = CounterMetricFamily("meshdns_http_requests", "HTTP API requests, by method, route and status",

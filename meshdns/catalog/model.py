@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class Health(enum.IntEnum):
@@ -63,11 +64,20 @@ class Instance:
     source: str = ""
 
 
+class Revision(NamedTuple):
+    """When an entry was created and last changed, as a store revision (an etcd key's create_revision and
+    mod_revision) or a catalog version: what the API shows as CreateIndex and ModifyIndex."""
+
+    create: int
+    mod: int
+
+
 @dataclass(frozen=True, slots=True)
 class SplitTarget:
     service: str
     weight: float
     tag: str = ""
+    datacenter: str = ""   # "" = ours; else a peer's (an imported copy of its service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +87,27 @@ class Split:
     ttl: float | None = None
     on_all_unhealthy: str = "nxdomain"
     source: str = ""
-    revision: int = 0
+    revision: int = 0           # store revision of its last write: the newest split of a name wins
+    create_revision: int = 0    # store revision of its first write
+
+
+@dataclass(frozen=True, slots=True)
+class IntentionSource:
+    """One source of a service-intentions entry: a service name or "*", and "allow" or "deny"."""
+
+    name: str
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class Intention:
+    """Consul's service-intentions config entry: who may reach the service `name`."""
+
+    name: str
+    sources: tuple[IntentionSource, ...]
+    source: str = ""
+    revision: int = 0           # store revision of its last write (last write wins)
+    create_revision: int = 0    # store revision of its first write
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +129,27 @@ class Zone:
     source: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """A Consul prepared query (`/v1/query`), as stored. Strings may hold ${...} when `template`."""
+
+    id: str
+    name: str = ""                    # lower-case; a template's name is the prefix it matches
+    service: str = ""
+    tags: tuple[str, ...] = ()        # "!tag" excludes
+    only_passing: bool = False
+    nearest_n: int = 0                # the first N [[peer]] entries, in config order
+    datacenters: tuple[str, ...] = ()
+    node_meta: Meta = ()
+    service_meta: Meta = ()
+    ttl: float | None = None          # DNS.TTL; None: the service's TTL
+    template: bool = False            # Template.Type = "name_prefix_match"
+    regexp: str = ""
+    remove_empty_tags: bool = False
+    create_index: int = 0
+    modify_index: int = 0
+
+
 ServiceKey = tuple[str, str]  # (datacenter, lower-case service name)
 NodeKey = tuple[str, str]     # (datacenter, lower-case node name)
 
@@ -111,3 +162,5 @@ class SourceState:
     nodes: dict[NodeKey, Node] = field(default_factory=dict)
     splits: dict[str, Split] = field(default_factory=dict)
     zones: dict[str, Zone] = field(default_factory=dict)
+    intentions: dict[str, Intention] = field(default_factory=dict)
+    queries: dict[str, PreparedQuery] = field(default_factory=dict)  # by ID

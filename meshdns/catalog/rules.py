@@ -36,15 +36,17 @@ def split_sides(split: Split, snap: Snapshot, *, only_passing: bool) -> tuple[Sp
 
     A target without a healthy instance drops out and its share goes to the others.
     With nothing healthy and `on_all_unhealthy = "all"`, every target serves every
-    instance of its service and tag that is not in maintenance (fail open).
+    instance of its service and tag that is not in maintenance (fail open). A target may
+    name another datacenter (a peer's imported copy).
     """
     dc = snap.datacenter
     targets = [t for t in split.targets if t.weight > 0]
-    sides = [(t, healthy(snap.services.get((dc, t.service), ()), only_passing=only_passing, tag=t.tag))
+    sides = [(t, healthy(snap.services.get((t.datacenter or dc, t.service), ()), only_passing=only_passing,
+                         tag=t.tag))
              for t in targets]
     sides = [(t, insts) for t, insts in sides if insts]
     if not sides and split.on_all_unhealthy == "all":
-        sides = [(t, [i for i in tagged(snap.services.get((dc, t.service), ()), t.tag)
+        sides = [(t, [i for i in tagged(snap.services.get((t.datacenter or dc, t.service), ()), t.tag)
                       if i.health is not Health.MAINTENANCE]) for t in targets]
         sides = [(t, insts) for t, insts in sides if insts]
     total = sum(t.weight for t, _ in sides)

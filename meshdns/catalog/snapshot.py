@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from .model import Instance, Node, NodeKey, ServiceKey, Split, Zone, ZoneRecord
+from .model import Instance, Intention, Node, NodeKey, PreparedQuery, ServiceKey, Split, Zone, ZoneRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,8 @@ class Snapshot:
     ip_services: Mapping[str, frozenset[ServiceKey]] = field(default_factory=_empty)
     ip_nodes: Mapping[str, frozenset[NodeKey]] = field(default_factory=_empty)
     datacenters: frozenset[str] = field(default_factory=frozenset)
+    intentions: Mapping[str, Intention] = field(default_factory=_empty)  # destination service -> entry
+    queries: Mapping[str, PreparedQuery] = field(default_factory=_empty)  # prepared queries by ID
 
     def instances(self, name: str, datacenter: str | None = None) -> tuple[Instance, ...]:
         return self.services.get((datacenter or self.datacenter, name.lower()), ())

@@ -2,17 +2,23 @@
 
 Merge rules: a service key's instances are the concatenation over sources
 (that is how one name spans VMs and pods); a node or zone comes from the first
-source (by name) that has it; a split is the one with the newest revision
-(last write wins). Only keys that changed are rebuilt.
+source (by name) that has it, and so does a prepared query; a split or an
+intention is the one with the newest revision (last write wins). Only keys that
+changed are rebuilt.
+
+The snapshot version (X-Consul-Index, the SOA serial) grows with every change.
+Each instance and node also remembers the version at which it appeared and the
+one at which it last changed (`index_of`): the CreateIndex/ModifyIndex of
+entries whose source keeps no revisions of its own (zone files, Kubernetes).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
-from .model import Instance, NodeKey, ServiceKey, SourceState
+from .model import Instance, Node, NodeKey, Revision, ServiceKey, SourceState
 from .snapshot import Snapshot, ZoneIndex
 
 log = logging.getLogger("meshdns.catalog")
@@ -28,9 +34,13 @@ class Change:
     nodes: frozenset
     splits: frozenset
     zones: frozenset
+    intentions: frozenset = frozenset()
+    queries: frozenset = frozenset()
 
 
 def _changed_keys(old: dict, new: dict) -> set:
+    if old is new:  # a source that republishes the same dict changed nothing there
+        return set()
     keys = set()
     for k, v in new.items():
         o = old.get(k)
@@ -40,11 +50,45 @@ def _changed_keys(old: dict, new: dict) -> set:
     return keys
 
 
+def _identity(entry: Instance | Node) -> tuple:
+    if isinstance(entry, Node):
+        return ("node", entry.datacenter, entry.name.lower())
+    return (entry.source, entry.datacenter, entry.node.lower(), entry.id)
+
+
+def _first_wins(prev, keys, parts: list[dict], build=lambda value: value):
+    """prev with `keys` taken from the first part that has them (built), or dropped; prev when no key changed."""
+    if not keys:
+        return prev
+    out = dict(prev)
+    for key in keys:
+        value = next((part[key] for part in parts if key in part), None)
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = build(value)
+    return MappingProxyType(out)
+
+
 def _address_of(inst: Instance, nodes) -> str:
     if inst.address:
         return inst.address
     node = nodes.get((inst.datacenter, inst.node.lower())) if inst.node else None
     return node.address if node else ""
+
+
+def _newest(prev: Mapping, names: Iterable[str], parts: list[dict]) -> Mapping:
+    """Per name, the entry with the highest revision among the sources (last write wins)."""
+    if not names:
+        return prev
+    out = dict(prev)
+    for name in names:
+        candidates = [part[name] for part in parts if name in part]
+        if candidates:
+            out[name] = max(candidates, key=lambda e: e.revision)
+        else:
+            out.pop(name, None)
+    return MappingProxyType(out)
 
 
 class Store:
@@ -56,6 +100,7 @@ class Store:
         # the plain dicts behind the current snapshot's read-only views: dict.copy() of these is
         # a fast C copy, copying through a mappingproxy is not
         self._raw: dict[str, dict] = {"services": {}, "nodes": {}, "ip_services": {}, "ip_nodes": {}}
+        self._indexes: dict[tuple, Revision] = {}   # instance or node identity -> (appeared, last changed)
         self.snapshot = Snapshot(datacenter=datacenter, datacenters=frozenset({datacenter}))
 
     def subscribe(self, listener: Listener) -> None:
@@ -80,6 +125,18 @@ class Store:
     def sources(self) -> tuple[str, ...]:
         return tuple(sorted(self._states))
 
+    def index_of(self, entry: Instance | Node) -> Revision:
+        """The versions at which this instance or node appeared and last changed."""
+        known = self._indexes.get(_identity(entry))
+        return known if known is not None else Revision(self.snapshot.version, self.snapshot.version)
+
+    def advance(self, version: int) -> None:
+        """Move the version up to `version` (a store revision) if it is behind, so that no entry's index is
+        ahead of X-Consul-Index and the index never goes back across restarts."""
+        if version > self.snapshot.version:
+            self._notify(replace(self.snapshot, version=version), Change(frozenset(), frozenset(), frozenset(),
+                                                                         frozenset()))
+
     def publish(self, source: str, state: SourceState, *,
                 changed: Iterable[ServiceKey] | None = None, version: int | None = None) -> Snapshot:
         """Replace one source's state; `changed` (service keys) skips the diff when known.
@@ -91,10 +148,19 @@ class Store:
         node_keys = _changed_keys(old.nodes, state.nodes)
         split_names = _changed_keys(old.splits, state.splits)
         zone_names = _changed_keys(old.zones, state.zones)
-        if not (svc_keys or node_keys or split_names or zone_names):
+        intention_names = _changed_keys(old.intentions, state.intentions)
+        query_ids = _changed_keys(old.queries, state.queries)
+        if not (svc_keys or node_keys or split_names or zone_names or intention_names or query_ids):
+            if version is not None:
+                self.advance(version)
             return self.snapshot
-        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version)
-        change = Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names), frozenset(zone_names))
+        snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version, intention_names, query_ids)
+        self._notify(snap, Change(frozenset(svc_keys), frozenset(node_keys), frozenset(split_names),
+                                  frozenset(zone_names), frozenset(intention_names), frozenset(query_ids)))
+        return snap
+
+    def _notify(self, snap: Snapshot, change: Change) -> None:
+        self.snapshot = snap
         for listener in list(self._listeners):
             try:
                 listener(snap)
@@ -105,7 +171,6 @@ class Store:
                 change_listener(snap, change)
             except Exception:
                 log.exception("change listener failed")
-        return snap
 
     def remove(self, source: str) -> Snapshot:
         return self.publish(source, SourceState())
@@ -115,8 +180,10 @@ class Store:
     def _ordered_states(self) -> list[SourceState]:
         return [self._states[name] for name in sorted(self._states)]
 
-    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None) -> Snapshot:
+    def _rebuild(self, svc_keys, node_keys, split_names, zone_names, version=None,
+                 intention_names=frozenset(), query_ids=frozenset()) -> Snapshot:
         prev = self.snapshot
+        version = prev.version + 1 if version is None else version
         states = self._ordered_states()
         raw = self._raw
         services = raw["services"].copy()
@@ -141,10 +208,12 @@ class Store:
                 self._dc_ref(key[0], -1)
             if new is None:
                 nodes.pop(key, None)
+                self._indexes.pop(("node", *key), None)
             else:
                 nodes[key] = new
                 note(1, new.address, key, True)
                 self._dc_ref(key[0], +1)
+                self._note_index(old, new, version)
         # instances that rely on a changed node's address move with it
         if node_keys:
             node_names = {k for k in node_keys}
@@ -152,6 +221,8 @@ class Store:
                 if any(not i.address and (i.datacenter, i.node.lower()) in node_names for i in insts):
                     svc_keys.add(skey)
 
+        gone: set[tuple] = set()
+        arrived: set[tuple] = set()
         for key in svc_keys:
             old = prev.services.get(key, ())
             merged: tuple[Instance, ...] = ()
@@ -159,6 +230,8 @@ class Store:
                 part = st.services.get(key)
                 if part:
                     merged = merged + tuple(part)
+            if old or merged:
+                self._note_indexes(old, merged, version, gone, arrived)
             for inst in old:
                 note(0, _address_of(inst, prev.nodes), key, False)
             if old:
@@ -170,6 +243,9 @@ class Store:
                     note(0, _address_of(inst, nodes), key, True)
             else:
                 services.pop(key, None)
+
+        for identity in gone - arrived:   # an instance that moved to another service key keeps its index
+            self._indexes.pop(identity, None)
 
         for (which, ip), (adds, removes) in touched_ips.items():
             index = ip_services if which == 0 else ip_nodes
@@ -186,31 +262,15 @@ class Store:
             else:
                 index.pop(ip, None)
 
-        splits = prev.splits
-        if split_names:
-            splits = dict(prev.splits)
-            for name in split_names:
-                candidates = [st.splits[name] for st in states if name in st.splits]
-                if candidates:
-                    splits[name] = max(candidates, key=lambda s: s.revision)
-                else:
-                    splits.pop(name, None)
-            splits = MappingProxyType(splits)
+        splits = _newest(prev.splits, split_names, [st.splits for st in states])
+        intentions = _newest(prev.intentions, intention_names, [st.intentions for st in states])
 
-        zones = prev.zones
-        if zone_names:
-            zones = dict(prev.zones)
-            for origin in zone_names:
-                zone = next((st.zones[origin] for st in states if origin in st.zones), None)
-                if zone is None:
-                    zones.pop(origin, None)
-                else:
-                    zones[origin] = ZoneIndex.build(zone)
-            zones = MappingProxyType(zones)
+        zones = _first_wins(prev.zones, zone_names, [st.zones for st in states], ZoneIndex.build)
+        queries = _first_wins(prev.queries, query_ids, [st.queries for st in states])
 
         dcs = frozenset(dc for dc, n in self._dc_refs.items() if n > 0) | {prev.datacenter}
-        self.snapshot = Snapshot(
-            version=prev.version + 1 if version is None else version,
+        return Snapshot(
+            version=version,
             datacenter=prev.datacenter,
             services=MappingProxyType(services),
             nodes=MappingProxyType(nodes) if node_keys else prev.nodes,
@@ -219,8 +279,27 @@ class Store:
             ip_services=MappingProxyType(ip_services),
             ip_nodes=MappingProxyType(ip_nodes) if node_keys else prev.ip_nodes,
             datacenters=dcs if dcs != prev.datacenters else prev.datacenters,
+            intentions=intentions,
+            queries=queries,
         )
-        return self.snapshot
+
+    def _note_index(self, old: Instance | Node | None, new: Instance | Node, version: int) -> None:
+        identity = _identity(new)
+        known = self._indexes.get(identity)
+        if known is None:
+            self._indexes[identity] = Revision(version, version)
+        elif old is None or (old is not new and old != new):
+            self._indexes[identity] = Revision(known.create, version)
+
+    def _note_indexes(self, old: tuple[Instance, ...], merged: tuple[Instance, ...], version: int,
+                      gone: set, arrived: set) -> None:
+        """Index the instances of one changed service key, noting which identities left it and arrived."""
+        before = {_identity(i): i for i in old}
+        for inst in merged:
+            identity = _identity(inst)
+            arrived.add(identity)
+            self._note_index(before.pop(identity, None), inst, version)
+        gone.update(before)
 
     def _dc_ref(self, dc: str, delta: int) -> None:
         self._dc_refs[dc] = self._dc_refs.get(dc, 0) + delta

@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Any, Mapping
 
-from .model import Split, SplitTarget, Weights
+from .model import Intention, IntentionSource, Split, SplitTarget, Weights
 
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
 _HOST = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
@@ -23,10 +23,22 @@ class FieldError(ValueError):
         self.message = message
 
 
+LABEL_RULE = ("one DNS label: letters, digits, '-' and '_', starting and ending with a letter or digit, "
+              "at most 63 characters")
+
+
 def dns_label(value: Any, field: str) -> str:
-    """A service/node/datacenter name that must be one DNS label."""
+    """A datacenter name (or any name that must be one DNS label)."""
     if not isinstance(value, str) or not _LABEL.fullmatch(value):
-        raise FieldError(field, f"{value!r} is not a valid DNS label (letters, digits, '-', at most 63)")
+        raise FieldError(field, f"{value!r} is not a valid name ({LABEL_RULE})")
+    return value
+
+
+def service_name(value: Any, field: str) -> str:
+    """The one rule for a service name, wherever it comes from (API, zone file, Kubernetes, a split, a URL):
+    it is the first label of `<name>.service.consul`, so it is one DNS label."""
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
+        raise FieldError(field, f"{value!r} is not a valid service name ({LABEL_RULE})")
     return value
 
 
@@ -43,6 +55,19 @@ def ip_address(value: Any, field: str) -> str:
         raise FieldError(field, f"{value!r} is not an IP address") from None
 
 
+def client_ip(text: str) -> str:
+    """The address a client connects from, as a registration stores it: no zone index, IPv4-mapped IPv6
+    written as IPv4; "" when it is no IP. The server (peer address) and `meshdns register` (local address)
+    both use this, so the ID the client prints is the one the server stores."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return ""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
 def address(value: Any, field: str) -> str:
     """An IP address or a hostname (hostname instances are answered with a CNAME)."""
     if value in ("", None):
@@ -56,6 +81,24 @@ def address(value: Any, field: str) -> str:
     if not _HOST.fullmatch(value) or value.replace(".", "").isdigit():
         raise FieldError(field, f"{value!r} is neither an IP address nor a hostname")
     return value.lower()
+
+
+def service_address(value: Any, field: str) -> str:
+    """A service's address: as `address`, but never 0.0.0.0 or :: (every address is no address to connect to)."""
+    text = address(value, field)
+    if text in ("0.0.0.0", "::"):
+        raise FieldError(field, f"{value!r} is not a service address (it means every address: give the one "
+                                f"clients connect to, or none to use the node's)")
+    return text
+
+
+def boolean(value: Any, field: str) -> bool:
+    """A JSON true/false; absent (None) is false."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise FieldError(field, f"{value!r} is not true or false")
+    return value
 
 
 def port(value: Any, field: str) -> int:
@@ -109,9 +152,11 @@ def weights(value: Any, field: str) -> Weights:
 
 def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
           on_all_unhealthy: str = "nxdomain", source: str = "", revision: int = 0,
-          percent: bool = False) -> Split:
-    """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter)."""
-    name = dns_label(name, f"{field}.name").lower()
+          percent: bool = False, local_datacenter: str = "") -> Split:
+    """Validate a split. `percent`: weights are percentages that must sum to 100 (service-splitter).
+
+    A target's `datacenter` naming `local_datacenter` is the same as none: a target is local or a peer's."""
+    name = service_name(name, f"{field}.name").lower()
     if not isinstance(targets, list) or not targets:
         raise FieldError(f"{field}.targets", "expected a non-empty list of targets")
     out = []
@@ -119,7 +164,7 @@ def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
         f = f"{field}.targets[{i}]"
         if not isinstance(t, Mapping):
             raise FieldError(f, "expected {service = ..., weight = ...}")
-        service = dns_label(t.get("service"), f"{f}.service").lower()
+        service = service_name(t.get("service"), f"{f}.service").lower()
         weight = t.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise FieldError(f"{f}.weight", f"{weight!r} is not a non-negative number")
@@ -128,9 +173,13 @@ def split(name: Any, targets: Any, *, field: str, ttl: float | None = None,
         tag = t.get("tag", "") or ""
         if not isinstance(tag, str):
             raise FieldError(f"{f}.tag", "expected a string")
-        if service == name and not tag:
-            raise FieldError(f"{f}.service", "a split may not target itself without a tag")
-        out.append(SplitTarget(service=service, weight=float(weight), tag=tag.lower()))
+        dc = t.get("datacenter", "") or ""
+        dc = dns_label(dc, f"{f}.datacenter").lower() if dc else ""
+        if dc == local_datacenter.lower():
+            dc = ""
+        if service == name and not tag and not dc:
+            raise FieldError(f"{f}.service", "a split may not target itself without a tag or another datacenter")
+        out.append(SplitTarget(service=service, weight=float(weight), tag=tag.lower(), datacenter=dc))
     total = sum(t.weight for t in out)
     if total <= 0:
         raise FieldError(f"{field}.targets", "at least one target needs a positive weight")
@@ -146,18 +195,50 @@ def split_loops(splits: Mapping[str, Split]) -> str | None:
     """A message when a split targets another split (we do not chain them), else None."""
     for s in splits.values():
         for t in s.targets:
-            if t.service in splits and not (t.service == s.name and t.tag):
+            # a split answers only for our datacenter: a peer's copy of a name is never a split here
+            if t.service in splits and not (t.service == s.name and t.tag) and not t.datacenter:
                 return f"split {s.name!r} targets {t.service!r}, which is itself a split"
     return None
 
 
-_ID_BAD = re.compile(r"[\s/\\?#%\x00-\x1f\x7f]")
+ACTIONS = ("allow", "deny")
+
+
+def action(value: Any, field: str) -> str:
+    """An intention's action: "allow" or "deny" (any case)."""
+    if not isinstance(value, str) or value.lower() not in ACTIONS:
+        raise FieldError(field, f"{value!r} is not allow or deny")
+    return value.lower()
+
+
+def intention(name: Any, sources: Any, *, field: str, source: str = "", revision: int = 0) -> Intention:
+    """Validate a service-intentions entry: `sources` is a list of {name, action}; a source name is a
+    service or "*", and appears once (the most specific source wins, so order carries no meaning)."""
+    name = service_name(name, f"{field}.name").lower()
+    if not isinstance(sources, list):
+        raise FieldError(f"{field}.sources", "expected a list of {name, action}")
+    out: list[IntentionSource] = []
+    for i, raw in enumerate(sources):
+        f = f"{field}.sources[{i}]"
+        if not isinstance(raw, Mapping):
+            raise FieldError(f, "expected {name = ..., action = ...}")
+        src = raw.get("name")
+        src = "*" if src == "*" else service_name(src, f"{f}.name").lower()
+        if any(s.name == src for s in out):
+            raise FieldError(f"{f}.name", f"{src!r} is listed twice")
+        out.append(IntentionSource(name=src, action=action(raw.get("action"), f"{f}.action")))
+    return Intention(name=name, sources=tuple(out), source=source, revision=revision)
+
+
+_ID_BAD = re.compile(r"[/\\?#%\x00-\x1f\x7f\x85\u2028\u2029]")
 
 
 def identifier(value: Any, field: str) -> str:
-    """A service or check ID: it travels in URL paths (/deregister/:id), so no '/', '?', '#', '%' or spaces."""
+    """A service or check ID: it travels in URL paths (/deregister/:id), so no '/', '?', '#', '%' or control
+    characters. Spaces are fine (a check named "Memory usage" has that ID, as in Consul; clients encode them)."""
     if not isinstance(value, str) or not value or len(value) > 256 or _ID_BAD.search(value):
-        raise FieldError(field, f"{value!r} is not a valid ID (1-256 characters, no spaces, '/', '?', '#' or '%')")
+        raise FieldError(field, f"{value!r} is not a valid ID (1-256 characters, no '/', '?', '#', '%' or "
+                                f"control characters)")
     return value
 
 

@@ -51,6 +51,12 @@ class View:
         self.deps.append(("datacenters", None, self.snap.datacenters))
         return self.snap.datacenters
 
+    @property
+    def queries(self) -> Mapping:
+        """Prepared queries are looked up by prefix (a scan): the whole mapping is what is read."""
+        self.deps.append(("queries", None, self.snap.queries))
+        return self.snap.queries
+
     # the snapshot's own readers, reading through the recorded mappings
     instances = Snapshot.instances
     node = Snapshot.node

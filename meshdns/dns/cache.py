@@ -89,12 +89,13 @@ def valid(c: Compiled, snap: Snapshot) -> bool:
 
 
 class Counts:
-    """Where an entry counts the queries it answers (DnsStats' counters, the forwarder's cache results)."""
+    """Where an entry counts the queries it answers: DnsStats' counters, the forwarder's cache results, and
+    who asked for which name (the topology counter, when there is one)."""
 
-    __slots__ = ("queries", "splits", "forward")
+    __slots__ = ("queries", "splits", "forward", "topology")
 
-    def __init__(self, queries, splits, forward):
-        self.queries, self.splits, self.forward = queries, splits, forward
+    def __init__(self, queries, splits, forward, topology=None):
+        self.queries, self.splits, self.forward, self.topology = queries, splits, forward, topology
 
 
 class Entry:
@@ -112,15 +113,16 @@ class Entry:
         self.fixed = compiled.fixed
         self.size = key_size + ENTRY_OVERHEAD + compiled.variants * (compiled.records_size + key_size)
 
-    def body(self, snap: Snapshot, rng: random.Random) -> bytes | None:
-        """The reply after its ID, counted; None when the catalog changed what it was built from."""
+    def body(self, snap: Snapshot, rng: random.Random, who: str) -> bytes | None:
+        """The reply after its ID for a client at `who`, counted; None when the catalog changed what it was
+        built from."""
         if self.version != snap.version:
             if not valid(self.compiled, snap):
                 return None
             if self.compiled.plan.soa_domain:   # the SOA serial is the version
                 self.replies = [None] * len(self.replies)
             self.version = snap.version
-        g, v, order = self.draw(rng)
+        g, v, order = self.draw(rng, who)
         if v < 0:
             return self.render(snap, g, order)[2:]
         body = self.replies[v]
@@ -128,16 +130,19 @@ class Entry:
             body = self.replies[v] = self.render(snap, g, order)[2:]
         return body
 
-    def draw(self, rng: random.Random) -> tuple[int, int, Order]:
+    def draw(self, rng: random.Random, who: str) -> tuple[int, int, Order]:
         """One answer's choice (weighting.choose), counted."""
         c = self.compiled
-        self.counts.queries[c.count_key] += 1
+        counts = self.counts
+        counts.queries[c.count_key] += 1
+        if counts.topology is not None:
+            counts.topology.count(who, self.query.qname_lower)
         if self.fixed:   # what choose gives, without the call
             g, v, order = 0, 0, c.choices.orders[0][0] if c.groups else ()
         else:
             g, v, order = choose(c.choices, rng)
         if c.split_keys:
-            self.counts.splits[c.split_keys[g]] += 1
+            counts.splits[c.split_keys[g]] += 1
         return g, v, order
 
     def render(self, snap: Snapshot, g: int, order: Order, extra: tuple[bytes, ...] = ()) -> bytes:
@@ -161,7 +166,7 @@ class Forwarded:
         self.size = key_size + ENTRY_OVERHEAD + len(cached.reply.data)
         self.count_key = (query.qtype, cached.reply.rcode, "forward")
 
-    def body(self, snap: Snapshot, rng: random.Random) -> bytes | None:
+    def body(self, snap: Snapshot, rng: random.Random, who: str) -> bytes | None:
         """None once the upstream reply expired or left the forwarder's cache, or the name became ours."""
         if self.compiled.version != snap.version and not valid(self.compiled, snap):
             return None

@@ -26,6 +26,7 @@ from .chase import CHASED_QTYPES, chase
 from .clients import Classifier, ClientClass, RecursionPolicy
 from .rrl import RateLimiter
 from .stats import DnsStats
+from .topology import TopologyCounter
 from .resolver import ResolverOptions
 from .wire import NOERROR, REFUSED, SERVFAIL, Query, WireError, error, limit_for, parse_query, reply
 
@@ -52,7 +53,8 @@ class DnsHandler:
                  enable_truncate: bool = True, rng: random.Random | None = None,
                  forwarder: "Forwarder | None" = None, recursion: RecursionPolicy | None = None,
                  classifier: Classifier | None = None, rate_limiter: RateLimiter | None = None,
-                 max_answers: int = 200_000, reply_budget: int = 16 << 20, max_clients: int = 65536):
+                 topology: TopologyCounter | None = None, max_answers: int = 200_000,
+                 reply_budget: int = 16 << 20, max_clients: int = 65536):
         self.store = store
         self.opts = opts
         self.udp_payload = udp_payload
@@ -62,13 +64,14 @@ class DnsHandler:
         self.classifier = classifier or Classifier(recursion or RecursionPolicy(()))
         self.stats = DnsStats()
         self.rrl = rate_limiter
+        self.topology = topology  # who asked for which name (None: not counted)
         self.answers = Answers(opts, max_entries=max_answers)
         self.reply_budget = reply_budget
         self.max_clients = max_clients
         self.internal_errors = 0
         self.peers: Callable[[], list[DnsStats]] | None = None  # the worker processes' counters
         self._counts = Counts(self.stats.queries, self.stats.splits,
-                              forwarder.stats.cache if forwarder is not None else None)
+                              forwarder.stats.cache if forwarder is not None else None, topology)
         self._slots: dict[ClientClass, Slot] = {}
         self._clients: OrderedDict[str, Slot] = OrderedDict()   # source IP -> its class, oldest first
         self._last_error_log = -1e9
@@ -94,7 +97,7 @@ class DnsHandler:
         entry = table.get(key)
         if entry is not None:
             try:
-                body = entry.body(self.store.snapshot, self.rng)
+                body = entry.body(self.store.snapshot, self.rng, client[0])
             except Exception:   # answered below, where errors become rcodes
                 log.debug("a kept reply failed", exc_info=True)
                 body = None
@@ -103,7 +106,7 @@ class DnsHandler:
                 reply = data[:2] + body
                 self.stats.observe(perf_counter() - started)
                 return reply
-        reply = self._answer(data, slot, tcp)
+        reply = self._answer(data, client[0], slot, tcp)
         if reply is None or isinstance(reply, bytes):
             self.stats.observe(perf_counter() - started)
             return reply
@@ -128,12 +131,12 @@ class DnsHandler:
             self._clients[ip] = slot
         return slot
 
-    def _answer(self, data: bytes, slot: Slot, tcp: bool) -> Reply:
+    def _answer(self, data: bytes, who: str, slot: Slot, tcp: bool) -> Reply:
         """A query not answered from the reply cache: parse strictly, plan, render, keep."""
         query = None
         try:
             query = parse_query(data)
-            return self._resolve(query, data, slot, tcp)
+            return self._resolve(query, data, who, slot, tcp)
         except WireError as exc:
             if exc.rcode is None or exc.query is None:
                 self.stats.queries[(0, "dropped", "invalid")] += 1
@@ -147,21 +150,21 @@ class DnsHandler:
             self.stats.queries[(query.qtype, SERVFAIL, "error")] += 1
             return error(query, SERVFAIL, our_payload=self.udp_payload)
 
-    def _resolve(self, query: Query, data: bytes, slot: Slot, tcp: bool) -> Reply:
+    def _resolve(self, query: Query, data: bytes, who: str, slot: Slot, tcp: bool) -> Reply:
         snap = self.store.snapshot
         compiled = self.answers.get(query, slot.cls, snap)
         limit = limit_for(query, tcp=tcp, our_payload=self.udp_payload)
         if compiled.forward:
-            return self._forward(query, data, slot, tcp, compiled, limit)
+            return self._forward(query, data, who, slot, tcp, compiled, limit)
         entry = Entry(compiled, query, self.answers, self._counts, ra=slot.ra, limit=limit,
                       our_payload=self.udp_payload, set_tc=self.enable_truncate, key_size=len(data))
         if slot.ra and compiled.cname_only and query.qtype in CHASED_QTYPES:
-            return self._chased(entry, tcp)
-        return self._keep(data, slot.tables[tcp], entry)
+            return self._chased(entry, who, tcp)
+        return self._keep(data, who, slot.tables[tcp], entry)
 
-    def _keep(self, data: bytes, table: Table, entry: Entry | Forwarded) -> bytes:
+    def _keep(self, data: bytes, who: str, table: Table, entry: Entry | Forwarded) -> bytes:
         """The first reply from a new entry, which is kept for the next time this query is asked."""
-        body = entry.body(self.store.snapshot, self.rng)
+        body = entry.body(self.store.snapshot, self.rng, who)
         table.put(data[2:], entry)
         return data[:2] + body
 
@@ -184,7 +187,8 @@ class DnsHandler:
 
     # -- names that are not ours -------------------------------------------------
 
-    def _forward(self, query: Query, data: bytes, slot: Slot, tcp: bool, compiled: Compiled, limit: int) -> Reply:
+    def _forward(self, query: Query, data: bytes, who: str, slot: Slot, tcp: bool, compiled: Compiled,
+                 limit: int) -> Reply:
         fwd = self.forwarder
         if not slot.ra or not fwd.handles(query.qname_lower):
             self.stats.refused["client" if fwd is not None and not slot.ra else "no_upstream"] += 1
@@ -195,7 +199,7 @@ class DnsHandler:
             return self._fetch(query, tcp, limit)
         entry = Forwarded(compiled, cached, query, current=fwd.cached, clock=fwd.clock, counts=self._counts,
                           limit=limit, our_payload=self.udp_payload, key_size=len(data))
-        return self._keep(data, slot.tables[tcp], entry)
+        return self._keep(data, who, slot.tables[tcp], entry)
 
     async def _fetch(self, query: Query, tcp: bool, limit: int) -> bytes:
         try:
@@ -210,11 +214,11 @@ class DnsHandler:
         self.stats.queries[(query.qtype, cached.reply.rcode, "forward")] += 1
         return cached.render(query, now, our_payload=self.udp_payload, limit=limit)
 
-    def _chased(self, entry: Entry, tcp: bool) -> Reply:
+    def _chased(self, entry: Entry, who: str, tcp: bool) -> Reply:
         """A lone CNAME to a name elsewhere, for a client offered recursion: its target is resolved
         upstream and appended (not kept: the reply depends on the upstream's)."""
         snap = self.store.snapshot
-        g, _, order = entry.draw(self.rng)
+        g, _, order = entry.draw(self.rng, who)
         target = entry.compiled.groups[g].cname
         if snap.zone_for(target) is not None or not self.forwarder.handles(target):  # never forward our zones' names
             return entry.render(snap, g, order)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-KINDS = ("service", "node", "addr")
+from .wire import own_domain  # noqa: F401  (kept in wire.py, which the forwarder shares)
+
+KINDS = ("service", "node", "addr", "query")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,15 @@ class AddrLookup:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryLookup:
+    """`<name or ID>.query[.<dc>].<domain>`: run a prepared query."""
+
+    name: str
+    datacenter: str | None
+    domain: str
+
+
+@dataclass(frozen=True, slots=True)
 class ApexLookup:
     """The domain itself, or `ns.<domain>`."""
 
@@ -50,7 +61,7 @@ class ReverseLookup:
     ip: str | None      # None: a partial or malformed reverse name
 
 
-Lookup = ServiceLookup | NodeLookup | AddrLookup | ApexLookup | UnknownLookup | ReverseLookup
+Lookup = ServiceLookup | NodeLookup | AddrLookup | QueryLookup | ApexLookup | UnknownLookup | ReverseLookup
 
 
 def parse_own(qname: str, domain: str) -> Lookup:
@@ -71,6 +82,8 @@ def parse_own(qname: str, domain: str) -> Lookup:
         return _service(head, dc, domain)
     if kind == "node":
         return NodeLookup(".".join(head), dc, domain)
+    if kind == "query":
+        return QueryLookup(".".join(head), dc, domain)
     if len(head) != 1:
         return AddrLookup(None, dc, domain)
     return AddrLookup(decode_addr(head[0]), dc, domain)

@@ -13,12 +13,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..catalog import queries
 from ..catalog.model import Instance, Split
 from ..catalog.rules import healthy, split_sides
 from ..catalog.snapshot import Snapshot
 from ..catalog.view import Dep, View
 from . import names, rdata
-from .names import AddrLookup, ApexLookup, NodeLookup, ReverseLookup, ServiceLookup, UnknownLookup
+from .names import AddrLookup, ApexLookup, NodeLookup, QueryLookup, ReverseLookup, ServiceLookup, UnknownLookup
 from .weighting import Choices, choose, scale_shares
 from .wire import NOERROR, NXDOMAIN, own_domain, read_name
 
@@ -94,6 +95,7 @@ class ResolverOptions:
     service_ttl: tuple[tuple[str, float], ...] = (("*", 0.0),)
     soa: Soa = field(default_factory=Soa)
     ns_addresses: tuple[str, ...] = ()
+    peer_datacenters: tuple[str, ...] = ()   # [[peer]] order: a prepared query's NearestN takes the first N
 
     def ttl_for_service(self, service: str) -> int:
         """Exact name, then the longest matching "prefix*", then "*" (Consul's rule)."""
@@ -173,6 +175,9 @@ def _plan(qname: str, qtype: int, snap: View, opts: ResolverOptions, kind: list,
         return _node(lookup, qtype, snap, opts)
     if isinstance(lookup, AddrLookup):
         return _addr(lookup, qtype, snap, opts)
+    if isinstance(lookup, QueryLookup):
+        chain += (qname,)
+        return _query(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, chain))
     if isinstance(lookup, ApexLookup):
         return _apex(lookup, qtype, snap, opts)
     assert isinstance(lookup, UnknownLookup)
@@ -245,13 +250,18 @@ def _service(lk: ServiceLookup, qtype: int, snap: View, opts: ResolverOptions, c
     insts = healthy(snap.services.get((dc, lk.service), ()), only_passing=opts.only_passing, tag=lk.tag)
     if not insts:
         return _negative(NXDOMAIN, lk.domain)
-    ttl = opts.ttl_for_service(lk.service)
+    return _instances(insts, qtype, snap, opts, lk.domain, opts.ttl_for_service(lk.service), chase)
+
+
+def _instances(insts, qtype: int, snap: View, opts: ResolverOptions, domain: str, ttl: int,
+               chase: Chase) -> Plan:
+    """The answer with these instances, weighted-shuffled (a service's, or a prepared query's)."""
     if qtype == rdata.SRV:
-        groups = _srv_groups(insts, snap, lk.domain, ttl, [float(_weight(i)) for i in insts], None, "", chase)
+        groups = _srv_groups(insts, snap, domain, ttl, [float(_weight(i)) for i in insts], None, "", chase)
     else:
         groups = _address_groups(insts, qtype, snap, ttl, 1.0, "", chase)
     if not groups:
-        return _negative(NOERROR, lk.domain)
+        return _negative(NOERROR, domain)
     return Plan(groups=tuple(groups), limit=_limit(qtype, opts))
 
 
@@ -392,7 +402,24 @@ def _split(split: Split, lk: ServiceLookup, qtype: int, snap: View, opts: Resolv
 
 
 def _target_label(target) -> str:
-    return f"{target.service}:{target.tag}" if target.tag else target.service
+    label = f"{target.service}:{target.tag}" if target.tag else target.service
+    return f"{label}@{target.datacenter}" if target.datacenter else label
+
+
+# -- prepared queries ---------------------------------------------------------
+
+
+def _query(lk: QueryLookup, qtype: int, snap: View, opts: ResolverOptions, chase: Chase) -> Plan:
+    """Local eligible instances, else the first failover datacenter's (catalog/queries.py decides)."""
+    found = queries.find(snap.queries, lk.name) if lk.datacenter in (None, snap.datacenter) else None
+    if found is None:
+        return _negative(NXDOMAIN, lk.domain)
+    q = queries.render(found, lk.name)
+    outcome = queries.execute(snap, q, peers=opts.peer_datacenters)
+    if not outcome.instances:
+        return _negative(NXDOMAIN, lk.domain)
+    ttl = int(q.ttl) if q.ttl is not None else opts.ttl_for_service(q.service)
+    return _instances(outcome.instances, qtype, snap, opts, lk.domain, ttl, chase)
 
 
 # -- nodes, addr, apex, reverse ---------------------------------------------

@@ -3,11 +3,13 @@
 A write is validated against the catalog as it is now (weights sum to 100,
 targets exist, no split targets another split), committed to SQLite, and only
 then published, so an invalid or failed write leaves the old split in force.
+Its revision is its record's mod revision: every PUT is a new write, and the
+newest write of a name wins over zone files and Kubernetes annotations too.
 """
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from ..catalog import validate
@@ -25,11 +27,12 @@ SOURCE = "config"
 KIND = "service-splitter"
 _TOP = {"kind", "name", "splits", "meta", "namespace", "partition", "createindex", "modifyindex"}
 _TARGET = {"weight", "service", "servicesubset", "tag", "namespace", "partition", "requestheaders",
-           "responseheaders"}
+           "responseheaders", "datacenter"}
 
 
-def parse_splitter(body: Any, *, revision: int) -> Split:
-    """Consul's service-splitter JSON -> Split. `ServiceSubset` (or `Tag`) restricts a target to a tag."""
+def parse_splitter(body: Any, *, datacenter: str = "") -> Split:
+    """Consul's service-splitter JSON -> Split. `ServiceSubset` (or `Tag`) restricts a target to a tag;
+    `Datacenter` sends the target's share to a peer's copy of the service (ours is `datacenter`)."""
     if not isinstance(body, Mapping):
         raise FieldError("body", "expected a JSON object")
     extra = sorted(k for k in body if str(k).lower().replace("_", "") not in _TOP)
@@ -49,10 +52,11 @@ def parse_splitter(body: Any, *, revision: int) -> Split:
         if extra:
             raise FieldError(f"Splits[{i}].{extra[0]}", "unknown field")
         targets.append({"service": get_field(raw, "Service"), "weight": get_field(raw, "Weight") or 0,
-                        "tag": get_field(raw, "ServiceSubset", "Tag") or ""})
+                        "tag": get_field(raw, "ServiceSubset", "Tag") or "",
+                        "datacenter": get_field(raw, "Datacenter") or ""})
     try:
-        return validate.split(get_field(body, "Name"), targets, field="", source=SOURCE, revision=revision,
-                              percent=True)
+        return validate.split(get_field(body, "Name"), targets, field="", source=SOURCE, percent=True,
+                              local_datacenter=datacenter)
     except FieldError as exc:
         raise FieldError(_consul_field(exc.field), exc.message) from None
 
@@ -61,12 +65,14 @@ def _consul_field(field: str) -> str:
     """validate.split's field names -> the JSON names the client sent."""
     field = field.lstrip(".")
     field = field.replace("targets", "Splits").replace("service", "Service").replace("weight", "Weight")
-    return field.replace("tag", "ServiceSubset").replace("name", "Name")
+    field = field.replace("tag", "ServiceSubset").replace("name", "Name")
+    return field.replace("datacenter", "Datacenter")
 
 
 def splitter_json(split: Split) -> dict:
     return {"Kind": KIND, "Name": split.name,
-            "Splits": [{"Weight": t.weight, "Service": t.service, **({"ServiceSubset": t.tag} if t.tag else {})}
+            "Splits": [{"Weight": t.weight, "Service": t.service, **({"ServiceSubset": t.tag} if t.tag else {}),
+                        **({"Datacenter": t.datacenter} if t.datacenter else {})}
                        for t in split.targets]}
 
 
@@ -81,20 +87,30 @@ class ConfigEntries:
     def load(self) -> None:
         for name, record in self.db.load(KIND).items():
             try:
-                self.splits[name] = parse_splitter(record["entry"], revision=int(record["revision"]))
+                self.splits[name] = self._revised(parse_splitter(record["entry"],
+                                                                 datacenter=self.store.snapshot.datacenter))
             except (FieldError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored service-splitter %r is unreadable and was skipped: %s", name, exc)
         self._publish()
+
+    def _revised(self, split: Split) -> Split:
+        revision = self.db.revision_of(KIND, split.name)
+        return replace(split, revision=revision.mod, create_revision=revision.create)
 
     def _publish(self) -> None:
         self.store.publish(SOURCE, SourceState(splits=dict(self.splits)))
 
     def check_against_catalog(self, split: Split) -> None:
-        """Targets must exist in our datacenter; no target may be a split (other than itself, by tag)."""
+        """Targets must exist in their datacenter (ours, or a peer's imported copy); no target may be a
+        split (other than itself, by tag or in another datacenter)."""
         snap = self.store.snapshot
         for i, t in enumerate(split.targets):
-            if not snap.services.get((snap.datacenter, t.service)) and t.service != split.name:
-                raise FieldError(f"Splits[{i}].Service", f"unknown target service {t.service!r}")
+            if t.datacenter and t.datacenter not in snap.datacenters:
+                raise FieldError(f"Splits[{i}].Datacenter", f"unknown datacenter {t.datacenter!r}")
+            if not snap.services.get((t.datacenter or snap.datacenter, t.service)) and \
+                    (t.service != split.name or t.datacenter):
+                where = f" in datacenter {t.datacenter!r}" if t.datacenter else ""
+                raise FieldError(f"Splits[{i}].Service", f"unknown target service {t.service!r}{where}")
         splits = dict(snap.splits)
         splits[split.name] = split
         loop = validate.split_loops(splits)
@@ -104,20 +120,20 @@ class ConfigEntries:
     async def put(self, body: Any, *, authorize: Callable[[str], None] | None = None) -> Split:
         """Parse, let `authorize(name)` refuse (ACL: the name as parsed, however the key was spelled),
         check against the catalog, write, publish."""
-        split = parse_splitter(body, revision=time.time_ns())
+        split = parse_splitter(body, datacenter=self.store.snapshot.datacenter)
         if authorize is not None:
             authorize(split.name)
         self.check_against_catalog(split)
-        record = {"entry": splitter_json(split), "revision": split.revision}
+        record = {"entry": splitter_json(split)}
 
         def apply() -> None:
-            self.splits[split.name] = split
+            self.splits[split.name] = self._revised(split)
             self._publish()
 
         await self.db.commit([Write(KIND, split.name, record)], apply=apply)
         log.info("service-splitter %s set: %s", split.name,
                  ", ".join(f"{t.service}{':' + t.tag if t.tag else ''}={t.weight:g}" for t in split.targets))
-        return split
+        return self.splits[split.name]
 
     async def delete(self, name: str) -> None:
         name = name.lower()

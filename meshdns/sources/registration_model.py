@@ -159,12 +159,7 @@ def _json_object(value: Any, f: str) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _bool(value: Any, f: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise FieldError(f, f"{value!r} is not true or false")
-    return value
+_bool = validate.boolean
 
 
 def _text(value: Any, f: str) -> str:
@@ -201,11 +196,11 @@ def parse_service(d: Any, *, field: str, datacenter: str, node: str, default_add
         raw_name = get_field(d, "Service")
     if raw_name is None:
         raise FieldError(_sub(field, "Name"), "required")
-    name = validate.dns_label(raw_name, _sub(field, "Name"))
+    name = validate.service_name(raw_name, _sub(field, "Name"))
     kind = get_field(d, "Kind")
     if kind not in (None, "", "typical"):
         raise FieldError(_sub(field, "Kind"), f"{kind!r} is not supported (only typical services)")
-    address = validate.address(get_field(d, "Address"), _sub(field, "Address")) or default_address
+    address = validate.service_address(get_field(d, "Address"), _sub(field, "Address")) or default_address
     raw_id = get_field(d, "ID")
     if raw_id in (None, ""):
         raw_id = f"{name}-{address}" if default_id and address else name

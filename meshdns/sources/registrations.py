@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from ..catalog.model import Health, Instance, Node, NodeKey, ServiceKey, SourceState
+from ..catalog.model import Health, Instance, Node, NodeKey, Revision, ServiceKey, SourceState
 from ..catalog.store import Store
 from ..catalog.validate import FieldError
 from ..health import state as sm
@@ -82,16 +82,31 @@ class Registrations:
         return "/".join(key)
 
     def _write(self, change: Change) -> Write:
+        """Re-registering what is already stored changes nothing, its indexes included (as in Consul)."""
         value = None
         if change.value is not None:
             value = change.value.record()
             if change.kind != NODE and change.key[:2] == self.agent_node.key:
                 value.update(Datacenter=None, Node=None, Agent=True)
-        return Write(change.kind, self._disk_key(change.key), value)
+        return Write(change.kind, self._disk_key(change.key), value, if_changed=True)
 
     def _status_write(self, key: CKey, state: CheckState | None) -> Write:
         value = None if state is None else {"Status": state.status.api_name, "Output": state.output[:4096]}
-        return Write(CHECK_STATUS, self._disk_key(key), value)
+        return Write(CHECK_STATUS, self._disk_key(key), value, if_changed=True)
+
+    # -- indexes --------------------------------------------------------------
+
+    def revision_of(self, kind: str, key: tuple) -> Revision | None:
+        """A node's or service's CreateIndex/ModifyIndex: its record's create and mod revision."""
+        return self.db.revision_of(kind, self._disk_key(key))
+
+    def check_revision(self, check: CheckReg) -> Revision | None:
+        """A check changes with its definition and with its status (kept in a record of its own)."""
+        definition = self.db.revision_of(CHECK, self._disk_key(check.key))
+        status = self.db.revision_of(CHECK_STATUS, self._disk_key(check.key))
+        if definition is None:
+            return None
+        return Revision(definition.create, max(definition.mod, status.mod if status is not None else 0))
 
     # -- loading --------------------------------------------------------------
 
@@ -389,17 +404,17 @@ class Registrations:
                  f", {len(reg.checks)} checks" if reg.checks else "")
 
     async def catalog_deregister(self, node_key: NodeKey, *, service_id: str = "", check_id: str = "") -> None:
-        if node_key not in self.nodes:
-            raise NotFound(f"unknown node {node_key[1]!r}")
+        """Remove a check, a service (with its checks) or a node (with everything on it). Something already
+        gone is no error (Consul answers 200; tools such as consul-esm deregister idempotently)."""
+        what = f"check {check_id}" if check_id else f"service {service_id}" if service_id else "the node"
+        if node_key not in self.nodes or (check_id and (*node_key, check_id) not in self.checks) or (
+                not check_id and service_id and (*node_key, service_id) not in self.services):
+            log.info("catalog: %s on node %s was already deregistered", what, node_key[1])
+            return
         if check_id:
-            ckey = (*node_key, check_id)
-            if ckey not in self.checks:
-                raise NotFound(f"unknown check ID {check_id!r} on node {node_key[1]!r}")
-            changes, extra = self._check_removals([ckey])
+            changes, extra = self._check_removals([(*node_key, check_id)])
         elif service_id:
             skey = (*node_key, service_id)
-            if skey not in self.services:
-                raise NotFound(f"unknown service ID {service_id!r} on node {node_key[1]!r}")
             changes, extra = self._check_removals(self._owned_checks.get(skey, ()))
             changes.insert(0, Change(SERVICE, skey))
         else:
@@ -408,9 +423,7 @@ class Registrations:
             changes += [Change(SERVICE, k) for k in sorted(self._node_services.get(node_key, ()))]
             changes.append(Change(NODE, node_key))
         await self._commit(changes, extra)
-        log.info("catalog: deregistered %s on node %s",
-                 f"check {check_id}" if check_id else f"service {service_id}" if service_id else "the node",
-                 node_key[1])
+        log.info("catalog: deregistered %s on node %s", what, node_key[1])
 
     # -- views ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 from dnslib import RR, DNSBuffer
 
 from ..catalog import validate
-from ..catalog.model import Health, Instance, Node, Split, Zone, ZoneRecord
+from ..catalog.model import Health, Instance, Intention, Node, Split, Zone, ZoneRecord
 from ..catalog.validate import FieldError
 from ..config import ConfigError, parse_duration
 from ..health.spec import CheckSpec, parse_check
@@ -35,17 +35,20 @@ class TomlContent:
     lines: dict[str, int] = field(default_factory=dict)
     # ids of instances placed on a node with no `datacenter` of their own: they live in the node's
     node_dc: frozenset[str] = frozenset()
+    intentions: tuple[Intention, ...] = ()
 
 
-_TABLE_RE = re.compile(r"^\s*\[\[\s*(node|service|split)\s*\]\]")
-_TOP_KEYS = {"node", "service", "split"}
+_TABLE_RE = re.compile(r"^\s*\[\[\s*(node|service|split|intention)\s*\]\]")
+_TOP_KEYS = {"node", "service", "split", "intention"}
 _NODE_KEYS = {"name", "address", "meta", "datacenter"}
 _SERVICE_KEYS = {"name", "id", "node", "address", "port", "tags", "meta", "weights", "check", "datacenter"}
 _SPLIT_KEYS = {"name", "targets", "ttl", "on_all_unhealthy"}
+_INTENTION_KEYS = {"name", "sources"}
+_INTENTION_SOURCE_KEYS = {"name", "action"}
 
 
 def _table_lines(text: str) -> dict[str, list[int]]:
-    found: dict[str, list[int]] = {"node": [], "service": [], "split": []}
+    found: dict[str, list[int]] = {"node": [], "service": [], "split": [], "intention": []}
     for n, line in enumerate(text.splitlines(), 1):
         m = _TABLE_RE.match(line)
         if m:
@@ -53,7 +56,7 @@ def _table_lines(text: str) -> dict[str, list[int]]:
     return found
 
 
-def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: int) -> TomlContent:
+def parse_toml(path: str, text: str, *, datacenter: str, source: str) -> TomlContent:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -62,7 +65,8 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: 
     lines = _table_lines(text)
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
-        raise ZoneFileError(path, 1, f"unknown top-level key {unknown[0]!r} (expected [[node]], [[service]], [[split]])")
+        raise ZoneFileError(path, 1, f"unknown top-level key {unknown[0]!r} (expected [[node]], [[service]], [[split]], "
+                                       "[[intention]])")
 
     def items(kind: str):
         raw = data.get(kind, [])
@@ -117,11 +121,28 @@ def parse_toml(path: str, text: str, *, datacenter: str, source: str, revision: 
             ttl = parse_duration(ttl, key=f"{label}.ttl") if ttl is not None else None
             splits.append(validate.split(item.get("name"), item.get("targets"), field=label, ttl=ttl,
                                          on_all_unhealthy=item.get("on_all_unhealthy", "nxdomain"),
-                                         source=source, revision=revision))
+                                         source=source, local_datacenter=datacenter))
         except (FieldError, ConfigError) as exc:
             raise ZoneFileError(path, line, str(exc)) from None
         where["split:" + splits[-1].name] = line
-    return TomlContent(tuple(nodes), tuple(instances), tuple(splits), tuple(checks), where, frozenset(node_dc))
+    intentions: dict[str, Intention] = {}
+    for i, line, item in items("intention"):
+        label = f"intention[{i}]"
+        check_keys(item, _INTENTION_KEYS, label, line)
+        sources = item.get("sources", [])
+        for j, src in enumerate(sources if isinstance(sources, list) else ()):
+            if isinstance(src, dict):
+                check_keys(src, _INTENTION_SOURCE_KEYS, f"{label}.sources[{j}]", line)
+        try:
+            entry = validate.intention(item.get("name"), sources, field=label, source=source)
+        except FieldError as exc:
+            raise ZoneFileError(path, line, str(exc)) from None
+        if entry.name in intentions:
+            raise ZoneFileError(path, line, f"{label}.name: a second [[intention]] for {entry.name!r} "
+                                            "(list every source in one)")
+        intentions[entry.name] = entry
+    return TomlContent(tuple(nodes), tuple(instances), tuple(splits), tuple(checks), where, frozenset(node_dc),
+                       tuple(intentions.values()))
 
 
 def _dc(item: dict, label: str, default: str) -> str:
@@ -130,11 +151,11 @@ def _dc(item: dict, label: str, default: str) -> str:
 
 
 def _service(item: dict[str, Any], label: str, datacenter: str, source: str) -> tuple[Instance, CheckSpec | None]:
-    name = validate.dns_label(item.get("name"), f"{label}.name")
+    name = validate.service_name(item.get("name"), f"{label}.name")
     node = item.get("node")
     if node is not None:
         node = validate.node_name(node, f"{label}.node")
-    addr = validate.address(item.get("address"), f"{label}.address")
+    addr = validate.service_address(item.get("address"), f"{label}.address")
     if not node and not addr:
         raise FieldError(f"{label}.node", "a service needs a node or an address")
     port = validate.port(item.get("port", 0), f"{label}.port")

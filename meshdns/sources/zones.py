@@ -21,7 +21,10 @@ from ..catalog.model import Health, Instance, SourceState, Zone
 from ..catalog.store import Store
 from ..catalog.validate import split_loops
 from ..health.spec import CheckSpec
+from .split_revisions import SplitRevisions
 from .zonefiles import TomlContent, ZoneFileError, parse_master, parse_toml
+
+INTENTION_OWNER = "intention:"   # owners of intentions in the revision records, apart from splits
 
 log = logging.getLogger("meshdns.sources.zones")
 
@@ -39,12 +42,14 @@ class ZonesSource:
 
     def __init__(self, directory: str | os.PathLike, store: Store, *, datacenter: str,
                  poll_interval: float = 1.0,
-                 health_status: Callable[[str, CheckSpec], Health] | None = None):
+                 health_status: Callable[[str, CheckSpec], Health] | None = None,
+                 split_revisions: SplitRevisions | None = None):
         self.directory = Path(directory)
         self.store = store
         self.datacenter = datacenter
         self.poll_interval = poll_interval
         self.health_status = health_status
+        self.split_revisions = split_revisions  # None: splits carry no revision (tests of the parser alone)
         self._files: dict[Path, _Parsed] = {}
         self.errors: dict[str, str] = {}
         self.synced = False   # a pass over the directory has run
@@ -66,7 +71,7 @@ class ZonesSource:
     def _parse(self, path: Path, stamp: tuple[int, int]) -> TomlContent | Zone:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
-            return parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE, revision=stamp[0])
+            return parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE)
         origin = path.name[: -len(".zone")] + "."
         return parse_master(str(path), text, default_origin=origin, source=SOURCE)
 
@@ -125,7 +130,7 @@ class ZonesSource:
         while True:
             state, bad = self._build()
             if bad is None:
-                return state
+                return self._stamped(state)
             path, message = bad
             self._failed(path, message, keep=None)
             self._files.pop(path, None)
@@ -135,6 +140,7 @@ class ZonesSource:
         nodes: dict = {}
         splits: dict = {}
         zones: dict = {}
+        intentions: dict = {}
         for path, parsed in sorted(self._files.items()):
             c = parsed.content
             if isinstance(c, Zone):
@@ -144,6 +150,8 @@ class ZonesSource:
                 nodes[(node.datacenter, node.name.lower())] = node
             for s in c.splits:
                 splits[s.name] = s
+            for entry in c.intentions:
+                intentions[entry.name] = entry
         for path, parsed in sorted(self._files.items()):
             c = parsed.content
             if isinstance(c, Zone):
@@ -169,7 +177,24 @@ class ZonesSource:
                     line = parsed.content.lines.get("split:" + name, 1)
                     return None, (path, f"{path}:{line}: {loop}")
         return SourceState(services={k: tuple(v) for k, v in services.items()}, nodes=nodes,
-                           splits=splits, zones=zones), None
+                           splits=splits, zones=zones, intentions=intentions), None
+
+    def _stamped(self, state: SourceState) -> SourceState:
+        """Each split and intention with the store revision of the write that gave it its content (last
+        write wins against the API's entries of the same name)."""
+        if self.split_revisions is None:
+            return state
+        entries = {**{name: split for name, split in state.splits.items()},
+                   **{INTENTION_OWNER + name: entry for name, entry in state.intentions.items()}}
+        self.split_revisions.retain(SOURCE, entries)
+        stamped = {}
+        for owner, entry in entries.items():
+            revised = self.split_revisions.stamp(SOURCE, owner, entry, on_ready=self.republish)
+            if revised is not None:
+                stamped[owner] = revised
+        return replace(state, splits={o: e for o, e in stamped.items() if not o.startswith(INTENTION_OWNER)},
+                       intentions={o[len(INTENTION_OWNER):]: e for o, e in stamped.items()
+                                   if o.startswith(INTENTION_OWNER)})
 
     def checks(self) -> dict[str, CheckSpec]:
         out = {}

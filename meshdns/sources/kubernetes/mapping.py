@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ...catalog import validate
-from ...catalog.model import Health, Instance, ServiceKey, Split, Weights
+from ...catalog.locality import ZONE_KEY
+from ...catalog.model import Health, Instance, Meta, Node, ServiceKey, Split, Weights
 from ...catalog.validate import FieldError
 
 PREFIXES = ("meshdns.io/", "consul.hashicorp.com/")
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "meshdns"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
 MODES = ("endpoints", "clusterip", "nodeport", "loadbalancer")
 # strconv.ParseBool, as consul-k8s reads its service-sync annotation
 _FALSE = {"0", "f", "F", "false", "False", "FALSE"}
@@ -110,10 +112,11 @@ def catalog_name(svc: Mapping, settings: ClusterSettings) -> str:
     ns, name = object_key(svc)
     explicit = annotation(svc, "service-name")
     if explicit is not None:
-        return validate.dns_label(explicit.strip(), "annotation meshdns.io/service-name").lower()
+        return validate.service_name(explicit.strip(), "annotation meshdns.io/service-name").lower()
     if settings.namespace_suffix:
         name = f"{name}-{ns}"
-    return validate.dns_label(name, "metadata.name" + (" + namespace suffix" if settings.namespace_suffix else "")).lower()
+    field = "metadata.name" + (" + namespace suffix" if settings.namespace_suffix else "")
+    return validate.service_name(name, field).lower()
 
 
 def node_ready(node: Mapping) -> bool:
@@ -278,8 +281,8 @@ def _ready(endpoint: Mapping) -> bool:
 
 
 def endpoint_addresses(slices: Iterable[Mapping], entry, literal, *, publish_not_ready: bool):
-    """{(address, port): (health, nodeName)} over all slices, de-duplicated (ready anywhere wins)."""
-    out: dict[tuple[str, int], tuple[Health, str]] = {}
+    """{(address, port): (health, nodeName, zone)} over all slices, de-duplicated (ready anywhere wins)."""
+    out: dict[tuple[str, int], tuple[Health, str, str]] = {}
     for sl in slices:
         kind = sl.get("addressType") or "IPv4"
         port = _slice_port(sl, entry, literal)
@@ -296,7 +299,7 @@ def endpoint_addresses(slices: Iterable[Mapping], entry, literal, *, publish_not
             health = Health.PASSING if publish_not_ready or _ready(ep) else Health.CRITICAL
             prev = out.get((addr, port))
             if prev is None or health < prev[0]:
-                out[(addr, port)] = (health, ep.get("nodeName") or "")
+                out[(addr, port)] = (health, ep.get("nodeName") or "", ep.get("zone") or "")
     return out
 
 
@@ -319,12 +322,15 @@ def map_service(svc: Mapping, slices: Iterable[Mapping], nodes: Mapping[str, Map
                   weights=weights(svc), source=settings.source)
     the_split = split(svc, name, source=settings.source)
 
-    def make(address: str, port: int, health: Health, node: str = "") -> Instance:
+    def make(address: str, port: int, health: Health, node: str = "", zone: str = "") -> Instance:
         iid = f"k8s-{settings.cluster}-{ns}-{k8s_name}-{address}-{port}"
+        if zone:  # the endpoint's own zone; without one, the zone of its node (a catalog node) applies
+            return Instance(id=iid, address=address, port=port, node=node, health=health,
+                            **{**common, "meta": _with_zone(common["meta"], zone)})
         return Instance(id=iid, address=address, port=port, node=node, health=health, **common)
 
     endpoints = endpoint_addresses(slices, entry, literal, publish_not_ready=publish_not_ready)
-    service_health = Health.PASSING if any(h is Health.PASSING for h, _ in endpoints.values()) else Health.CRITICAL
+    service_health = Health.PASSING if any(h is Health.PASSING for h, *_ in endpoints.values()) else Health.CRITICAL
     instances: list[Instance] = []
     uses_nodes = False
 
@@ -334,8 +340,8 @@ def map_service(svc: Mapping, slices: Iterable[Mapping], nodes: Mapping[str, Map
             port = (entry or {}).get("port") or literal or 0
             instances.append(make(host, port, Health.PASSING))
     elif mode == "endpoints":
-        for (addr, port), (health, node) in sorted(endpoints.items()):
-            instances.append(make(addr, port, health, node))
+        for (addr, port), (health, node, zone) in sorted(endpoints.items()):
+            instances.append(make(addr, port, health, node, zone))
     elif mode == "clusterip":
         port = (entry or {}).get("port") or literal or 0
         ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
@@ -357,7 +363,7 @@ def map_service(svc: Mapping, slices: Iterable[Mapping], nodes: Mapping[str, Map
                 raise FieldError("spec.ports", f"address mode nodeport, but the {spec.get('type') or 'ClusterIP'} "
                                  "Service has no nodePort")
         local_only = spec.get("externalTrafficPolicy") == "Local"
-        pod_nodes = {node for (h, node) in endpoints.values() if h is Health.PASSING}
+        pod_nodes = {node for (h, node, _) in endpoints.values() if h is Health.PASSING}
         for node_name in sorted(nodes):
             node = nodes[node_name]
             if not node_ready(node) or (local_only and node_name not in pod_nodes):
@@ -367,6 +373,28 @@ def map_service(svc: Mapping, slices: Iterable[Mapping], nodes: Mapping[str, Map
                 instances.append(make(validate.ip_address(addr, "node address"), port, service_health, node_name))
     return Mapped(key=(settings.datacenter, name), instances=tuple(instances), split=the_split,
                   uses_nodes=uses_nodes)
+
+
+def _with_zone(meta: Meta, zone: str) -> Meta:
+    return tuple(sorted({**dict(meta), ZONE_KEY: zone}.items()))
+
+
+def catalog_node(node: Mapping, settings: ClusterSettings) -> Node | None:
+    """A Node as a catalog node (`<name>.node.consul`): its InternalIP, and its zone label as meta `zone`.
+
+    None for a Node without an InternalIP (nothing to answer with)."""
+    name = meta_of(node).get("name") or ""
+    try:
+        name = validate.node_name(name, "metadata.name")
+        address = validate.ip_address(node_address(node, "internal"), "status.addresses")
+    except FieldError:
+        return None
+    meta = {"external-source": "kubernetes"}
+    zone = (meta_of(node).get("labels") or {}).get(ZONE_LABEL)
+    if zone:
+        meta[ZONE_KEY] = zone
+    return Node(name=name, address=address, datacenter=settings.datacenter, meta=tuple(sorted(meta.items())),
+                source=settings.source)
 
 
 def node_view(node: Mapping | None, how: str) -> tuple[bool, str] | None:

@@ -3,7 +3,9 @@
 Three watch threads (Services, EndpointSlices, Nodes) feed raw objects to the
 event loop; each event marks the Services it touches, and one flush per loop
 turn re-maps just those and publishes them (`changed=`), so a pod flapping in
-one Service never rebuilds another. Nothing is published before every kind
+one Service never rebuilds another. Nodes are published as catalog nodes
+(their InternalIP, their zone label as meta `zone`), which also gives the
+pods on them a zone. Nothing is published before every kind
 has been listed once, and nothing is withdrawn when the API server goes
 away: the last synced state keeps being served (stale beats empty).
 """
@@ -16,12 +18,13 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from ...catalog.model import Instance, ServiceKey, SourceState, Split
+from ...catalog.model import Instance, Node, NodeKey, ServiceKey, SourceState, Split
 from ...catalog.store import Store
 from ...catalog.validate import FieldError, dns_label, split_loops
 from ...config import ConfigError, KubernetesConfig
+from ..split_revisions import SplitRevisions
 from ..status import SourceStatus
-from .mapping import ClusterSettings, Mapped, map_service, node_view, object_key, slice_service
+from .mapping import ClusterSettings, Mapped, catalog_node, map_service, node_view, object_key, slice_service
 from .watch import ENDPOINTSLICES, NODES, SERVICES, Backoff, Timeouts, Watcher
 
 log = logging.getLogger("meshdns.sources.kubernetes")
@@ -32,8 +35,10 @@ KINDS = (SERVICES, ENDPOINTSLICES, NODES)
 
 class KubernetesSource:
     def __init__(self, cluster: KubernetesConfig, store: Store, *, default_datacenter: str,
-                 api_client: Any = None, api_client_factory: Callable[[KubernetesConfig], Any] | None = None):
+                 api_client: Any = None, api_client_factory: Callable[[KubernetesConfig], Any] | None = None,
+                 split_revisions: SplitRevisions | None = None):
         self.cluster = cluster
+        self.split_revisions = split_revisions  # None: annotation splits carry no revision
         self.settings = ClusterSettings.from_config(cluster, default_datacenter=default_datacenter)
         try:
             dns_label(self.settings.datacenter, "datacenter")
@@ -52,6 +57,8 @@ class KubernetesSource:
         self._slices_of: dict[ObjKey, set[ObjKey]] = {}
         self._slice_owner: dict[ObjKey, ObjKey] = {}
         self._node_views: dict[str, Any] = {}
+        self._catalog_nodes: dict[NodeKey, Node] = {}
+        self._published_nodes: dict[NodeKey, Node] = {}   # replaced, never mutated: the store diffs by identity
         # what they map to
         self.mapped: dict[ObjKey, Mapped] = {}
         self._by_catalog: dict[ServiceKey, set[ObjKey]] = {}
@@ -63,6 +70,7 @@ class KubernetesSource:
         # pending work
         self._dirty: set[ObjKey] = set()
         self._nodes_dirty = False
+        self._catalog_nodes_dirty = False
         self._oldest_pending: float | None = None
         self._flush_scheduled = False
         self._published = False
@@ -104,7 +112,7 @@ class KubernetesSource:
                 "events": self.events, "bookmarks": self.bookmarks, "relists": self.relists,
                 "errors": self.errors, "last_error": self.last_error,
                 "lag_seconds": round(self.lag, 6), "max_lag_seconds": round(self.max_lag, 6),
-                "services": len(self._catalog), "problems": {**self.problems, **self._split_problems}}
+                "services": len(self._catalog), "nodes": len(self._catalog_nodes), "problems": {**self.problems, **self._split_problems}}
 
     def readiness(self) -> SourceStatus:
         """For /readyz: synced once is ready; a lost connection is reported, not made fatal (stale beats empty)."""
@@ -252,6 +260,14 @@ class KubernetesSource:
             self._dirty.add(owner)
 
     def _node_changed(self, name: str, obj: dict | None) -> None:
+        key = (self.settings.datacenter, name.lower())
+        node = catalog_node(obj, self.settings) if obj is not None else None
+        if self._catalog_nodes.get(key) != node:
+            if node is None:
+                self._catalog_nodes.pop(key, None)
+            else:
+                self._catalog_nodes[key] = node
+            self._catalog_nodes_dirty = True
         view = node_view(obj, self.settings.nodeport_address)
         if self._node_views.get(name) != view:
             if view is None:
@@ -315,9 +331,13 @@ class KubernetesSource:
                 self._catalog.pop(ck, None)
         if splits_changed:
             self._splits = self._collect_splits()
-        if changed or not self._published:
-            self.store.publish(self.name, SourceState(services=dict(self._catalog), splits=dict(self._splits)),
-                               changed=changed)
+        nodes_changed = self._catalog_nodes_dirty
+        if nodes_changed:
+            self._published_nodes = dict(self._catalog_nodes)
+            self._catalog_nodes_dirty = False
+        if changed or nodes_changed or not self._published:
+            self.store.publish(self.name, SourceState(services=dict(self._catalog), splits=dict(self._splits),
+                                                      nodes=self._published_nodes), changed=changed)
             self._published = True
         if self._oldest_pending is not None:
             self.lag = max(0.0, time.monotonic() - self._oldest_pending)
@@ -331,6 +351,8 @@ class KubernetesSource:
         label = "/".join(key)
         if svc is None:
             self.problems.pop(label, None)
+            if self.split_revisions is not None:
+                self.split_revisions.forget(self.name, label)
             return None
         slices = [self.slices[k] for k in sorted(self._slices_of.get(key, ()))]
         try:
@@ -343,13 +365,19 @@ class KubernetesSource:
             return old
         if self.problems.pop(label, None) is not None:
             log.info("kubernetes cluster %s: Service %s is mapped again", self.cluster.name, label)
-        if new is not None and new.split is not None:
-            prev = old.split if old is not None else None
-            if prev is not None and replace(new.split, revision=prev.revision) == prev:
-                new = replace(new, split=prev)
+        if self.split_revisions is not None:
+            if new is not None and new.split is not None:
+                # the store revision of the write that gave the annotation this content (last write wins);
+                # while a new content is being recorded, the previous one stays
+                new = replace(new, split=self.split_revisions.stamp(self.name, label, new.split,
+                                                                    on_ready=lambda: self._remap(key)))
             else:
-                new = replace(new, split=replace(new.split, revision=time.time_ns()))
+                self.split_revisions.forget(self.name, label)
         return new
+
+    def _remap(self, key: ObjKey) -> None:
+        self._dirty.add(key)
+        self._schedule(time.monotonic())
 
     def _collect_splits(self) -> dict[str, Split]:
         """The newest split per name among this cluster's Services; a split that targets a split is dropped."""

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import ReadTimeoutError
+
+from ..backoff import Backoff
 
 log = logging.getLogger("meshdns.sources.kubernetes")
 
@@ -51,29 +52,6 @@ class Sink(Protocol):
     def bookmark(self, kind: str, received: float) -> None: ...
     def watch_started(self, kind: str) -> None: ...
     def failed(self, kind: str, message: str, *, gone: bool) -> None: ...
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with jitter (each wait is 80-100% of the current step)."""
-
-    initial: float = 0.5
-    cap: float = 30.0
-    jitter: float = 0.2
-    rng: random.Random = field(default_factory=random.Random)
-    current: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.initial = max(0.001, min(self.initial, self.cap))
-        self.current = self.initial
-
-    def next(self) -> float:
-        step = self.current
-        self.current = min(self.cap, self.current * 2)
-        return step * (1.0 - self.jitter * self.rng.random())
-
-    def reset(self) -> None:
-        self.current = self.initial
 
 
 class Gone(Exception):
