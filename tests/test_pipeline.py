@@ -328,3 +328,20 @@ def test_forwarded_replies_count_down_second_by_second(store, upstreams):
     now[0] = 1004.0   # expired: asked upstream again
     assert dns.message.from_wire(asyncio.run(kept_.handle(wire, CLIENT, tcp=False))).answer[0].ttl == 4
     assert up.count() == 3
+
+
+def test_client_classes_follow_the_catalog(store):
+    """With a collaborator that knows who is at an address (catalog.client_class), a client's class (and so
+    the replies kept for it) changes when the catalog does; classes are shared by clients alike."""
+    from meshdns.catalog.client_class import Classifier as Identities
+    from meshdns.dns.clients import Classifier, ClientClass
+
+    handler = DnsHandler(store, OPTS, classifier=Classifier(RecursionPolicy(()), identify=Identities(localities=())))
+    for client in (("10.1.2.3", 53), ("10.1.2.4", 53)):
+        assert ask(handler, "legacy-billing.service.consul", client=client).answer
+    assert handler.client_class("10.1.2.3") is handler.client_class("10.1.2.4")
+    assert handler.client_class("10.1.2.3").cls == ClientClass()
+    store.publish("web", SourceState(services={("dc1", "batch"): (Instance("b", "batch", "dc1", "10.1.2.3", 80),)}))
+    assert ask(handler, "legacy-billing.service.consul", client=("10.1.2.3", 53)).answer
+    assert handler.client_class("10.1.2.3").cls == ClientClass(services=frozenset({"batch"}))
+    assert handler.client_class("10.1.2.4").cls == ClientClass()

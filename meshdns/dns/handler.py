@@ -74,6 +74,7 @@ class DnsHandler:
                               forwarder.stats.cache if forwarder is not None else None, topology)
         self._slots: dict[ClientClass, Slot] = {}
         self._clients: OrderedDict[str, Slot] = OrderedDict()   # source IP -> its class, oldest first
+        self._classified = store.snapshot   # the snapshot _clients holds classes for
         self._last_error_log = -1e9
 
     def totals(self) -> DnsStats:
@@ -91,13 +92,16 @@ class DnsHandler:
                 reply = self._slip(data) if verdict == "slip" else None
                 self.stats.observe(perf_counter() - started)
                 return reply
+        snap = self.store.snapshot
+        if snap is not self._classified:
+            self._reclassify(snap)
         slot = self._clients.get(client[0]) or self.client_class(client[0])
         table = slot.tables[tcp]
         key = data[2:]
         entry = table.get(key)
         if entry is not None:
             try:
-                body = entry.body(self.store.snapshot, self.rng, client[0])
+                body = entry.body(snap, self.rng, client[0])
             except Exception:   # answered below, where errors become rcodes
                 log.debug("a kept reply failed", exc_info=True)
                 body = None
@@ -119,10 +123,11 @@ class DnsHandler:
             self.stats.observe(perf_counter() - started)
 
     def client_class(self, ip: str) -> Slot:
-        """The class of a source address (computed once per address while it keeps asking)."""
+        """The class of a source address (worked out once per address while it keeps asking, and again
+        after a catalog change when the class depends on the catalog)."""
         slot = self._clients.get(ip)
         if slot is None:
-            cls = self.classifier.classify(ip)
+            cls = self.classifier.classify(self._classified, ip)
             slot = self._slots.get(cls)
             if slot is None:
                 slot = self._slots[cls] = Slot(cls, cls.recursion and self.forwarder is not None, self.reply_budget)
@@ -130,6 +135,11 @@ class DnsHandler:
                 self._clients.popitem(last=False)
             self._clients[ip] = slot
         return slot
+
+    def _reclassify(self, snap) -> None:
+        self._classified = snap
+        if self.classifier.reads_catalog:
+            self._clients.clear()
 
     def _answer(self, data: bytes, who: str, slot: Slot, tcp: bool) -> Reply:
         """A query not answered from the reply cache: parse strictly, plan, render, keep."""
