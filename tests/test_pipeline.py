@@ -345,3 +345,16 @@ def test_client_classes_follow_the_catalog(store):
     assert ask(handler, "legacy-billing.service.consul", client=("10.1.2.3", 53)).answer
     assert handler.client_class("10.1.2.3").cls == ClientClass(services=frozenset({"batch"}))
     assert handler.client_class("10.1.2.4").cls == ClientClass()
+
+
+def test_an_oversized_forwarded_reply_counts_one_hit_per_answer(store, upstreams):
+    up = upstreams().add("big.example.org", "A", *[f"10.2.0.{i}" for i in range(1, 81)])
+    forwarder = Forwarder(domains=OPTS.domains, recursors=(("127.0.0.1", up.port),), cache=ReplyCache(max_entries=10))
+    handler = DnsHandler(store, OPTS, forwarder=forwarder, recursion=RecursionPolicy(("127.0.0.0/8",)))
+    assert len(ask(handler, "big.example.org", tcp=True).answer[0]) == 80       # fetched (over TCP), cached
+    for n in range(1, 4):
+        reply = ask(handler, "big.example.org", use_edns=False)
+        assert reply.flags & dns.flags.TC and not reply.answer                  # too big for 512 bytes
+        assert forwarder.stats.cache["hit"] == n and up.count() == 1
+    assert len(ask(handler, "big.example.org", tcp=True).answer[0]) == 80
+    assert forwarder.stats.cache == {"miss": 1, "hit": 4}
