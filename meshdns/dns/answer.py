@@ -53,7 +53,8 @@ class Compiled:
     split_keys: tuple = ()           # per group: (split, target) for the split answers counter
     cname_only: bool = False         # every group answers one CNAME: with recursion its target is resolved
     records_size: int = 0            # bytes of records in the biggest reply (for a cache's budget)
-    size: int = 1
+    size: int = 1                    # for the table of compiled plans (a count)
+    stamp: int = 0                   # for the table's recency (cache.Table)
 
     @property
     def variants(self) -> int:

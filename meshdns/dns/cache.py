@@ -30,13 +30,19 @@ ENTRY_OVERHEAD = 200   # bytes an entry costs besides its replies, for the budge
 
 
 class Table(OrderedDict):
-    """A dict bounded by the total `size` of its values, least recently used first out: a reader that uses
-    a value moves it to the end (move_to_end, O(1))."""
+    """A dict bounded by the total `size` of its values, least recently used first out.
+
+    A reader that uses a value calls touch(): the value moves to the end only once it has drifted into
+    the older half (more puts since it last moved than half the table), so a popular value moves once
+    in a while instead of on every read. Values carry `size` and `stamp` (the put count when last moved).
+    """
 
     def __init__(self, budget: int):
         super().__init__()
         self.budget = budget
         self.size = 0
+        self.puts = 0
+        self.half = 0
 
     def put(self, key, value) -> None:
         old = self.pop(key, None)
@@ -44,10 +50,18 @@ class Table(OrderedDict):
             self.size -= old.size
         if value.size > self.budget:
             return
+        self.puts += 1
+        value.stamp = self.puts
         self[key] = value
         self.size += value.size
         while self.size > self.budget:
             self.size -= self.popitem(last=False)[1].size
+        self.half = len(self) >> 1
+
+    def touch(self, key, value) -> None:
+        if self.puts - value.stamp > self.half:
+            self.move_to_end(key)
+            value.stamp = self.puts
 
 
 class Answers:
@@ -63,7 +77,7 @@ class Answers:
         key = (query.qname_lower, query.qtype, client)
         c = self.table.get(key)
         if c is not None and valid(c, snap):
-            self.table.move_to_end(key)
+            self.table.touch(key, c)
             return c
         c = compile_plan(plan(query.qname_lower, query.qtype, snap, self.opts), query.qtype, snap.version)
         self.table.put(key, c)
@@ -102,7 +116,7 @@ class Entry:
     """The replies to one exact query from one client class."""
 
     __slots__ = ("compiled", "query", "answers", "counts", "ra", "limit", "our_payload", "set_tc", "version",
-                 "replies", "fixed", "size")
+                 "replies", "fixed", "size", "stamp")
 
     def __init__(self, compiled: Compiled, query: Query, answers: Answers, counts: Counts, *, ra: bool, limit: int,
                  our_payload: int, set_tc: bool, key_size: int):
@@ -156,7 +170,7 @@ class Forwarded:
     """An upstream reply for one exact query, rendered anew when its age in whole seconds changes."""
 
     __slots__ = ("compiled", "cached", "query", "current", "clock", "counts", "limit", "our_payload", "age",
-                 "reply", "size", "count_key")
+                 "reply", "size", "stamp", "count_key")
 
     def __init__(self, compiled: Compiled, cached: Cached, query: Query, *, current: Callable[[Query], Cached | None],
                  clock: Callable[[], float], counts: Counts, limit: int, our_payload: int, key_size: int):
