@@ -116,3 +116,25 @@ def test_locality_and_views_examples_are_valid_config_and_zone_files():
     assert cfg.localities == (("10.20.0.0/16", "eu-west-1a"), ("10.21.0.0/16", "eu-west-1b"))
     content = parse_toml("README.md", zone_file, datacenter="dc1", source="zones")
     assert [(s.name, s.action) for s in content.intentions[0].sources] == [("web", "deny"), ("*", "allow")]
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_in_the_docs_reaches_a_file_and_heading():
+    broken = []
+    for doc in (ROOT / "README.md", ROOT / "SECURITY.md", *sorted((ROOT / "deploy").rglob("README.md"))):
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (doc.parent / path) if path else doc
+            if not linked.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
+            elif fragment and linked.suffix == ".md":
+                headings = {github_anchor(h) for h in re.findall(r"^#+ (.*)$", linked.read_text(), re.M)}
+                if fragment not in headings:
+                    broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, broken
