@@ -101,7 +101,8 @@ def test_seeded_answers_are_the_same_from_every_process(tmp_path):
     zones.mkdir()
     five = "".join(f'[[service]]\nname = "five"\naddress = "10.5.0.{i}"\nport = 80\n' for i in range(5))
     two = "".join(f'[[service]]\nname = "two"\naddress = "10.6.0.{i}"\nport = 81\n' for i in range(2))
-    split = '[[split]]\nname = "halves"\ntargets = [{ service = "five", weight = 1 }, { service = "two", weight = 1 }]\n'
+    split = ('[[split]]\nname = "halves"\n'
+             'targets = [{ service = "five", weight = 1 }, { service = "two", weight = 1 }]\n')
     (zones / "a.toml").write_text(five + two + split)
     config = tmp_path / "meshdns.toml"
     config.write_text("[dns]\nrng_seed = 11\n")
