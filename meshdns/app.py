@@ -15,7 +15,7 @@ from typing import Callable
 from .catalog.store import Store
 from .config import Config, ConfigError, read_secret_files
 from .dns.handler import DnsHandler, RecursionPolicy
-from .dns.resolver import ResolverOptions
+from .dns.resolver import ResolverOptions, Soa
 from .dns.rrl import RateLimiter
 from .dns.server import DnsServer
 from .dns.topology import TopologyCounter
@@ -45,7 +45,8 @@ def resolver_options(cfg: Config) -> ResolverOptions:
     ns = () if host in ("0.0.0.0", "::", "") else (host,)
     return ResolverOptions(domains=cfg.domains, only_passing=cfg.dns.only_passing,
                            a_record_limit=cfg.dns.a_record_limit, node_ttl=int(cfg.dns.node_ttl),
-                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns,
+                           service_ttl=cfg.dns.service_ttl, ns_addresses=ns,
+                           soa=Soa(cfg.dns.soa.min_ttl, cfg.dns.soa.refresh, cfg.dns.soa.retry, cfg.dns.soa.expire),
                            peer_datacenters=tuple(p.datacenter for p in cfg.peers))
 
 
