@@ -255,3 +255,27 @@ def test_worker_processes_agree(tmp_path):
             (("destination", "api"), ("source", "*")), 0) >= 10, timeout=30, what="worker counters")
     finally:
         proc.stop()
+
+
+def test_the_class_table_is_bounded():
+    """More classes than the table holds: the oldest goes with its replies; every answer stays right."""
+    from meshdns.catalog.client_class import parse_localities
+    from meshdns.catalog.model import Instance, SourceState
+    from meshdns.catalog.store import Store
+    from meshdns.dns.clients import Classifier, RecursionPolicy, Views
+    from meshdns.dns.handler import DnsHandler
+    from meshdns.dns.resolver import ResolverOptions
+
+    store = Store(datacenter="dc1")
+    store.publish("t", SourceState(services={("dc1", "db"): tuple(
+        Instance(f"db-{z}", "db", "dc1", f"10.9.{n}.1", 80, meta=(("zone", z),)) for n, z in enumerate("abc"))}))
+    views = Views(localities=parse_localities((f"10.1.{n}.0/24", z) for n, z in enumerate("abc")), zones=True,
+                  intentions=False)
+    handler = DnsHandler(store, ResolverOptions(prefer_same_zone=True), max_classes=2,
+                         classifier=Classifier(RecursionPolicy(()), identify=views))
+    wire = dns.message.make_query("db.service.consul.", "A").to_wire()
+    for _ in range(3):
+        for n in range(3):
+            reply = dns.message.from_wire(handler.handle(wire, (f"10.1.{n}.7", 53), tcp=False))
+            assert rrset_values(reply) == [f"10.9.{n}.1"]
+            assert handler.classes <= 2

@@ -126,6 +126,11 @@ class DnsHandler:
         finally:
             self.stats.observe(perf_counter() - started)
 
+    @property
+    def classes(self) -> int:
+        """How many client classes have replies kept (at most max_classes)."""
+        return len(self._slots)
+
     def client_class(self, ip: str) -> Slot:
         """The class of a source address (worked out once per address while it keeps asking, and again
         after a catalog change when the class depends on the catalog)."""
