@@ -1,4 +1,4 @@
-"""Wiring and lifecycle: one TaskGroup owns every long-running task; signals steer it."""
+"""Wiring: build every component from the config, in dependency order; `run` serves them (lifecycle.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,21 +10,22 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Callable
 
 from .catalog.store import Store
 from .config import Config, ConfigError, read_secret_files
 from .catalog.client_class import parse_localities
 from .dns.clients import Classifier, Views
 from .dns.handler import DnsHandler, RecursionPolicy
-from .dns.resolver import ResolverOptions
+from .dns.resolver import ResolverOptions, Soa
 from .dns.rrl import RateLimiter
 from .dns.server import DnsServer
 from .dns.topology import TopologyCounter
 from .forward.forwarder import from_config as forwarder_from_config
+from .lifecycle import Component, readiness, reload_all, serve_components
 from .sources.zones import ZonesSource
 from .workers import WorkerPool
-from .api.acl import Acl, check_exposure
+from .api.acl import Acl
 from .api.app import HttpApi, agent_node
 from .api.blocking import Watch
 from .api.common import ApiContext
@@ -46,7 +47,8 @@ def resolver_options(cfg: Config) -> ResolverOptions:
     ns = () if host in ("0.0.0.0", "::", "") else (host,)
     return ResolverOptions(domains=cfg.domains, only_passing=cfg.dns.only_passing,
                            a_record_limit=cfg.dns.a_record_limit, node_ttl=int(cfg.dns.node_ttl),
-                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns,
+                           service_ttl=cfg.dns.service_ttl, ns_addresses=ns,
+                           soa=Soa(cfg.dns.soa.min_ttl, cfg.dns.soa.refresh, cfg.dns.soa.retry, cfg.dns.soa.expire),
                            peer_datacenters=tuple(p.datacenter for p in cfg.peers),
                            prefer_same_zone=cfg.dns.prefer_same_zone, same_zone_min=cfg.dns.same_zone_min,
                            enforce_intentions=cfg.dns.enforce_intentions,
@@ -65,46 +67,39 @@ def classifier(cfg: Config) -> Classifier:
 
 @dataclass
 class App:
-    """The running server. Built by `build`, run by `run` until `stop` is set."""
+    """The built server: its parts by name (for the API and tests) and its components in dependency order."""
 
     cfg: Config
     store: Store
+    db: RecordStore
+    health: HealthRunner
     zones: ZonesSource
+    registrations: Registrations
     handler: DnsHandler
     dns: DnsServer
+    api: HttpApi
+    components: tuple[Component, ...]
+    kubernetes: tuple = ()        # KubernetesSource per cluster
+    reverse_syncs: tuple = ()     # ReverseSync per cluster that has it
+    peers: tuple = ()             # PeerSource per [[peer]] (other datacenters)
+    workers: WorkerPool | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    reloaders: list[Callable[[], None]] = field(default_factory=list)
-    tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    http_port: int = 0
-    workers: "WorkerPool | None" = None
-    kubernetes: list = field(default_factory=list)       # KubernetesSource per cluster (status())
-    reverse_syncs: list = field(default_factory=list)    # ReverseSync per cluster that has it (status())
-    peers: list = field(default_factory=list)            # PeerSource per [[peer]] (other datacenters)
-    health: HealthRunner | None = None
-    registrations: Registrations | None = None
-    api: HttpApi | None = None
-    db: RecordStore | None = None  # durable (kind, key) -> JSON records; e.g. config entries can use it too
-    split_revisions: SplitRevisions | None = None
-    starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # awaited before on_ready
-    readiness: dict[str, Callable[[], SourceStatus]] = field(default_factory=dict)  # /readyz, per source
 
     @property
     def dns_port(self) -> int:
         return self.dns.port
 
+    @property
+    def http_port(self) -> int:
+        return self.api.port
+
     def reload(self) -> None:
-        log.info("reload requested")
-        for reload in self.reloaders:
-            try:
-                reload()
-            except Exception:
-                log.exception("reload failed; previous state kept")
+        reload_all(self.components)
 
 
-def make_handler(cfg: Config, store: Store):
+def make_handler(cfg: Config, store: Store, *, workers: WorkerPool | None = None):
     """The DNS handler (and its forwarder, if any) over a store; the primary and workers share this."""
-    forwarder = forwarder_from_config(cfg)
+    forwarder = forwarder_from_config(cfg, peers=workers.forward_counts if workers is not None else None)
     rrl = None
     if cfg.dns.rrl_responses_per_second:
         rrl = RateLimiter(rate=cfg.dns.rrl_responses_per_second, exempt=cfg.dns.rrl_exempt, clock=time.monotonic)
@@ -112,11 +107,12 @@ def make_handler(cfg: Config, store: Store):
     topology = None
     if cfg.ui.topology:
         topology = TopologyCounter(clock=time.monotonic, max_keys=cfg.ui.topology_max_keys,
-                                   keep_minutes=int(cfg.ui.topology_window // 60))
+                                   keep_minutes=int(cfg.ui.topology_window // 60),
+                                   peers=workers.topology if workers is not None else None)
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder, rng=rng,
                          classifier=classifier(cfg), rate_limiter=rrl,
-                         topology=topology)
+                         topology=topology, peers=workers.stats if workers is not None else None)
     return handler, forwarder
 
 
@@ -137,109 +133,103 @@ def zones_directory(cfg: Config) -> Path:
 
 
 def build(cfg: Config) -> App:
+    """Every part, collaborators passed in; components listed so that each comes after what it uses."""
     cfg = read_secret_files(cfg)
-    check_exposure(cfg)
     zones_dir = zones_directory(cfg)
     store = Store(datacenter=cfg.datacenter)
     # the durable store comes first: its revision orders splits from every source and floors X-Consul-Index
     db = RecordStore(cfg.data_dir, on_commit=store.advance)
     store.advance(db.revision)
     split_revisions = SplitRevisions(db)
-    health = HealthRunner()
+    health = HealthRunner(concurrency=cfg.health.max_in_flight, output_max_size=cfg.health.output_max_size)
     zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"),
-                        split_revisions=split_revisions)
-    handler, forwarder = make_handler(cfg, store)
-    dns = make_server(cfg, handler)
-    app = App(cfg=cfg, store=store, zones=zones, handler=handler, dns=dns, db=db, split_revisions=split_revisions)
-    app.starters.append(split_revisions.settled)   # the splits read at start are served before we say ready
-    app.reloaders.append(lambda: zones.reload(force=True))
-    app.tasks.append(zones.run)
-    if handler.topology is not None:
-        app.tasks.append(handler.topology.run)
-    if forwarder is not None:
-        app.closers.append(forwarder.close)
-    if cfg.kubernetes:
-        _add_kubernetes(app)
-    _add_registrations(app, health)
-    _add_peers(app)
-    return app
-
-
-def _add_peers(app: App) -> None:
-    """One import per [[peer]]; the API shows their state (readiness, metrics, datacenters)."""
-    if app.cfg.peers:
-        _raise_open_files_limit()
-    for peer in app.cfg.peers:
-        source = PeerSource(peer, app.store, coalesce=coalesced)
-        app.peers.append(source)
-        app.readiness[source.name] = source.readiness
-        app.tasks.append(source.run)
-        app.closers.append(source.close)
-    app.api.ctx.peers = app.peers
-
-
-def _add_kubernetes(app: App) -> None:
-    """One source per [[kubernetes]] table (+ its reverse sync); imported only when configured."""
-    from .sources.kubernetes import KubernetesSource
-    from .sources.kubernetes.reverse import ReverseSync
-
-    cfg, store = app.cfg, app.store
-    names = [kc.name for kc in cfg.kubernetes]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise ConfigError(f"kubernetes[{i}].name: {name!r} names two clusters (each needs its own name)")
-    for kc in cfg.kubernetes:
-        source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter, split_revisions=app.split_revisions)
-        app.kubernetes.append(source)
-        app.readiness[f"kubernetes/{kc.name}"] = source.readiness
-        app.tasks.append(source.run)
-        app.closers.append(source.close)
-        if kc.sync_to_kubernetes != "off":
-            reverse = ReverseSync(source, store, domain=cfg.domain, local_datacenter=cfg.datacenter,
-                                  only_passing=cfg.dns.only_passing)
-            app.reverse_syncs.append(reverse)
-            app.tasks.append(reverse.run)
-            app.closers.append(reverse.close)
-
-
-def _add_registrations(app: App, health: HealthRunner) -> None:
-    """VM registrations (durable), the one health-check runner, and the HTTP API."""
-    cfg, zones = app.cfg, app.zones
+                        poll_interval=cfg.zones_poll_interval, split_revisions=split_revisions,
+                        on_publish=lambda checks: health.sync("zones", checks))
     republish = coalesced(zones.republish)
     health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
                           else None)
-    zones.listeners.append(lambda: health.sync("zones", zones.checks()))
-    regs = Registrations(app.store, app.db, health, agent_node=agent_node(cfg))
-    config = ConfigEntries(app.store, app.db)
-    intentions = IntentionEntries(app.store, app.db)
-    queries = PreparedQueries(app.store, app.db)
-    api = HttpApi(ApiContext(cfg=cfg, store=app.store, registrations=regs, runner=health, handler=app.handler,
+    regs = Registrations(store, db, health, agent_node=agent_node(cfg))
+    config = ConfigEntries(store, db)
+    intentions = IntentionEntries(store, db)
+    queries = PreparedQueries(store, db)
+    components = [
+        Component("storage", close=db.close),
+        Component("health", run=health.run, close=health.close),
+        # loaded before DNS listens: a restart never answers without the registrations
+        Component("registrations", start=_now(regs.load), close=regs.close, readiness=regs.status),
+        Component("config", start=_now(config.load), readiness=config.status),
+        Component("intentions", start=_now(intentions.load)),
+        Component("prepared-queries", start=_now(queries.load)),
+        # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
+        Component("zones", start=_now(zones.reload), run=zones.run, reload=lambda: zones.reload(force=True),
+                  readiness=lambda: SourceStatus(synced=zones.ready, errors=dict(zones.errors))),
+    ]
+    kubernetes, reverse_syncs = _kubernetes(cfg, store, split_revisions, components)
+    peers = tuple(PeerSource(peer, store, coalesce=coalesced) for peer in cfg.peers)
+    components += [Component(p.name, run=p.run, close=p.close, readiness=p.readiness) for p in peers]
+    # the splits read at start are served before we say ready
+    components.append(Component("splits", start=split_revisions.settled))
+    workers = WorkerPool(cfg, store, count=cfg.dns.workers - 1) if cfg.dns.workers > 1 else None
+    handler, forwarder = make_handler(cfg, store, workers=workers)
+    if forwarder is not None:
+        components.append(Component("forwarding", close=forwarder.close))
+    if handler.topology is not None:
+        components.append(Component("topology", run=handler.topology.run))
+    dns = make_server(cfg, handler)
+
+    async def listen() -> None:
+        await dns.start(*cfg.dns.listen, reuse_port=workers is not None)
+        log.info("dns listening on %s:%d (udp+tcp), domain %s, datacenter %s",
+                 cfg.dns.listen[0], dns.port, cfg.domain, cfg.datacenter)
+
+    components.append(Component("dns", start=listen, close=lambda: dns.close(drain=cfg.dns.drain_timeout)))
+    api = HttpApi(ApiContext(cfg=cfg, store=store, registrations=regs, runner=health, handler=handler,
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
-                             watch=Watch(limit=cfg.http.max_blocking_queries), readiness=app.readiness,
-                             config=config, intentions=intentions, queries=queries))
-    app.health, app.registrations, app.api = health, regs, api
-    api.ctx.kubernetes = app.kubernetes
-    # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
-    app.readiness["zones"] = lambda: SourceStatus(synced=zones.ready, errors=dict(zones.errors))
-    app.readiness["registrations"] = regs.status
-
-    regs.load()  # before DNS listens: a restart never answers without the registrations
-    config.load()
-    intentions.load()
-    queries.load()
-    app.readiness["config"] = config.status
-
-    async def start() -> None:
-        app.http_port = await api.start()
-
-    app.starters.append(start)
-    app.tasks.append(health.run)
-    app.closers.extend([app.db.close, health.close, regs.close, api.close])
+                             watch=Watch(limit=cfg.http.max_blocking_queries), readiness=readiness(components),
+                             config=config, intentions=intentions, queries=queries, kubernetes=list(kubernetes),
+                             peers=list(peers)))
+    components.append(Component("http", start=api.start, close=api.close))
+    if workers is not None:  # last: the workers share the port the primary has bound; they stop first
+        components.append(Component("workers", start=lambda: workers.start(dns.port), run=workers.run,
+                                    close=workers.close))
+    return App(cfg=cfg, store=store, db=db, health=health, zones=zones, registrations=regs, handler=handler,
+               dns=dns, api=api, components=tuple(components), kubernetes=kubernetes,
+               reverse_syncs=reverse_syncs, peers=peers, workers=workers)
 
 
-def _raise_open_files_limit() -> None:
+def _now(fn: Callable[[], object]) -> Callable[[], "asyncio.Future[None]"]:
+    """A synchronous start step as the awaitable the lifecycle expects."""
+    async def step() -> None:
+        fn()
+    return step
+
+
+def _kubernetes(cfg: Config, store: Store, split_revisions: SplitRevisions,
+                components: list[Component]) -> tuple[tuple, tuple]:
+    """One source per [[kubernetes]] table (+ its reverse sync); imported only when configured."""
+    if not cfg.kubernetes:
+        return (), ()
+    from .sources.kubernetes import KubernetesSource
+    from .sources.kubernetes.reverse import ReverseSync
+
+    sources, reverse_syncs = [], []
+    for kc in cfg.kubernetes:
+        source = KubernetesSource(kc, store, default_datacenter=cfg.datacenter, split_revisions=split_revisions)
+        sources.append(source)
+        components.append(Component(f"kubernetes/{kc.name}", run=source.run, close=source.close,
+                                    readiness=source.readiness))
+        if kc.sync_to_kubernetes != "off":
+            reverse = ReverseSync(source, store, domain=cfg.domain, local_datacenter=cfg.datacenter,
+                                  only_passing=cfg.dns.only_passing)
+            reverse_syncs.append(reverse)
+            components.append(Component(f"kubernetes/{kc.name}/sync", run=reverse.run, close=reverse.close))
+    return tuple(sources), tuple(reverse_syncs)
+
+
+def raise_open_files_limit() -> None:
     """Each imported service holds one blocking query (one connection) open to its peer: thousands of
-    services need more than the usual soft limit of 1024 descriptors, so take what the hard limit allows."""
+    services need more than the usual soft limit of 1024 descriptors, so take what the hard limit allows.
+    Process-wide, so only `meshdns serve` calls it (when it has peers)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20  # Linux's default fs.nr_open
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -249,12 +239,13 @@ def _raise_open_files_limit() -> None:
             log.warning("cannot raise the open files limit from %d: %s", soft, exc)
 
 
-def _settle_gc() -> None:
+def settle_gc() -> None:
     """Move everything built at start-up out of the collector's sight, and collect less often.
 
     The catalog, the Kubernetes client and the web stack are hundreds of thousands of
     long-lived objects; a full collection walking them stalls every answer for tens of
     milliseconds. Frozen objects are never scanned; new garbage is still collected.
+    Process-wide, so only `meshdns serve` calls it, once it is ready.
     """
     gc.collect()
     gc.freeze()
@@ -280,40 +271,15 @@ def coalesced(fn: Callable[[], None]) -> Callable[[], None]:
 
 
 async def run(app: App, *, on_ready: Callable[[App], None] | None = None, signals: bool = True) -> None:
-    cfg = app.cfg
-    app.zones.reload()
-    await app.dns.start(*cfg.dns.listen, reuse_port=cfg.dns.workers > 1)
-    for start in app.starters:
-        await start()
-    if cfg.dns.workers > 1:
-        app.workers = WorkerPool(cfg, app.store, port=app.dns.port, count=cfg.dns.workers - 1)
-        app.tasks.append(app.workers.run)
-        app.handler.peers = app.workers.stats
-        if app.handler.topology is not None:
-            app.handler.topology.peers = app.workers.topology
-        if app.handler.forwarder is not None:
-            app.handler.forwarder.peers = app.workers.forward_counts
-        app.closers.append(app.workers.close)  # closers run in reverse: workers stop first
+    """Serve until app.stop is set (SIGTERM, SIGINT) or a component's task dies (ComponentFailed)."""
     loop = asyncio.get_running_loop()
     if signals:
         loop.add_signal_handler(signal.SIGHUP, app.reload)
         loop.add_signal_handler(signal.SIGTERM, app.stop.set)
         loop.add_signal_handler(signal.SIGINT, app.stop.set)
     try:
-        async with asyncio.TaskGroup() as tg:
-            running = [tg.create_task(t()) for t in app.tasks]
-            log.info("dns listening on %s:%d (udp+tcp), domain %s, datacenter %s",
-                     cfg.dns.listen[0], app.dns.port, cfg.domain, cfg.datacenter)
-            _settle_gc()
-            if on_ready is not None:
-                on_ready(app)
-            await app.stop.wait()
-            log.info("stopping: draining in-flight queries")
-            await app.dns.close()
-            for close in reversed(app.closers):
-                await close()
-            for task in running:
-                task.cancel()
+        await serve_components(app.components, stop=app.stop,
+                               on_started=(lambda: on_ready(app)) if on_ready is not None else None)
     finally:
         if signals:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):

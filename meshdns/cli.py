@@ -32,13 +32,11 @@ def _serve_parser(sub) -> None:
 
 
 def _workers(text: str) -> int:
+    """'auto' = one per core; the range is checked with the rest of the config (dns.workers)."""
     if text == "auto":
         import os
         return os.cpu_count() or 1
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
+    return int(text)
 
 
 def setup_logging(level: str) -> None:
@@ -53,8 +51,13 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshdns: config error: {exc}", file=sys.stderr)
         return 2
+    # process-wide settings, made here once: the server owns this process
     setup_logging(cfg.log_level)
     from . import app as app_module
+    from .api.app import OncePer, http_log
+    http_log.addFilter(OncePer(10.0))
+    if cfg.peers:
+        app_module.raise_open_files_limit()
     try:
         import uvloop
         uvloop.install()
@@ -62,22 +65,32 @@ def serve(args: argparse.Namespace) -> int:
         pass
 
     def ready(app) -> None:
+        app_module.settle_gc()
         waiting = "" if app.zones.ready else " (zone files failed to load: /readyz answers 503 until they are fixed)"
         print(f"meshdns ready dns={cfg.dns.listen[0]}:{app.dns_port} http={cfg.http.listen[0]}:{app.http_port}"
               f"{waiting}", flush=True)
 
     async def main() -> None:
-        application = app_module.build(cfg)
-        await app_module.run(application, on_ready=ready)
+        await app_module.run(app_module.build(cfg), on_ready=ready)
 
+    return run_server(main)
+
+
+def run_server(main) -> int:
+    """Run the server to its end; the exit status, and one log line saying why it stopped early."""
+    from .lifecycle import ComponentFailed
+    log = logging.getLogger("meshdns")
     try:
         asyncio.run(main())
     except OSError as exc:
-        logging.getLogger("meshdns").error("cannot start: %s", exc)
+        log.error("cannot start: %s", exc)
         return 1
     except ConfigError as exc:
-        logging.getLogger("meshdns").error("config error: %s", exc)
+        log.error("config error: %s", exc)
         return 2
+    except ComponentFailed as exc:
+        log.error("stopped: %s", exc, exc_info=exc.error)
+        return 1
     return 0
 
 

@@ -117,6 +117,7 @@ class DnsConfig:
     rrl_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     rng_seed: int | None = None       # reproducible shuffles and split choices (tests, demos)
     busy_poll: float = 100e-6         # poll the UDP socket this long before sleeping, under steady load
+    drain_timeout: float = 2.0        # on SIGTERM, in-flight answers get this long to finish
     prefer_same_zone: bool = False    # A/AAAA from the client's zone when it has enough healthy instances
     same_zone_min: int = 1            # ... at least this many
     enforce_intentions: bool = False  # a name the client may not reach is answered as one that does not exist
@@ -142,6 +143,7 @@ class HttpConfig:
     max_body: int = 1 << 20
     max_blocking_queries: int = 4096
     idle_timeout: float = 30.0        # a request head (or body) not complete by then: connection closed
+    max_wait: float = 600.0           # the longest ?wait= a blocking query may ask for (Consul: 10m)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,12 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    max_in_flight: int = 64           # probes running at once, over every check
+    output_max_size: int = 4096       # bytes of a check's output kept (Consul's check_output_max_size)
+
+
+@dataclass(frozen=True, slots=True)
 class UiConfig:
     topology: bool = True             # count (client, name) per minute for GET /v1/meshdns/topology
     topology_window: float = 900.0    # the longest window the topology keeps and answers (seconds)
@@ -214,6 +222,7 @@ class PeerConfig:
     max_backoff: float = 30.0
     sync_concurrency: int = 64                # plain (non-blocking) reads in flight at once
 
+
 @dataclass(frozen=True, slots=True)
 class Config:
     domain: str = "consul."
@@ -221,6 +230,7 @@ class Config:
     datacenter: str = "dc1"
     data_dir: str = ".meshdns"
     zones: str = "zones"
+    zones_poll_interval: float = 1.0  # how often the zones directory is checked for changed files
     log_level: str = "info"
     dns: DnsConfig = field(default_factory=DnsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -228,6 +238,7 @@ class Config:
     forwarding: ForwardingConfig = field(default_factory=ForwardingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     kubernetes: tuple[KubernetesConfig, ...] = ()
+    health: HealthConfig = field(default_factory=HealthConfig)
     ui: UiConfig = field(default_factory=UiConfig)
     localities: tuple[tuple[str, str], ...] = ()   # [[locality]]: (cidr, zone), in file order
     peers: tuple[PeerConfig, ...] = ()
@@ -312,12 +323,6 @@ def _choice(value: str, choices: tuple[str, ...], *, key: str) -> str:
     return value
 
 
-def _nonneg(value: int, *, key: str) -> int:
-    if value < 0:
-        raise ConfigError(f"{key}: must not be negative")
-    return value
-
-
 def _parse_dns(t: _Table) -> DnsConfig:
     d = DnsConfig()
     listen = parse_hostport(t.get("listen", str, "127.0.0.1:8600"), key=t.key("listen"), default_port=8600)
@@ -327,13 +332,12 @@ def _parse_dns(t: _Table) -> DnsConfig:
         service_ttl = tuple((str(k).lower(), parse_duration(v, key=f"{t.key('service_ttl')}.{k}"))
                             for k, v in ttl_map.items())
     soa_t = t.sub("soa")
-    soa = SoaConfig(**{k: _nonneg(soa_t.get(k, int, getattr(SoaConfig(), k)), key=soa_t.key(k))
-                       for k in ("min_ttl", "refresh", "retry", "expire")})
+    soa = SoaConfig(**{k: soa_t.get(k, int, getattr(SoaConfig(), k)) for k in ("min_ttl", "refresh", "retry", "expire")})
     soa_t.done()
     cfg = DnsConfig(
         listen=listen,
         only_passing=t.get("only_passing", bool, d.only_passing),
-        a_record_limit=_nonneg(t.get("a_record_limit", int, d.a_record_limit), key=t.key("a_record_limit")),
+        a_record_limit=t.get("a_record_limit", int, d.a_record_limit),
         enable_truncate=t.get("enable_truncate", bool, d.enable_truncate),
         node_ttl=t.duration("node_ttl", d.node_ttl),
         service_ttl=service_ttl,
@@ -342,23 +346,17 @@ def _parse_dns(t: _Table) -> DnsConfig:
         tcp_idle_timeout=t.duration("tcp_idle_timeout", d.tcp_idle_timeout),
         tcp_max_connections=t.get("tcp_max_connections", int, d.tcp_max_connections),
         workers=t.get("workers", int, d.workers),
-        rrl_responses_per_second=_nonneg(t.get("rrl_responses_per_second", int, 0),
-                                         key=t.key("rrl_responses_per_second")),
+        rrl_responses_per_second=t.get("rrl_responses_per_second", int, d.rrl_responses_per_second),
         rrl_exempt=_cidrs(t.strings("rrl_exempt", d.rrl_exempt), key=t.key("rrl_exempt")),
         rng_seed=t.get("rng_seed", int, None),
         busy_poll=t.duration("busy_poll", d.busy_poll),
+        drain_timeout=t.duration("drain_timeout", d.drain_timeout),
         prefer_same_zone=t.get("prefer_same_zone", bool, d.prefer_same_zone),
         same_zone_min=t.get("same_zone_min", int, d.same_zone_min),
         enforce_intentions=t.get("enforce_intentions", bool, d.enforce_intentions),
         intentions_default=_choice(t.get("intentions_default", str, d.intentions_default), ("allow", "deny"),
                                    key=t.key("intentions_default")),
     )
-    if cfg.same_zone_min < 1:
-        raise ConfigError(f"{t.key('same_zone_min')}: must be at least 1")
-    if cfg.busy_poll > 0.01:
-        raise ConfigError(f"{t.key('busy_poll')}: at most 10ms (it holds the event loop while it polls)")
-    if not 512 <= cfg.udp_payload <= 65535:
-        raise ConfigError(f"{t.key('udp_payload')}: must be between 512 and 65535")
     t.done()
     return cfg
 
@@ -374,9 +372,8 @@ def _parse_http(t: _Table) -> HttpConfig:
         max_body=t.get("max_body", int, d.max_body),
         max_blocking_queries=t.get("max_blocking_queries", int, d.max_blocking_queries),
         idle_timeout=t.duration("idle_timeout", d.idle_timeout),
+        max_wait=t.duration("max_wait", d.max_wait),
     )
-    if cfg.idle_timeout <= 0:
-        raise ConfigError(f"{t.key('idle_timeout')}: must be more than 0")
     t.done()
     return cfg
 
@@ -411,13 +408,10 @@ def _parse_forwarding(t: _Table) -> ForwardingConfig:
             raise ConfigError(f"{zt.key('servers')}: at least one server is required")
         zones.append(ForwardZone(name=name, servers=servers))
         zt.done()
-    timeout = t.duration("timeout", d.timeout)
-    if timeout <= 0:
-        raise ConfigError(f"{t.key('timeout')}: must be positive")
     cfg = ForwardingConfig(
         recursors=_servers(t.strings("recursors", ()), key=t.key("recursors")),
         strategy=_choice(t.get("strategy", str, d.strategy), ("sequential", "random"), key=t.key("strategy")),
-        timeout=timeout,
+        timeout=t.duration("timeout", d.timeout),
         allow_recursion=_cidrs(t.strings("allow_recursion", d.allow_recursion), key=t.key("allow_recursion")),
         zones=tuple(zones),
     )
@@ -428,11 +422,19 @@ def _parse_forwarding(t: _Table) -> ForwardingConfig:
 def _parse_cache(t: _Table) -> CacheConfig:
     d = CacheConfig()
     cfg = CacheConfig(
-        max_entries=_nonneg(t.get("max_entries", int, d.max_entries), key=t.key("max_entries")),
+        max_entries=t.get("max_entries", int, d.max_entries),
         min_ttl=t.duration("min_ttl", d.min_ttl),
         max_ttl=t.duration("max_ttl", d.max_ttl),
         serve_stale=t.duration("serve_stale", d.serve_stale),
     )
+    t.done()
+    return cfg
+
+
+def _parse_health(t: _Table) -> HealthConfig:
+    d = HealthConfig()
+    cfg = HealthConfig(max_in_flight=t.get("max_in_flight", int, d.max_in_flight),
+                       output_max_size=t.get("output_max_size", int, d.output_max_size))
     t.done()
     return cfg
 
@@ -444,11 +446,6 @@ def _parse_ui(t: _Table) -> UiConfig:
         topology_window=t.duration("topology_window", d.topology_window),
         topology_max_keys=t.get("topology_max_keys", int, d.topology_max_keys),
     )
-    window = cfg.topology_window
-    if window % 60 or not 60 <= window <= 3600:
-        raise ConfigError(f"{t.key('topology_window')}: a whole number of minutes from 1m to 60m")
-    if cfg.topology_max_keys < 1:
-        raise ConfigError(f"{t.key('topology_max_keys')}: must be at least 1")
     t.done()
     return cfg
 
@@ -464,7 +461,7 @@ def _parse_kubernetes(raw: Any, index: int) -> KubernetesConfig:
         kubeconfig=t.get("kubeconfig", str, ""),
         context=t.get("context", str, ""),
         in_cluster=t.get("in_cluster", bool, False),
-        datacenter=t.get("datacenter", str, ""),
+        datacenter=t.get("datacenter", str, "").lower(),
         address_mode=_choice(t.get("address_mode", str, d.address_mode), ADDRESS_MODES, key=t.key("address_mode")),
         nodeport_address=_choice(t.get("nodeport_address", str, d.nodeport_address),
                                  ("internal", "external", "external-first"), key=t.key("nodeport_address")),
@@ -480,8 +477,6 @@ def _parse_kubernetes(raw: Any, index: int) -> KubernetesConfig:
         backoff=t.duration("backoff", d.backoff),
         max_backoff=t.duration("max_backoff", d.max_backoff),
     )
-    if cfg.watch_idle_timeout <= 0:
-        raise ConfigError(f"{t.key('watch_idle_timeout')}: must be more than 0")
     t.done()
     return cfg
 
@@ -554,61 +549,202 @@ def _parse_peer(raw: Any, index: int) -> PeerConfig:
         max_backoff=t.duration("max_backoff", d.max_backoff),
         sync_concurrency=t.get("sync_concurrency", int, d.sync_concurrency),
     )
-    if not 1 <= cfg.wait <= 600:
-        raise ConfigError(f"{t.key('wait')}: between 1s and 10m (a peer caps blocking waits at 10m)")
-    for name in ("timeout", "backoff"):
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"{t.key(name)}: must be more than 0")
-    if cfg.max_backoff < cfg.backoff:
-        raise ConfigError(f"{t.key('max_backoff')}: must not be less than backoff")
-    if cfg.sync_concurrency < 1:
-        raise ConfigError(f"{t.key('sync_concurrency')}: must be at least 1")
     t.done()
     return cfg
 
 
-def check_peers(datacenter: str, peers: tuple[PeerConfig, ...]) -> None:
-    """A peer is another datacenter: never ours, and each one once."""
-    seen = set()
-    for i, peer in enumerate(peers):
-        if peer.datacenter == datacenter:
-            raise ConfigError(f"peer[{i}].datacenter: {peer.datacenter!r} is our own datacenter "
-                              "(a peer must be another one)")
-        if peer.datacenter in seen:
-            raise ConfigError(f"peer[{i}].datacenter: {peer.datacenter!r} names two peers")
-        seen.add(peer.datacenter)
-
-
 def parse_config(data: Mapping[str, Any]) -> Config:
+    """TOML data -> Config: types and shapes here, values in `validate` (which the flags go through too)."""
     t = _Table(data, "")
     d = Config()
-    domain = normalize_domain(t.get("domain", str, d.domain), key="domain")
-    if not domain:
-        raise ConfigError("domain: must not be empty")
-    datacenter = t.get("datacenter", str, d.datacenter).lower()
-    if not _LABEL.fullmatch(datacenter):
-        raise ConfigError(f"datacenter: {datacenter!r} is not a DNS label")
     cfg = Config(
-        domain=domain,
+        domain=normalize_domain(t.get("domain", str, d.domain), key="domain"),
         alt_domain=normalize_domain(t.get("alt_domain", str, ""), key="alt_domain"),
-        datacenter=datacenter,
+        datacenter=t.get("datacenter", str, d.datacenter).lower(),
         data_dir=t.get("data_dir", str, d.data_dir),
         zones=t.get("zones", str, d.zones),
-        log_level=_choice(t.get("log_level", str, d.log_level).lower(),
-                          ("debug", "info", "warning", "error"), key="log_level"),
+        zones_poll_interval=t.duration("zones_poll_interval", d.zones_poll_interval),
+        log_level=_choice(t.get("log_level", str, d.log_level).lower(), LOG_LEVELS, key="log_level"),
         dns=_parse_dns(t.sub("dns")),
         http=_parse_http(t.sub("http")),
         acl_tokens=_parse_acl(t.sub("acl")),
         forwarding=_parse_forwarding(t.sub("forwarding")),
         cache=_parse_cache(t.sub("cache")),
         kubernetes=tuple(_parse_kubernetes(raw, i) for i, raw in enumerate(t.get("kubernetes", list, []))),
+        health=_parse_health(t.sub("health")),
         ui=_parse_ui(t.sub("ui")),
         localities=tuple(_parse_locality(raw, i) for i, raw in enumerate(t.get("locality", list, []))),
         peers=tuple(_parse_peer(raw, i) for i, raw in enumerate(t.get("peer", list, []))),
     )
     t.done()
-    check_peers(cfg.datacenter, cfg.peers)
+    return validate(cfg)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_TTL = 2**31 - 1   # RFC 2181 section 8
+
+
+class _Rules:
+    """Value checks over a whole Config. A value given on the command line is named by its flag."""
+
+    def __init__(self, flags: Mapping[str, str]):
+        self.flags = flags
+
+    def fail(self, key: str, problem: str) -> None:
+        raise ConfigError(f"{self.flags.get(key, key)}: {problem}")
+
+    def at_least(self, key: str, value: float, low: float) -> None:
+        if value < low:
+            self.fail(key, f"must be at least {_num(low)} (got {_num(value)})")
+
+    def positive(self, key: str, value: float) -> None:
+        if value <= 0:
+            self.fail(key, "must be more than 0")
+
+    def within(self, key: str, value: float, low: float, high: float, what: str = "") -> None:
+        if not low <= value <= high:
+            self.fail(key, f"must be between {_num(low)} and {_num(high)}{what} (got {_num(value)})")
+
+    def ttl(self, key: str, seconds: float) -> None:
+        self.within(key, seconds, 0, MAX_TTL, " seconds")
+
+
+def _num(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:g}"
+
+
+def validate(cfg: Config, *, flags: Mapping[str, str] | None = None) -> Config:
+    """Every value in range and every combination consistent; `flags` maps keys to the flags that set them."""
+    r = _Rules(flags or {})
+    if not cfg.domain:
+        r.fail("domain", "must not be empty")
+    if cfg.alt_domain == cfg.domain:
+        r.fail("alt_domain", f"is the same as domain ({cfg.domain})")
+    if not _LABEL.fullmatch(cfg.datacenter):
+        r.fail("datacenter", f"{cfg.datacenter!r} is not a DNS label")
+    for key in ("data_dir", "zones"):
+        if not getattr(cfg, key):
+            r.fail(key, "must not be empty")
+    r.positive("zones_poll_interval", cfg.zones_poll_interval)
+    if cfg.log_level not in LOG_LEVELS:
+        r.fail("log_level", f"{cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    _check_dns(r, cfg.dns)
+    _check_http(r, cfg)
+    _check_forwarding(r, cfg)
+    _check_cache(r, cfg.cache)
+    _check_kubernetes(r, cfg)
+    _check_peers(r, cfg)
+    r.at_least("health.max_in_flight", cfg.health.max_in_flight, 1)
+    r.at_least("health.output_max_size", cfg.health.output_max_size, 1)
+    window = cfg.ui.topology_window
+    if window % 60 or not 60 <= window <= 3600:
+        r.fail("ui.topology_window", "a whole number of minutes from 1m to 60m")
+    r.at_least("ui.topology_max_keys", cfg.ui.topology_max_keys, 1)
     return cfg
+
+
+def _check_dns(r: _Rules, dns: DnsConfig) -> None:
+    r.at_least("dns.same_zone_min", dns.same_zone_min, 1)
+    r.at_least("dns.a_record_limit", dns.a_record_limit, 0)
+    r.within("dns.udp_payload", dns.udp_payload, 512, 65535)
+    r.positive("dns.tcp_idle_timeout", dns.tcp_idle_timeout)
+    r.at_least("dns.tcp_max_connections", dns.tcp_max_connections, 1)
+    r.at_least("dns.workers", dns.workers, 1)
+    r.at_least("dns.rrl_responses_per_second", dns.rrl_responses_per_second, 0)
+    if dns.busy_poll > 0.01:
+        r.fail("dns.busy_poll", "at most 10ms (it holds the event loop while it polls)")
+    r.ttl("dns.node_ttl", dns.node_ttl)
+    for pattern, seconds in dns.service_ttl:
+        if "*" in pattern[:-1]:
+            r.fail(f"dns.service_ttl.{pattern}", "only a trailing * is supported (\"web*\", \"*\")")
+        r.ttl(f"dns.service_ttl.{pattern}", seconds)
+    for name in ("min_ttl", "refresh", "retry", "expire"):
+        r.ttl(f"dns.soa.{name}", getattr(dns.soa, name))
+
+
+def _check_http(r: _Rules, cfg: Config) -> None:
+    http = cfg.http
+    r.at_least("http.max_body", http.max_body, 1)
+    r.at_least("http.max_blocking_queries", http.max_blocking_queries, 1)
+    r.positive("http.idle_timeout", http.idle_timeout)
+    r.positive("http.max_wait", http.max_wait)
+    if http.tls_key and not http.tls_cert:
+        r.fail("http.tls_cert", "required when http.tls_key is set (--http-tls-cert)")
+    host = http.listen[0]
+    if not (cfg.acl_tokens or http.insecure or _loopback(host)):
+        r.fail("http.listen", f"{host} is not a loopback address and no [[acl.tokens]] are configured; anyone "
+               "who can reach it could change the catalog. Configure ACL tokens, listen on 127.0.0.1, or pass "
+               "--http-insecure")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_forwarding(r: _Rules, cfg: Config) -> None:
+    r.positive("forwarding.timeout", cfg.forwarding.timeout)
+    seen: set[str] = set()
+    for i, zone in enumerate(cfg.forwarding.zones):
+        key = f"forwarding.zone[{i}].name"
+        ours = next((d for d in cfg.domains if zone.name == d or zone.name.endswith("." + d)), None)
+        if ours is not None:
+            r.fail(key, f"{zone.name!r} is inside our own domain {ours!r}, which meshdns answers itself and "
+                   "never forwards")
+        if zone.name in seen:
+            r.fail(key, f"{zone.name!r} has two rules")
+        seen.add(zone.name)
+
+
+def _check_cache(r: _Rules, cache: CacheConfig) -> None:
+    r.at_least("cache.max_entries", cache.max_entries, 0)
+    r.ttl("cache.max_ttl", cache.max_ttl)
+    if cache.min_ttl > cache.max_ttl:
+        r.fail("cache.min_ttl", f"must not be more than cache.max_ttl ({cache.min_ttl:g}s > {cache.max_ttl:g}s)")
+
+
+def _check_peers(r: _Rules, cfg: Config) -> None:
+    """A peer is another datacenter: never ours, and each one once."""
+    seen: set[str] = set()
+    for i, peer in enumerate(cfg.peers):
+        key = f"peer[{i}]"
+        if peer.datacenter == cfg.datacenter:
+            r.fail(f"{key}.datacenter", f"{peer.datacenter!r} is our own datacenter (a peer must be another one)")
+        if peer.datacenter in seen:
+            r.fail(f"{key}.datacenter", f"{peer.datacenter!r} names two peers")
+        seen.add(peer.datacenter)
+        if not 1 <= peer.wait <= 600:
+            r.fail(f"{key}.wait", "between 1s and 10m (a peer caps blocking waits at 10m)")
+        r.positive(f"{key}.timeout", peer.timeout)
+        r.positive(f"{key}.backoff", peer.backoff)
+        if peer.max_backoff < peer.backoff:
+            r.fail(f"{key}.max_backoff", "must not be less than backoff")
+        r.at_least(f"{key}.sync_concurrency", peer.sync_concurrency, 1)
+
+
+def _check_kubernetes(r: _Rules, cfg: Config) -> None:
+    names: set[str] = set()
+    for i, kc in enumerate(cfg.kubernetes):
+        key = f"kubernetes[{i}]"
+        if not kc.name:
+            r.fail(f"{key}.name", "must not be empty")
+        if kc.name in names:
+            r.fail(f"{key}.name", f"{kc.name!r} names two clusters (each needs its own name)")
+        names.add(kc.name)
+        if kc.datacenter and not _LABEL.fullmatch(kc.datacenter):
+            r.fail(f"{key}.datacenter", f"{kc.datacenter!r} is not a DNS label")
+        if kc.in_cluster and kc.kubeconfig:
+            r.fail(f"{key}.in_cluster", "give in_cluster = true or a kubeconfig, not both")
+        if kc.sync_to_kubernetes != "off" and not kc.write_namespace:
+            r.fail(f"{key}.write_namespace", "required when sync_to_kubernetes is on")
+        for name in ("watch_timeout", "watch_idle_timeout", "request_timeout", "backoff"):
+            r.positive(f"{key}.{name}", getattr(kc, name))
+        if kc.max_backoff < kc.backoff:
+            r.fail(f"{key}.max_backoff", f"must not be less than backoff ({kc.max_backoff:g}s < {kc.backoff:g}s)")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -646,15 +782,23 @@ def read_secret_files(cfg: Config) -> Config:
     return replace(cfg, acl_tokens=tuple(tokens))
 
 
+FLAGS = {"data_dir": "--data-dir", "zones": "--zones", "log_level": "--log-level", "domain": "--domain",
+         "alt_domain": "--alt-domain", "datacenter": "--datacenter", "dns.listen": "--dns", "dns.workers": "--workers",
+         "http.listen": "--http", "http.insecure": "--http-insecure", "http.tls_cert": "--http-tls-cert",
+         "http.tls_key": "--http-tls-key", "forwarding.recursors": "--recursor",
+         "kubernetes[0].kubeconfig": "--kubeconfig", "kubernetes[0].context": "--kube-context"}
+
+
 def with_overrides(cfg: Config, **flags: Any) -> Config:
-    """Apply command-line flags (None = not given) on top of the file."""
+    """Apply command-line flags (None = not given) on top of the file; they pass the file's checks."""
+    given = {key: flag for key, flag in FLAGS.items() if flags.get(flag[2:].replace("-", "_")) is not None}
     top: dict[str, Any] = {}
     for name in ("data_dir", "zones", "log_level"):
         if flags.get(name) is not None:
             top[name] = flags[name]
     for name in ("domain", "alt_domain"):
         if flags.get(name) is not None:
-            top[name] = normalize_domain(flags[name], key=f"--{name.replace('_', '-')}")
+            top[name] = normalize_domain(flags[name], key=FLAGS[name])
     if flags.get("datacenter") is not None:
         top["datacenter"] = flags["datacenter"].lower()
     dns, http, fwd = cfg.dns, cfg.http, cfg.forwarding
@@ -678,6 +822,4 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         base = replace(base, kubeconfig=flags.get("kubeconfig") or base.kubeconfig,
                        context=flags.get("kube_context") or base.context)
         kube = (base,) + kube[1:]
-    out = replace(cfg, dns=dns, http=http, forwarding=fwd, kubernetes=kube, **top)
-    check_peers(out.datacenter, out.peers)
-    return out
+    return validate(replace(cfg, dns=dns, http=http, forwarding=fwd, kubernetes=kube, **top), flags=given)

@@ -106,10 +106,13 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, cfg: Config, store: Store, *, port: int, count: int):
+    """Built with the rest of the server (the DNS handler reads its counters); `start` runs the processes
+    once the primary has bound the port they share."""
+
+    def __init__(self, cfg: Config, store: Store, *, count: int):
         self.cfg = cfg
         self.store = store
-        self.port = port
+        self.port = 0
         self.workers = [_Worker(i + 1) for i in range(count)]
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
@@ -161,9 +164,12 @@ class WorkerPool:
         """The latest forwarding counters of every worker that forwards."""
         return [w.forward for w in self.workers if w.forward is not None]
 
-    async def run(self) -> None:
+    async def start(self, port: int) -> None:
+        self.port = port
         for w in self.workers:
             self._start(w)
+
+    async def run(self) -> None:
         while not self._stopping:
             await asyncio.sleep(1.0)
             for w in self.workers:

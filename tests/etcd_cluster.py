@@ -1,4 +1,4 @@
-"""A real etcd cluster on 127.0.0.1 for the store tests.
+"""A real etcd cluster on loopback for the store tests.
 
 Members run the etcd that tests/etcd/build.sh builds into the cache (Debian's
 `etcd` on PATH is the fallback), each in its own data dir with free ports.
@@ -61,8 +61,9 @@ def server_version(binary: str) -> tuple[int, int]:
 
 
 class Member:
-    def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int, log: Path):
+    def __init__(self, name: str, host: str, data_dir: Path, client_port: int, peer_port: int, log: Path):
         self.name = name
+        self.host = host
         self.data_dir = data_dir
         self.client_port = client_port
         self.peer_port = peer_port
@@ -74,7 +75,7 @@ class Member:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def running(self) -> bool:
@@ -95,12 +96,14 @@ class Member:
 
 
 class EtcdCluster:
-    """`size` members on 127.0.0.1; index members 0..size-1."""
+    """`size` members on loopback; index members 0..size-1."""
 
-    def __init__(self, tmp_path: Path, *, size: int = 3, binary: str | None = None, tls: Path | None = None):
+    def __init__(self, tmp_path: Path, *, size: int = 3, binary: str | None = None, tls: Path | None = None,
+                 hosts: tuple[str, ...] | None = None):
         """`tls`: a directory with ca.crt, etcd.crt/etcd.key (the members' certificate, also used by etcd's
         own gateway as a client) and client.crt/client.key; clients then speak https and must show a
-        certificate signed by ca.crt."""
+        certificate signed by ca.crt. A member m<i> uses m<i>.crt/m<i>.key instead where they exist.
+        `hosts`: each member's loopback address (default 127.0.0.1 for all)."""
         self.binary = binary or etcd_binary()
         if self.binary is None:
             raise RuntimeError(NO_ETCD)
@@ -109,6 +112,9 @@ class EtcdCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.size = size
         self.tls = tls
+        self.hosts = hosts or ("127.0.0.1",) * size
+        if len(self.hosts) != size:
+            raise ValueError(f"hosts: {len(self.hosts)} addresses for {size} members")
         self.members: list[Member] = []
 
     @property
@@ -133,33 +139,39 @@ class EtcdCluster:
     def _configure(self, attempt: int) -> None:
         ports = [(free_port(), free_port()) for _ in range(self.size)]
         names = [f"m{i}" for i in range(self.size)]
-        initial = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, (_, peer) in zip(names, ports))
+        initial = ",".join(f"{n}=http://{h}:{peer}" for n, h, (_, peer) in zip(names, self.hosts, ports))
         self.members = []
-        for name, (client, peer) in zip(names, ports):
+        for name, host, (client, peer) in zip(names, self.hosts, ports):
             data = self.root / f"{name}-{attempt}"
-            member = Member(name, data, client, peer, self.root / f"{name}-{attempt}.log")
+            member = Member(name, host, data, client, peer, self.root / f"{name}-{attempt}.log")
             member.scheme = "https" if self.tls else "http"
             member.args = [
                 self.binary, "--name", name, "--data-dir", str(data),
                 "--listen-client-urls", member.endpoint, "--advertise-client-urls", member.endpoint,
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--listen-peer-urls", f"http://{host}:{peer}",
+                "--initial-advertise-peer-urls", f"http://{host}:{peer}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"meshdns-test-{os.getpid()}-{attempt}",
-                "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}",
+                "--listen-metrics-urls", f"http://{host}:{free_port()}",
                 "--grpc-keepalive-min-time", "1s", "--log-level", "warn",
             ]
             if self.version >= (3, 5):
                 member.args.append("--unsafe-no-fsync")
             if self.tls:
-                member.args += ["--cert-file", str(self.tls / "etcd.crt"), "--key-file", str(self.tls / "etcd.key"),
+                own = name if (self.tls / f"{name}.crt").exists() else "etcd"
+                member.args += ["--cert-file", str(self.tls / f"{own}.crt"), "--key-file", str(self.tls / f"{own}.key"),
                                 "--trusted-ca-file", str(self.tls / "ca.crt"), "--client-cert-auth"]
             self.members.append(member)
 
     def client(self, *, timeout: float = 5.0):
-        """A store client of all members, pinging every 2 s (the members allow 1 s)."""
+        """A store client of all members, pinging every 2 s (the members allow 1 s); with `tls`, it trusts
+        ca.crt and shows client.crt."""
         from meshdns.store.etcd import EtcdKV
-        return EtcdKV(self.endpoints, timeout=timeout, keepalive_time=2, keepalive_timeout=2)
+        files = {}
+        if self.tls:
+            files = {"ca_file": str(self.tls / "ca.crt"), "cert_file": str(self.tls / "client.crt"),
+                     "key_file": str(self.tls / "client.key")}
+        return EtcdKV(self.endpoints, timeout=timeout, keepalive_time=2, keepalive_timeout=2, **files)
 
     # -- JSON gateway ---------------------------------------------------------
 

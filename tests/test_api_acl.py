@@ -5,7 +5,6 @@ import dns.rcode
 import pytest
 
 from harness import ServerProcess, api, make_config, query, rrset_values
-from meshdns.api.acl import check_exposure
 from meshdns.config import ConfigError
 
 BILLING = "b1ll1ng-s3cr3t"
@@ -113,11 +112,11 @@ def test_reads_need_a_token_when_anonymous_read_is_off(start_server, tmp_path):
 
 
 def test_no_tokens_means_loopback_only(tmp_path):
-    with pytest.raises(ConfigError, match="not a loopback address"):
-        check_exposure(make_config(tmp_path, {"http": {"listen": "0.0.0.0:8500"}}))
-    check_exposure(make_config(tmp_path, {"http": {"listen": "0.0.0.0:8500", "insecure": True}}))
-    check_exposure(make_config(tmp_path, {"http": {"listen": "0.0.0.0:8500"}, **TOKENS}))
-    check_exposure(make_config(tmp_path, {"http": {"listen": "[::1]:8500"}}))
+    with pytest.raises(ConfigError, match="http.listen: 0.0.0.0 is not a loopback address"):
+        make_config(tmp_path, {"http": {"listen": "0.0.0.0:8500"}})
+    make_config(tmp_path, {"http": {"listen": "0.0.0.0:8500", "insecure": True}})
+    make_config(tmp_path, {"http": {"listen": "0.0.0.0:8500"}, **TOKENS})
+    make_config(tmp_path, {"http": {"listen": "[::1]:8500"}})
 
 
 def test_serve_refuses_a_public_api_without_tokens(tmp_path):

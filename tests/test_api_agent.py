@@ -212,3 +212,15 @@ def test_readyz_lists_zone_file_errors(start_server, tmp_path):
     body = api(srv.http, "GET", "/readyz").json()
     errors = body["sources"]["zones"]["errors"]
     assert len(errors) == 1 and "bad.toml:1" in next(iter(errors.values()))
+
+
+def test_check_output_is_kept_up_to_health_output_max_size(start_server, tmp_path):
+    (tmp_path / "zones").mkdir()
+    srv = start_server({"health": {"output_max_size": 10}}, zones=tmp_path / "zones")
+    assert api(srv.http, "PUT", "/v1/agent/check/register", {"ID": "mem", "Name": "mem", "TTL": "30s"}).status == 200
+    for status in ("passing", "critical"):   # a heartbeat (same status) and a change (written to disk)
+        update = {"Status": status, "Output": "0123456789abcdefghij"}
+        assert api(srv.http, "PUT", "/v1/agent/check/update/mem", update).status == 200
+        assert api(srv.http, "GET", "/v1/agent/checks").json()["mem"]["Output"] == "0123456789"
+    assert srv.app.db.load("check-status") != {}
+    assert {r["Output"] for r in srv.app.db.load("check-status").values()} == {"0123456789"}

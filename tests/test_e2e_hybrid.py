@@ -71,6 +71,8 @@ def estate(tmp_path, upstreams):
         config = tmp_path / "meshdns.toml"
         config.write_text(f'''
 datacenter = "dc1"
+[dns]
+rng_seed = 9010                    # the split shares below are counted, not left to chance
 [forwarding]
 recursors = ["{vm_upstream.address}"]
 timeout = "1s"

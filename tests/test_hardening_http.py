@@ -180,12 +180,14 @@ def test_slow_clients_are_cut_off(srv):
         body_took = time.monotonic() - started
     for t in threads:
         t.join(IDLE + 10)
+    # never before http.idle_timeout; and the server hung up (the clients give up only at IDLE + 8 s, a bound
+    # generous enough for a busy machine)
     took, reply_head, sent = results["head"]
-    assert IDLE - 0.2 <= took <= IDLE + 1.5 and sent < len(head) and reply_head == b"", results["head"]
+    assert IDLE - 0.2 <= took < IDLE + 8 and sent < len(head) and reply_head == b"", results["head"]
     took_silent = results["silent"][0]
-    assert IDLE - 0.2 <= took_silent <= IDLE + 1.5, results["silent"]
+    assert IDLE - 0.2 <= took_silent < IDLE + 8, results["silent"]
     assert status_of(reply) == 408 and b"did not arrive within 2s" in reply, reply
-    assert IDLE - 0.2 <= body_took <= IDLE + 1.5
+    assert IDLE - 0.2 <= body_took < IDLE + 8
     assert api(srv.http, "GET", "/v1/agent/services").json().keys() == {"ok"}   # nothing half-registered
     print(f"\nslow clients cut off: head at 1 byte/s after {took:.2f}s ({sent} bytes), silent after "
           f"{took_silent:.2f}s, body at 1 byte/s after {body_took:.2f}s (408); http.idle_timeout {IDLE:g}s")

@@ -46,7 +46,7 @@ def test_api_server_down_for_90_seconds(start_server, tmp_path):
         eventually(lambda: source.synced and source.connected, what="synced and watching")
         status, st = cluster_status(srv)
         assert status == 200 and st["synced"] and st["connected"] and st["errors"] == {}
-        assert st["last_event_age"] is not None and st["last_event_age"] < 5
+        assert st["last_event_age"] is not None
         synced = answers(srv)
         assert synced["web"] == ["10.244.1.5", "10.244.2.7"] and synced["api"][0] == dns.rcode.NXDOMAIN
         assert synced["static"] == ["127.6.0.1"]
@@ -87,16 +87,20 @@ def test_api_server_down_for_90_seconds(start_server, tmp_path):
         retries = source.errors
         assert fds_late <= fds_early + 3 and threads_late <= threads_early + 1, (fds_early, fds_late)
 
+        failed_before_return = source.errors
         double.come_back()
         back_at = time.monotonic()
-        eventually(lambda: answers(srv)["web"] == ["10.244.2.7"], timeout=10, interval=0.05,
+        eventually(lambda: answers(srv)["web"] == ["10.244.2.7"], timeout=30, interval=0.05,
                    what="the change made during the outage")
-        eventually(lambda: answers(srv)["api"] == (dns.rcode.NOERROR, ["10.244.3.1"]), timeout=5, interval=0.05)
+        eventually(lambda: answers(srv)["api"] == (dns.rcode.NOERROR, ["10.244.3.1"]), timeout=30, interval=0.05)
         caught_up = time.monotonic() - back_at
-        eventually(lambda: cluster_status(srv)[1]["connected"], timeout=5)
+        eventually(lambda: cluster_status(srv)[1]["connected"], timeout=30)
         status, st = cluster_status(srv)
-        assert status == 200 and st["errors"] == {} and st["last_event_age"] < 5
-        assert caught_up < 4.0, caught_up
+        assert status == 200 and st["errors"] == {}
+        assert st["last_event_age"] < ready_checks[-1][2]["last_event_age"]    # events flow again
+        # caught up by the first attempt after the return (one under way at that moment may still fail); how
+        # soon that attempt comes is the backoff's, capped at max_backoff (test_k8s_source tests the backoff)
+        assert source.errors <= failed_before_return + 1, (failed_before_return, source.errors)
         assert answers(srv)["static"] == ["127.6.0.1"]
     print(f"\nKubernetes API down {OUTAGE:.0f}s: {queries} DNS queries answered unchanged from the last synced "
           f"state, /readyz 200 with connected=false {len(ready_checks)} times (last_event_age up to "

@@ -1,7 +1,6 @@
 """The Kubernetes source end to end: the API server double, the real `kubernetes` client, the real server, DNS."""
 from __future__ import annotations
 
-import time
 
 import dns.rcode
 import pytest
@@ -56,14 +55,15 @@ def web(double: KubeDouble, *pods, name="web", ns="default", **kw):
     double.apply(endpoint_slice(name, ns, endpoints=list(pods)))
 
 
-def test_service_appears_within_a_second_then_follows_readiness_and_deletion(double, tmp_path, zones, start_server):
-    srv = start(start_server, zones, cluster(double, tmp_path))
+def test_service_appears_through_the_watch_then_follows_readiness_and_deletion(double, tmp_path, zones,
+                                                                               start_server):
+    srv = start(start_server, zones, cluster(double, tmp_path, watch_timeout="5m"))
     assert rcode(srv, "web.service.consul") == dns.rcode.NXDOMAIN
+    lists = double.list_count
 
-    started = time.monotonic()
     web(double, ("10.244.1.5", True), ("10.244.2.7", True))
-    eventually(lambda: a(srv, "web.service.consul") == ["10.244.1.5", "10.244.2.7"], timeout=1.0)
-    assert time.monotonic() - started < 1.0
+    eventually(lambda: a(srv, "web.service.consul") == ["10.244.1.5", "10.244.2.7"])
+    assert double.list_count == lists      # pushed by the open watches, not found by listing again
     out = dig(srv.dns_port, "+short", "web.service.consul", "SRV")
     assert sorted(out.split("\n")[:2]) == ["1 1 8080 0af40105.addr.dc1.consul.", "1 1 8080 0af40207.addr.dc1.consul."]
 
@@ -172,13 +172,14 @@ def test_api_server_outage_keeps_answers_and_catches_up(double, tmp_path, zones,
     double.atomically(lambda d: (d.apply(endpoint_slice("web", endpoints=[("10.244.2.7", True)])),
                                  d.apply(service("api")), d.apply(endpoint_slice("api", endpoints=[("10.244.3.1", True)])),
                                  d.compact(notify=False)))
-    until = time.monotonic() + 2.5
-    while time.monotonic() < until:   # the outage lasts this long; answers must not change during it
+    age = source.status()["last_event_age"]
+    for attempt in range(1, 6):   # the outage lasts five more failed reconnects; answers do not change
+        failed = source.errors
+        eventually(lambda: source.errors > failed, what=f"reconnect attempt {attempt} failed")
         assert a(srv, "web.service.consul") == ["10.244.1.5", "10.244.2.7"]
         assert rcode(srv, "api.service.consul") == dns.rcode.NXDOMAIN
-        time.sleep(0.1)
     status = source.status()
-    assert status["synced"] and not status["connected"] and status["last_event_age"] >= 2.0
+    assert status["synced"] and not status["connected"] and status["last_event_age"] > age
     assert "ConnectionRefusedError" in status["last_error"] or "refused" in status["last_error"].lower()
 
     double.come_back()
@@ -362,11 +363,10 @@ def test_backoff_is_capped_exponential_with_jitter():
 
 
 @pytest.mark.parametrize("clusters, message", [
-    ([{"name": "a", "datacenter": "not a label"}], "'a'.*datacenter"),
+    ([{"name": "a", "datacenter": "not a label"}], r"kubernetes\[0\].datacenter: 'not a label' is not a DNS label"),
     ([{"name": "a"}, {"name": "a"}], r"kubernetes\[1\].name: 'a' names two clusters"),
 ])
 def test_cluster_settings_errors_name_the_cluster(tmp_path, double, clusters, message):
     kc = str(double.kubeconfig(tmp_path / "kc"))
-    cfg = parse_config({"zones": str(tmp_path), "kubernetes": [{**c, "kubeconfig": kc} for c in clusters]})
     with pytest.raises(ConfigError, match=message):
-        build(cfg)
+        parse_config({"zones": str(tmp_path), "kubernetes": [{**c, "kubeconfig": kc} for c in clusters]})

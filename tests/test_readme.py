@@ -145,3 +145,25 @@ def test_the_locality_and_views_worked_example_runs_as_written(start_server, tmp
     assert checked == 7
     metrics = run_sh(blocks[-1].strip().splitlines()[-1], tmp_path, **ports)
     assert 'meshdns_intention_denied_total{destination="db",source="web"} 1.0' in metrics
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_in_the_docs_reaches_a_file_and_heading():
+    broken = []
+    for doc in (ROOT / "README.md", ROOT / "SECURITY.md", *sorted((ROOT / "deploy").rglob("README.md"))):
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (doc.parent / path) if path else doc
+            if not linked.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
+            elif fragment and linked.suffix == ".md":
+                headings = {github_anchor(h) for h in re.findall(r"^#+ (.*)$", linked.read_text(), re.M)}
+                if fragment not in headings:
+                    broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, broken

@@ -1,4 +1,4 @@
-"""What only the etcd backend has: endpoints as one gRPC target, TLS with client certificates, passwords."""
+"""What only the etcd backend has: a gRPC channel per endpoint, TLS with client certificates, passwords."""
 from __future__ import annotations
 
 import asyncio
@@ -8,20 +8,22 @@ import pytest
 from aetcd import rpc
 
 from etcd_cluster import NO_ETCD, EtcdCluster, etcd_binary
-from meshdns.store import Put, StoreError
-from meshdns.store.etcd import EtcdKV, grpc_target
+from meshdns.store import Put, StoreError, StoreUnavailable
+from meshdns.store.etcd import EtcdKV, grpc_targets
 from test_hardening_http import certs, openssl  # noqa: F401 (fixture)
 
 
-def test_endpoints_become_one_grpc_target():
-    assert grpc_target(["http://127.0.0.1:2379", "127.0.0.2:22379"]) == ("ipv4:127.0.0.1:2379,127.0.0.2:22379",
-                                                                         False)
-    assert grpc_target(["https://[::1]:2379"]) == ("ipv6:[::1]:2379", True)
-    assert grpc_target(["https://etcd-client.meshdns.svc:2379"]) == ("dns:///etcd-client.meshdns.svc:2379", True)
-    for bad, words in ([[], "at least one"], [["http://a:1", "http://b:1"], "several host names"],
-                       [["http://127.0.0.1:1", "https://127.0.0.2:1"], "mix http"], [["ftp://x:1"], "not http"]):
+def test_each_endpoint_becomes_a_grpc_target_of_its_own():
+    assert grpc_targets(["http://127.0.0.1:2379", "127.0.0.2:22379"]) == (
+        ["ipv4:127.0.0.1:2379", "ipv4:127.0.0.2:22379"], False)
+    assert grpc_targets(["https://[::1]:2379"]) == (["ipv6:[::1]:2379"], True)
+    assert grpc_targets(["https://etcd-client.meshdns.svc:2379"]) == (["dns:///etcd-client.meshdns.svc:2379"], True)
+    assert grpc_targets(["https://etcd-0.example:2379", "https://[::1]:2379", "https://127.0.0.3"]) == (
+        ["dns:///etcd-0.example:2379", "ipv6:[::1]:2379", "ipv4:127.0.0.3:2379"], True)
+    for bad, words in ([[], "at least one"], [["http://127.0.0.1:1", "https://127.0.0.2:1"], "mix http"],
+                       [["ftp://x:1"], "not http"]):
         with pytest.raises(ValueError, match=words) as raised:
-            grpc_target(bad)
+            grpc_targets(bad)
         assert str(raised.value).startswith("endpoints:")
 
 
@@ -100,3 +102,57 @@ async def test_tls_with_a_client_certificate_and_a_password(tls_etcd, certs):  #
     finally:
         for client in (kv, wrong, no_cert):
             await client.close()
+
+
+@pytest.fixture
+def tls_members(certs, tmp_path):  # noqa: F811
+    """Three members that speak only TLS on 127.0.0.1, .2 and .3, each with a certificate for its own address only."""
+    if etcd_binary() is None:
+        pytest.skip(NO_ETCD)
+    hosts = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    for i, host in enumerate(hosts):
+        sign(certs, f"m{i}", f"subjectAltName=IP:{host}\nextendedKeyUsage=serverAuth,clientAuth\n")
+    sign(certs, "client", "extendedKeyUsage=clientAuth\n")
+    cluster = EtcdCluster(tmp_path, tls=certs, hosts=hosts).start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_one_tls_client_of_members_on_their_own_addresses_writes_while_one_is_killed(tls_members):
+    """Each member's certificate is checked against that member's own address, and the client moves
+    on to the next member when the one it talks to, or the leader, is killed; a client that starts while
+    a member is down never sends it a write."""
+    cluster = tls_members
+    kv = cluster.client(timeout=3)
+
+    async def write(key: bytes) -> None:
+        for _ in range(200):  # a write whose outcome is unknown (the member died under it) is retried
+            try:
+                ok, _ = await kv.txn([], [Put(key, b"1")])
+                assert ok
+                return
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"{key!r} never acknowledged")
+
+    try:
+        written = [b"/own/before"]
+        await write(written[0])
+        for victim in range(3):  # one of them is the member the client talks to, one leads
+            cluster.kill(victim)
+            for i in range(10):
+                written.append(b"/own/m%d-down/%02d" % (victim, i))
+                await write(written[-1])
+            assert [e.key for e in (await kv.list(b"/own/"))[0]] == sorted(written)
+            fresh = cluster.client(timeout=3)
+            try:
+                for i in range(10):
+                    written.append(b"/own/m%d-down/fresh-%02d" % (victim, i))
+                    assert (await fresh.txn([], [Put(written[-1], b"1")]))[0]
+                assert [e.key for e in (await fresh.list(b"/own/"))[0]] == sorted(written)
+            finally:
+                await fresh.close()
+            cluster.restart(victim)
+            await asyncio.to_thread(cluster.wait_healthy)
+    finally:
+        await kv.close()

@@ -20,8 +20,8 @@ class Clock:
             c.roll()
 
 
-def counter(clock, *, max_keys=1000, keep=15):
-    c = TopologyCounter(clock=clock, max_keys=max_keys, keep_minutes=keep)
+def counter(clock, *, max_keys=1000, keep=15, peers=None):
+    c = TopologyCounter(clock=clock, max_keys=max_keys, keep_minutes=keep, peers=peers)
     clock.counters.append(c)
     return c
 
@@ -103,9 +103,8 @@ def test_memory_stays_bounded_with_100000_distinct_sources():
 
 def test_a_workers_buckets_are_added_once_each_minute():
     clock = Clock()
-    primary, worker = counter(clock), counter(clock)
     reported = {}
-    primary.peers = lambda: [reported]
+    primary, worker = counter(clock, peers=lambda: [reported]), counter(clock)
     worker.count("10.0.0.1", "x.")
     reported = merged(reported, worker.export(), keep_minutes=15)
     worker.count("10.0.0.1", "x.")

@@ -6,12 +6,11 @@ compared in constant time and never appear in a message or a log line.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Iterable
 
 from aiohttp import web
 
-from ..config import AclToken, Config, ConfigError
+from ..config import AclToken
 
 
 class Denied(Exception):
@@ -84,22 +83,3 @@ class Acl:
         if token is None or token.management or "" in token.write:
             return
         raise Denied("Permission denied: node-level writes need a management token")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(cfg: Config) -> None:
-    """Without tokens the API may only listen on loopback, unless the operator says otherwise."""
-    host = cfg.http.listen[0]
-    if cfg.acl_tokens or cfg.http.insecure or _loopback(host):
-        return
-    raise ConfigError(f"http.listen: {host} is not a loopback address and no [[acl.tokens]] are configured; "
-                      "anyone who can reach it could change the catalog. Configure ACL tokens, listen on "
-                      "127.0.0.1, or pass --http-insecure")

@@ -21,7 +21,6 @@ from .shapes import CHECK, SERVICE, agent_service_json, check_json
 
 routes = web.RouteTableDef()
 
-MAX_OUTPUT = 4096
 
 
 def peer_address(request: web.Request) -> str:
@@ -208,7 +207,7 @@ async def _ttl(request: web.Request, status: Health, output: str) -> web.Respons
     if check is None:
         raise NotFound(f"unknown check ID {key[2]!r}")
     _require_check_write(request, check)
-    await ctx.registrations.update_ttl(key, status, output[:MAX_OUTPUT])
+    await ctx.registrations.update_ttl(key, status, output)
     return ok(request)
 
 

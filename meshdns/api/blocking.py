@@ -16,8 +16,7 @@ from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError
 from ..config import ConfigError, parse_duration
 
-DEFAULT_WAIT = 300.0
-MAX_WAIT = 600.0
+DEFAULT_WAIT = 300.0   # Consul's, when ?wait= is not given (never more than http.max_wait)
 
 
 class TooManyWaiters(Exception):
@@ -29,7 +28,7 @@ def index_of(snap: Snapshot) -> int:
     return max(1, snap.version)
 
 
-def parse_blocking(query) -> tuple[int | None, float]:
+def parse_blocking(query, *, max_wait: float) -> tuple[int | None, float]:
     raw_index = query.get("index")
     index = None
     if raw_index not in (None, ""):
@@ -43,13 +42,14 @@ def parse_blocking(query) -> tuple[int | None, float]:
             wait = parse_duration(raw_wait, key="wait")
         except ConfigError as exc:
             raise FieldError("wait", str(exc).split(": ", 1)[-1]) from None
-    return index, min(wait, MAX_WAIT)
+    return index, min(wait, max_wait)
 
 
 class Watch:
     def __init__(self, *, limit: int, rng: random.Random | None = None):
         self.limit = limit
         self.active = 0
+        self.unchanged = 0  # wakes after which a parked request's answer was the same, so it kept waiting
         self.rng = rng or random.Random()
         self._event = asyncio.Event()
         self._closed = False
@@ -77,9 +77,10 @@ class Watch:
         """True when a new snapshot arrived within `timeout`; False on timeout or shutdown."""
         if self._closed:
             return False
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
+        try:  # asyncio.timeout, not wait_for: wait_for swallows a cancel (shutdown) that comes as the wait ends
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
             return False
         return not self._closed
 

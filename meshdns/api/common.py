@@ -184,7 +184,7 @@ async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
     ctx.acl.require_read(request)
     if not filtered and request.query.get("filter"):
         raise FieldError("filter", "this endpoint does not filter its answer")
-    index, wait = parse_blocking(request.query)
+    index, wait = parse_blocking(request.query, max_wait=ctx.cfg.http.max_wait)
     snap = ctx.store.snapshot
     if index is not None and index > 0 and index == index_of(snap):
         with ctx.watch.slot():
@@ -198,6 +198,7 @@ async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
                 snap = ctx.store.snapshot
                 if json_body(request, compute(snap)) != seen:
                     break
+                ctx.watch.unchanged += 1
     snap = ctx.store.snapshot
     return web.Response(body=json_body(request, compute(snap)), content_type="application/json",
                         headers=_read_headers(snap))

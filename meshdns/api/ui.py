@@ -124,8 +124,9 @@ class SplitAnswers:
 
     async def next_sample(self, timeout: float) -> None:
         if not self._closed:
-            try:
-                await asyncio.wait_for(self._event.wait(), timeout)
+            try:  # asyncio.timeout, not wait_for: wait_for swallows a cancel (shutdown) that comes as the wait ends
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
             except TimeoutError:
                 pass
 
@@ -152,7 +153,7 @@ async def split_answers(request: web.Request) -> web.Response:
     """Answers by split target; `?index=N` (the last answer's index) waits for the next sample."""
     ctx = ctx_of(request)
     ctx.acl.require_read(request)
-    index, wait = parse_blocking(request.query)
+    index, wait = parse_blocking(request.query, max_wait=ctx.cfg.http.max_wait)
     answers = request.app[SPLIT_ANSWERS]
     if index is not None and index == answers.index:
         with ctx.watch.slot():

@@ -53,8 +53,9 @@ class DnsHandler:
                  enable_truncate: bool = True, rng: random.Random | None = None,
                  forwarder: "Forwarder | None" = None, recursion: RecursionPolicy | None = None,
                  classifier: Classifier | None = None, rate_limiter: RateLimiter | None = None,
-                 topology: TopologyCounter | None = None, max_answers: int = 200_000,
-                 reply_budget: int = 16 << 20, max_clients: int = 65536, max_classes: int = 256):
+                 topology: TopologyCounter | None = None, peers: Callable[[], list[DnsStats]] | None = None,
+                 max_answers: int = 200_000, reply_budget: int = 16 << 20, max_clients: int = 65536,
+                 max_classes: int = 256):
         self.store = store
         self.opts = opts
         self.udp_payload = udp_payload
@@ -70,7 +71,7 @@ class DnsHandler:
         self.max_clients = max_clients
         self.max_classes = max(1, max_classes)
         self.internal_errors = 0
-        self.peers: Callable[[], list[DnsStats]] | None = None  # the worker processes' counters
+        self.peers = peers  # the worker processes' counters
         self._counts = Counts(self.stats.queries, self.stats.splits,
                               forwarder.stats.cache if forwarder is not None else None, topology,
                               locality=self.stats.locality, denied=self.stats.denied)

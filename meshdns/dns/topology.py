@@ -24,7 +24,8 @@ Buckets = Mapping[int, tuple[dict[tuple[str, str], int], int]]
 
 
 class TopologyCounter:
-    def __init__(self, *, clock: Callable[[], float], max_keys: int, keep_minutes: int):
+    def __init__(self, *, clock: Callable[[], float], max_keys: int, keep_minutes: int,
+                 peers: Callable[[], Iterable[Buckets]] | None = None):
         self.clock = clock
         self.max_keys = max_keys
         self.keep_minutes = keep_minutes
@@ -32,7 +33,7 @@ class TopologyCounter:
         self.current: dict[tuple[str, str], int] = {}
         self.dropped = 0
         self.sealed: dict[int, tuple[dict[tuple[str, str], int], int]] = {}
-        self.peers: Callable[[], Iterable[Buckets]] | None = None  # the worker processes' buckets
+        self.peers = peers  # the worker processes' buckets
         self._exported = self.minute - 1  # the newest sealed minute export() has handed out
 
     def count(self, address: str, name: str) -> None:

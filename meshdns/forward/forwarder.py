@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..config import Config, ConfigError
+from ..config import Config
 from ..dns.wire import MAX_TCP, NS, Query, own_domain
 from .cache import Cached, ReplyCache
 from .client import ForwardStats, Server, UpstreamClient
@@ -46,7 +46,7 @@ class Forwarder:
     def __init__(self, *, domains: tuple[str, ...], recursors: tuple[Server, ...] = (),
                  zones: tuple[tuple[str, tuple[Server, ...]], ...] = (), timeout: float = 2.0,
                  strategy: str = "sequential", cache: ReplyCache | None = None, udp_payload: int = 1232,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, peers: Callable[[], list[ForwardCounts]] | None = None):
         self.domains = domains
         self.recursors = recursors
         # longest suffix first, so the first match is the most specific rule
@@ -58,8 +58,7 @@ class Forwarder:
         self.cache = cache if cache is not None else ReplyCache(max_entries=0)
         self.clock = self.cache.clock   # the time cached replies age in
         self._inflight: dict[CacheKey, asyncio.Task] = {}
-        # The worker processes' counters; each worker has a cache of its own.
-        self.peers: Callable[[], list[ForwardCounts]] | None = None
+        self.peers = peers  # the worker processes' counters; each worker has a cache of its own
 
     def counts(self) -> ForwardCounts:
         """This process's counters, copied (safe to send to another process)."""
@@ -151,18 +150,14 @@ class Forwarder:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def from_config(cfg: Config, *, clock: Callable[[], float] = time.monotonic) -> Forwarder | None:
+def from_config(cfg: Config, *, clock: Callable[[], float] = time.monotonic,
+                peers: Callable[[], list[ForwardCounts]] | None = None) -> Forwarder | None:
     """The forwarder the config asks for, or None when there are no recursors and no zone rules."""
     fwd = cfg.forwarding
     if not fwd.recursors and not fwd.zones:
         return None
-    for i, zone in enumerate(fwd.zones):
-        ours = own_domain(zone.name, cfg.domains)
-        if ours is not None:
-            raise ConfigError(f"forwarding.zone[{i}].name: {zone.name!r} is inside our own domain {ours!r}, "
-                              f"which meshdns answers itself and never forwards")
     cache = ReplyCache(max_entries=cfg.cache.max_entries, min_ttl=cfg.cache.min_ttl,
                        max_ttl=cfg.cache.max_ttl, serve_stale=cfg.cache.serve_stale, clock=clock)
     return Forwarder(domains=cfg.domains, recursors=fwd.recursors,
                      zones=tuple((z.name, z.servers) for z in fwd.zones), timeout=fwd.timeout,
-                     strategy=fwd.strategy, cache=cache, udp_payload=cfg.dns.udp_payload)
+                     strategy=fwd.strategy, cache=cache, udp_payload=cfg.dns.udp_payload, peers=peers)

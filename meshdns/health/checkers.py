@@ -13,7 +13,6 @@ import aiohttp
 from ..catalog.model import Health
 from .spec import CheckSpec
 
-MAX_OUTPUT = 4096
 USER_AGENT = "meshdns health check"
 
 
@@ -30,7 +29,7 @@ def new_session(*, limit: int) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
 
 
-async def probe_http(session: aiohttp.ClientSession, spec: CheckSpec) -> tuple[Health, str]:
+async def probe_http(session: aiohttp.ClientSession, spec: CheckSpec, *, max_output: int) -> tuple[Health, str]:
     headers = {"User-Agent": USER_AGENT, "Accept": "text/plain, text/*, */*"}
     for name, value in spec.headers:
         headers[name] = value
@@ -41,7 +40,7 @@ async def probe_http(session: aiohttp.ClientSession, spec: CheckSpec) -> tuple[H
                                    data=spec.body.encode() if spec.body else None,
                                    allow_redirects=not spec.disable_redirects,
                                    timeout=aiohttp.ClientTimeout(total=spec.timeout)) as resp:
-            body = await resp.content.read(MAX_OUTPUT)
+            body = await resp.content.read(max_output)
             text = body.decode("utf-8", "replace")
             return http_status_health(resp.status), f"{where}: {resp.status} {resp.reason} Output: {text}"
     except asyncio.TimeoutError:

@@ -60,9 +60,10 @@ class _Due:
 
 
 class HealthRunner:
-    def __init__(self, *, concurrency: int = 64, rng: random.Random | None = None,
+    def __init__(self, *, concurrency: int = 64, output_max_size: int = 4096, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.concurrency = concurrency
+        self.output_max_size = output_max_size
         self.rng = rng or random.Random()
         self.clock = clock
         self._owners: dict[str, _Owner] = {}
@@ -71,10 +72,11 @@ class HealthRunner:
         self._seq = itertools.count()
         self._gens = itertools.count(1)  # global, so a removed and re-added check never matches old entries
         self._wake: asyncio.Event | None = None
-        self._sem: asyncio.Semaphore | None = None
+        self._sem = asyncio.Semaphore(concurrency)
         self._session = None
         self._probes: set[asyncio.Task] = set()
         self._closed = False
+        self.probes_started = 0
         self.probes_run = 0
 
     # -- owners and checks --------------------------------------------------
@@ -131,6 +133,10 @@ class HealthRunner:
     def __len__(self) -> int:
         return len(self._checks)
 
+    def clip(self, output: str) -> str:
+        """A check's output as it is kept: at most `output_max_size` characters."""
+        return output[:self.output_max_size]
+
     # -- TTL ------------------------------------------------------------------
 
     def update_ttl(self, owner: str, key: Hashable, status: Health, output: str) -> None:
@@ -141,7 +147,7 @@ class HealthRunner:
         now = self.clock()
         c.gen = next(self._gens)
         self._push(now + c.spec.ttl, c, "ttl")
-        self._set(c, sm.set_status(c.state, status, output, now=now))
+        self._set(c, sm.set_status(c.state, status, self.clip(output), now=now))
 
     # -- scheduling -----------------------------------------------------------
 
@@ -169,22 +175,26 @@ class HealthRunner:
                 except Exception:
                     log.exception("check owner %s failed to take a change", check.owner)
 
+    def run_due(self) -> float | None:
+        """Start whatever is due by `clock()` (probes, TTL expiries, reaps); seconds until the next is due.
+
+        `run` calls it whenever something is due or a check was added; tests call it with a clock they move.
+        """
+        now = self.clock()
+        while self._heap and self._heap[0].at <= now:
+            self._dispatch(heapq.heappop(self._heap), now)
+        return max(0.0, self._heap[0].at - now) if self._heap else None
+
     async def run(self) -> None:
         self._wake = asyncio.Event()
-        self._sem = asyncio.Semaphore(self.concurrency)
-        try:
-            while True:
-                now = self.clock()
-                while self._heap and self._heap[0].at <= now:
-                    self._dispatch(heapq.heappop(self._heap), now)
-                self._wake.clear()
-                timeout = max(0.0, self._heap[0].at - now) if self._heap else None
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            await self.close()
+        while True:
+            timeout = self.run_due()
+            self._wake.clear()
+            try:  # asyncio.timeout, not wait_for: wait_for swallows a cancel that comes as the wait ends
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
 
     def _dispatch(self, due: _Due, now: float) -> None:
         check = self._checks.get(due.ref)
@@ -205,6 +215,7 @@ class HealthRunner:
         if check.running or self._closed:
             return
         check.running = True
+        self.probes_started += 1
         task = asyncio.get_running_loop().create_task(self._probe(check))
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
@@ -217,14 +228,14 @@ class HealthRunner:
                 if check.spec.kind == "http":
                     if self._session is None:
                         self._session = new_session(limit=self.concurrency)
-                    result, output = await probe_http(self._session, check.spec)
+                    result, output = await probe_http(self._session, check.spec, max_output=self.output_max_size)
                 else:
                     result, output = await probe_tcp(check.spec)
                 self.probes_run += 1
             if self._checks.get((check.owner, check.key)) is not check:
                 return
             spec = check.spec
-            self._set(check, sm.observe(check.state, result, output,
+            self._set(check, sm.observe(check.state, result, self.clip(output),
                                         success_before_passing=spec.success_before_passing,
                                         failures_before_critical=spec.failures_before_critical,
                                         now=self.clock()))

@@ -153,8 +153,7 @@ class PeerSource:
         try:
             await self._stopped.wait()
         finally:
-            catalog.cancel()
-            await self.close()
+            catalog.cancel()   # the watches and the client are close()'s, which the lifecycle calls once
 
     async def close(self) -> None:
         """Stop every watch; the imported state stays published (the process is stopping anyway)."""

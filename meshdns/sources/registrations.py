@@ -91,7 +91,7 @@ class Registrations:
         return Write(change.kind, self._disk_key(change.key), value, if_changed=True)
 
     def _status_write(self, key: CKey, state: CheckState | None) -> Write:
-        value = None if state is None else {"Status": state.status.api_name, "Output": state.output[:4096]}
+        value = None if state is None else {"Status": state.status.api_name, "Output": self.runner.clip(state.output)}
         return Write(CHECK_STATUS, self._disk_key(key), value, if_changed=True)
 
     # -- indexes --------------------------------------------------------------
@@ -360,6 +360,7 @@ class Registrations:
 
     async def update_ttl(self, key: CKey, status: Health, output: str) -> None:
         """pass/warn/fail/update; a status change is on disk before this returns."""
+        output = self.runner.clip(output)
         check = self.checks.get(key)
         if check is None:
             raise NotFound(f"unknown check ID {key[2]!r}")

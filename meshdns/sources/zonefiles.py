@@ -8,9 +8,16 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from dnslib import RR, DNSBuffer
+import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.tokenizer
+import dns.zone
+import dns.zonefile
 
 from ..catalog import validate
 from ..catalog.model import Health, Instance, Intention, Node, Split, Zone, ZoneRecord
@@ -173,112 +180,124 @@ def _service(item: dict[str, Any], label: str, datacenter: str, source: str) -> 
 
 
 # ---------------------------------------------------------------------------
-# RFC 1035 master files
+# RFC 1035 master files, read by dnspython ($INCLUDE, $GENERATE, parentheses, escapes)
+
+MAX_INCLUDES = 64   # per zone file: an $INCLUDE loop is an error, not a hang
+_LOCATED = re.compile(r"^(.*?):(\d+): (.*)$", re.S)
 
 
-class _NoCompression(dict):
-    """A DNSBuffer name table that never remembers, so rdata stays self-contained."""
+class _Tokenizer(dns.tokenizer.Tokenizer):
+    """Resolves the file named by $INCLUDE against the directory of the file that includes it (not the
+    working directory), and records it so that a change to it reloads the zone. `where()` is the line of
+    the last token read (dnspython's counts the newline it looked ahead at)."""
 
-    def __setitem__(self, key, value) -> None:
-        pass
+    def __init__(self, f, filename: str, included: list[Path]):
+        super().__init__(f, filename)
+        self.included = included
+        self._after_include = False
+        self._line = 1
 
+    def where(self) -> tuple[str, int]:
+        return self.filename, self._line
 
-def rdata_wire(rr: RR) -> bytes:
-    buf = DNSBuffer()
-    buf.names = _NoCompression()
-    rr.rdata.pack(buf)
-    return bytes(buf.data)
-
-
-def _logical_records(text: str):
-    """Yield (line number, text, starts_with_blank) for each record, joining ( ... ) spans."""
-    pending, start, depth, blank = [], 0, 0, False
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = _strip_comment(raw)
-        if depth == 0:
-            if not line.strip():
-                continue
-            start, blank, pending = n, line[:1].isspace(), []
-        depth += line.count("(") - line.count(")")
-        pending.append(line.replace("(", " ").replace(")", " "))
-        if depth < 0:
-            raise ZoneFileError("", n, "unbalanced ')'")
-        if depth == 0:
-            yield start, " ".join(pending), blank
-    if depth:
-        raise ZoneFileError("", start, "unbalanced '(' (record never closed)")
+    def get(self, want_leading: bool = False, want_comment: bool = False) -> dns.tokenizer.Token:
+        token = super().get(want_leading, want_comment)
+        if token.is_eol():
+            self._line = self.line_number - 1
+        elif not token.is_eof():
+            self._line = self.line_number - (self.ungotten_char == "\n")
+        if self._after_include and (token.is_identifier() or token.is_quoted_string()):
+            if len(self.included) >= MAX_INCLUDES:
+                raise dns.exception.SyntaxError(f"more than {MAX_INCLUDES} $INCLUDEs (does a file include itself?)")
+            path = Path(self.filename).parent / token.value
+            self.included.append(path)
+            token = dns.tokenizer.Token(token.ttype, str(path))
+        self._after_include = token.is_identifier() and token.value.upper() == "$INCLUDE"
+        return token
 
 
-def _strip_comment(line: str) -> str:
-    out, quoted = [], False
-    for ch in line:
-        if ch == '"':
-            quoted = not quoted
-        if ch == ";" and not quoted:
-            break
-        out.append(ch)
-    return "".join(out)
+class _Reader(dns.zonefile.Reader):
+    """dnspython's reader; the tokenizer it makes for an $INCLUDEd file resolves that file's $INCLUDEs too."""
+
+    @property
+    def tok(self) -> _Tokenizer:
+        return self._tok
+
+    @tok.setter
+    def tok(self, tok: dns.tokenizer.Tokenizer) -> None:
+        if not isinstance(tok, _Tokenizer):
+            tok = _Tokenizer(tok.file, tok.filename, self._tok.included)
+        self._tok = tok
+
+    def _rr_line(self) -> None:
+        """dnspython skips a record outside the zone without a word; here it is an error."""
+        token = self.tok.get(want_leading=True)
+        self.tok.unget(token)
+        if self.zone_origin is not None and not token.is_whitespace():
+            name = dns.name.from_text(token.value, self.current_origin, self.tok.idna_codec)
+            if not name.is_subdomain(self.zone_origin):
+                raise dns.exception.SyntaxError(f"{name.to_text().lower()} is outside the zone "
+                                                f"{self.zone_origin.to_text().lower()}")
+        super()._rr_line()
 
 
-_CLASSES = {"IN", "CH", "HS", "CS"}
-
-
-def parse_master(path: str, text: str, *, default_origin: str, source: str) -> Zone:
-    origin = default_origin.lower()
-    zone_origin = None
-    ttl = 3600
-    owner = None
-    records: list[ZoneRecord] = []
+def parse_master(path: str, text: str, *, default_origin: str, source: str,
+                 included: list[Path] | None = None) -> Zone:
+    """The zone in `text` (read from `path`); its origin is the first $ORIGIN if one comes before any record,
+    else `default_origin` (from the file name). `included` gets the path of every file it $INCLUDEs."""
+    origin = None if _starts_with_origin(text) else dns.name.from_text(default_origin)
+    zone = dns.zone.Zone(origin, relativize=False)
+    tok = _Tokenizer(text, path, included if included is not None else [])
+    reader = None
     try:
-        for line, rec, blank in _logical_records(text):
-            words = rec.split()
-            if words[0].upper() == "$ORIGIN":
-                if len(words) != 2:
-                    raise ZoneFileError(path, line, "$ORIGIN takes one name")
-                origin = _absolute(words[1], origin)
-                continue
-            if words[0].upper() == "$TTL":
-                try:
-                    ttl = int(parse_duration(words[1] if len(words) > 1 else "", key="$TTL"))
-                except ConfigError:
-                    raise ZoneFileError(path, line, f"bad $TTL {words[1:]!r}") from None
-                continue
-            if words[0].startswith("$"):
-                raise ZoneFileError(path, line, f"unsupported directive {words[0]}")
-            if zone_origin is None:
-                zone_origin = origin
-            if blank:
-                if owner is None:
-                    raise ZoneFileError(path, line, "record without an owner name")
-                rec = f"{owner} {rec.strip()}"
-            else:
-                owner = _absolute(words[0], origin)
-                rec = f"{owner} {' '.join(words[1:])}"
-            try:
-                parsed = RR.fromZone(rec, origin=origin, ttl=ttl)
-            except Exception as exc:  # dnslib raises many types for bad rdata
-                raise ZoneFileError(path, line, f"cannot parse record: {exc or type(exc).__name__}") from None
-            if not parsed:
-                raise ZoneFileError(path, line, "cannot parse record")
-            for rr in parsed:
-                name = str(rr.rname).lower()
-                if not (name == zone_origin or name.endswith("." + zone_origin)):
-                    raise ZoneFileError(path, line, f"{name} is outside the zone {zone_origin}")
-                records.append(ZoneRecord(name, rr.rtype, rr.ttl, rdata_wire(rr)))
-    except ZoneFileError as exc:
-        if not exc.path:
-            raise ZoneFileError(path, exc.line, exc.message) from None
-        raise
-    zone_origin = zone_origin or origin
-    if not any(r.rtype == 6 and r.name == zone_origin for r in records):
-        raise ZoneFileError(path, 1, f"no SOA record at the zone origin {zone_origin}")
-    return Zone(origin=zone_origin, records=tuple(records), source=source)
+        with zone.writer(replacement=True) as txn:
+            reader = _Reader(tok, dns.rdataclass.IN, txn, allow_include=True, default_ttl=3600)
+            reader.read()
+    except dns.exception.SyntaxError as exc:
+        m = _LOCATED.match(str(exc))
+        where, line, detail = (m.group(1), int(m.group(2)), m.group(3)) if m else (path, tok.where()[1], str(exc))
+        if detail in _VAGUE:
+            detail = f"cannot parse {_line_text(where, line, path, text)!r}"
+        raise ZoneFileError(where, line, detail) from None
+    except (dns.exception.DNSException, KeyError, ValueError, OSError) as exc:
+        where, line = (reader.tok if reader is not None else tok).where()
+        raise ZoneFileError(str(where), line, _reason(exc, zone)) from None
+    origin_text = zone.origin.to_text().lower()
+    if zone.get_rdataset(zone.origin, dns.rdatatype.SOA) is None:
+        raise ZoneFileError(path, 1, f"no SOA record at the zone origin {origin_text}")
+    records = tuple(ZoneRecord(name.to_text().lower(), int(rdata.rdtype), ttl, rdata.to_wire())
+                    for name, ttl, rdata in zone.iterate_rdatas())
+    return Zone(origin=origin_text, records=records, source=source)
 
 
-def _absolute(name: str, origin: str) -> str:
-    if name == "@":
-        return origin
-    if name.endswith("."):
-        return name.lower()
-    return f"{name}.{origin}".lower() if origin != "." else f"{name}.".lower()
+_VAGUE = {"Text input is malformed.", "syntax error", ""}
 
+
+def _line_text(where: str, line: int, path: str, text: str) -> str:
+    """The offending line as written, for an error dnspython does not describe."""
+    try:
+        lines = (text if where == path else Path(where).read_text(encoding="utf-8")).splitlines()
+    except (OSError, UnicodeDecodeError):
+        return "the record"
+    return lines[line - 1].strip() if 0 < line <= len(lines) else "the record"
+
+
+def _starts_with_origin(text: str) -> bool:
+    """Whether an $ORIGIN comes before the first record (then it, not the file name, is the zone's origin)."""
+    for line in text.splitlines():
+        words = line.split(";", 1)[0].split()
+        if not words:
+            continue
+        if words[0].upper() == "$ORIGIN":
+            return True
+        if not words[0].startswith("$"):
+            return False
+    return False
+
+
+def _reason(exc: BaseException, zone: dns.zone.Zone) -> str:
+    if isinstance(exc, KeyError) and zone.origin is not None:
+        return f"a name outside the zone {zone.origin.to_text().lower()}"
+    if isinstance(exc, OSError):
+        return f"cannot read {exc.filename}: {exc.strerror or exc}"
+    return str(exc) or type(exc).__name__

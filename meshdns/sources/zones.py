@@ -35,6 +35,8 @@ SOURCE = "zones"
 class _Parsed:
     stamp: tuple[int, int]
     content: TomlContent | Zone
+    included: tuple[Path, ...] = ()                  # files a master file $INCLUDEs...
+    included_stamps: tuple[tuple[int, int] | None, ...] = ()   # ... and how they were when it was read
 
 
 class ZonesSource:
@@ -43,7 +45,8 @@ class ZonesSource:
     def __init__(self, directory: str | os.PathLike, store: Store, *, datacenter: str,
                  poll_interval: float = 1.0,
                  health_status: Callable[[str, CheckSpec], Health] | None = None,
-                 split_revisions: SplitRevisions | None = None):
+                 split_revisions: SplitRevisions | None = None,
+                 on_publish: Callable[[dict[str, CheckSpec]], None] | None = None):
         self.directory = Path(directory)
         self.store = store
         self.datacenter = datacenter
@@ -54,7 +57,7 @@ class ZonesSource:
         self.errors: dict[str, str] = {}
         self.synced = False   # a pass over the directory has run
         self.ready = False    # a pass has loaded every file without an error (then it stays so)
-        self.listeners: list[Callable[[], None]] = []  # called after each publish (e.g. to sync checks)
+        self.on_publish = on_publish  # given the zone files' checks after each publish (the health runner syncs)
 
     # -- loading ------------------------------------------------------------
 
@@ -63,17 +66,19 @@ class ZonesSource:
         if not self.directory.is_dir():
             return found
         for path in sorted(self.directory.iterdir()):
-            if path.suffix in (".toml", ".zone") and path.is_file():
-                st = path.stat()
-                found[path] = (st.st_mtime_ns, st.st_size)
+            stamp = _stamp(path) if path.suffix in (".toml", ".zone") and path.is_file() else None
+            if stamp is not None:
+                found[path] = stamp
         return found
 
-    def _parse(self, path: Path, stamp: tuple[int, int]) -> TomlContent | Zone:
+    def _parse(self, path: Path, stamp: tuple[int, int]) -> _Parsed:
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".toml":
-            return parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE)
+            return _Parsed(stamp, parse_toml(str(path), text, datacenter=self.datacenter, source=SOURCE))
         origin = path.name[: -len(".zone")] + "."
-        return parse_master(str(path), text, default_origin=origin, source=SOURCE)
+        included: list[Path] = []
+        zone = parse_master(str(path), text, default_origin=origin, source=SOURCE, included=included)
+        return _Parsed(stamp, zone, tuple(included), tuple(_stamp(p) for p in included))
 
     def reload(self, *, force: bool = False) -> bool:
         """Re-read changed files and publish. True when the catalog changed."""
@@ -81,10 +86,11 @@ class ZonesSource:
         changed = force or set(files) != set(self._files)
         for path, stamp in files.items():
             known = self._files.get(path)
-            if known is not None and known.stamp == stamp and not force:
+            if known is not None and known.stamp == stamp and not force and \
+                    known.included_stamps == tuple(_stamp(p) for p in known.included):
                 continue
             try:
-                self._files[path] = _Parsed(stamp, self._parse(path, stamp))
+                self._files[path] = self._parse(path, stamp)
             except ZoneFileError as exc:
                 self._failed(path, str(exc), keep=known)
                 continue
@@ -205,8 +211,8 @@ class ZonesSource:
 
     def _publish(self) -> None:
         self.store.publish(SOURCE, self.state())
-        for listener in self.listeners:
-            listener()
+        if self.on_publish is not None:
+            self.on_publish(self.checks())
 
     def republish(self) -> None:
         """Rebuild from the parsed files (e.g. a check changed an instance's health)."""
@@ -224,6 +230,14 @@ class ZonesSource:
                 self.reload()
             except Exception:
                 log.exception("reloading %s failed; what was loaded before is still served", self.directory)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _on_node_dc(inst: Instance, nodes: dict) -> Instance:

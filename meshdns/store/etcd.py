@@ -1,10 +1,12 @@
 """The etcd v3 backend, on the gRPC stubs that aetcd ships.
 
 aetcd's client covers one endpoint, no TLS, no paginated range and no
-request metadata, so this backend opens its own gRPC channel and calls
+request metadata, so this backend opens its own gRPC channels and calls
 aetcd's generated stubs directly:
-- several endpoints become one multi-address target balanced round robin
-  (a dead member is skipped, a restarted one is found again within
+- each endpoint gets a channel of its own, so TLS checks each member's
+  certificate against that member's own address or name (see `_Member`);
+  calls take the members in turn, connected ones first, and move on to the
+  next member when one is down (a restarted one is found again within
   `max_reconnect_backoff`);
 - HTTP/2 keepalive pings during calls unmask a hung member (a SIGSTOPped
   process keeps its sockets open); `keepalive_time` stays above the server's
@@ -45,34 +47,28 @@ class _TooLarge(StoreError):
     """A reply bigger than the client's receive limit."""
 
 
-def grpc_target(endpoints: Sequence[str]) -> tuple[str, bool]:
-    """One gRPC target for every endpoint, and whether it speaks TLS.
+def grpc_targets(endpoints: Sequence[str]) -> tuple[list[str], bool]:
+    """One gRPC target per endpoint, and whether they speak TLS.
 
-    IP endpoints become `ipv4:a:p,b:p` (or ipv6); one host name becomes
-    `dns:///name:port`, which gRPC resolves to every address it has.
+    An IP endpoint becomes `ipv4:a:p` (or ipv6); a host name becomes
+    `dns:///name:port`, which gRPC resolves to every address it has (balanced
+    round robin: each of them must hold a certificate for that name).
     """
     if not endpoints:
         raise ValueError("endpoints: at least one etcd endpoint is needed")
-    schemes, hosts = set(), []
+    schemes, targets = set(), []
     for endpoint in endpoints:
         url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"endpoints: {endpoint!r} is not http(s)://host:port")
         schemes.add(url.scheme)
-        hosts.append((url.hostname, url.port or 2379))
+        host, port = url.hostname, url.port or 2379
+        family = _ip_family(host)
+        targets.append(f"ipv4:{host}:{port}" if family == 4 else f"ipv6:[{host}]:{port}" if family == 6
+                       else f"dns:///{host}:{port}")
     if len(schemes) > 1:
         raise ValueError("endpoints: mix http:// and https://")
-    families = {_ip_family(host) for host, _ in hosts}
-    if families == {4}:
-        target = "ipv4:" + ",".join(f"{h}:{p}" for h, p in hosts)
-    elif families == {6}:
-        target = "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in hosts)
-    elif len(hosts) == 1:
-        target = f"dns:///{hosts[0][0]}:{hosts[0][1]}"
-    else:
-        raise ValueError("endpoints: several host names (or IPv4 mixed with IPv6) cannot share one connection;"
-                         " give IP addresses, or one name that resolves to every member")
-    return target, schemes == {"https"}
+    return targets, schemes == {"https"}
 
 
 def _ip_family(host: str) -> int | None:
@@ -91,6 +87,37 @@ def _read(name: str, path: str | None) -> bytes | None:
         raise ValueError(f"{name}: cannot read {path}: {exc.strerror}") from exc
 
 
+class _Member:
+    """One endpoint and the channel of its own that reaches it.
+
+    A TLS channel checks the server's certificate against one name, the
+    channel's authority. gRPC Python cannot give each address of a channel a
+    name of its own (gRPC Go can, per resolved address, and etcd's clientv3
+    uses that), and a multi-address target's authority is the whole address
+    list, which no member's certificate holds. So each endpoint gets its own
+    channel, whose authority is that endpoint's host, and EtcdKV moves between
+    members itself.
+    """
+
+    def __init__(self, endpoint: str, target: str, credentials, options: list):
+        self.endpoint = endpoint
+        if credentials is not None:
+            self.channel = grpc.aio.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        self.kv = rpc.KVStub(self.channel)
+        self.leases = rpc.LeaseStub(self.channel)
+        self.watches = rpc.WatchStub(self.channel)
+        self.auth = rpc.AuthStub(self.channel)
+
+    def state(self) -> grpc.ChannelConnectivity:
+        """The channel's state; an idle channel starts connecting, so a restarted member is found again."""
+        return self.channel.get_state(try_to_connect=True)
+
+
+_READY, _FAILING = grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
 class EtcdKV:
     backend = "etcd"
 
@@ -100,7 +127,7 @@ class EtcdKV:
                  max_reconnect_backoff: float = 1.0, page_size: int = 1000):
         self.endpoints = list(endpoints)
         self.timeout = timeout
-        self._target, tls = grpc_target(self.endpoints)
+        self._targets, tls = grpc_targets(self.endpoints)
         if bool(username) != bool(password):
             raise ValueError("username and password: give both or neither")
         if bool(cert_file) != bool(key_file):
@@ -112,7 +139,7 @@ class EtcdKV:
                 root_certificates=_read("ca_file", ca_file), private_key=_read("key_file", key_file),
                 certificate_chain=_read("cert_file", cert_file))
         self._options = [
-            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.lb_policy_name", "round_robin"),  # over the addresses of one endpoint's name
             ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
             ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
@@ -122,7 +149,8 @@ class EtcdKV:
             ("grpc.max_reconnect_backoff_ms", int(max_reconnect_backoff * 1000)),
         ]
         self._page_size = page_size
-        self._channel: grpc.aio.Channel | None = None
+        self._members: list[_Member] | None = None
+        self._turn = 0
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
 
@@ -131,50 +159,93 @@ class EtcdKV:
 
     # -- plumbing ---------------------------------------------------------------
 
-    def _open(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(self._target, self._credentials, options=self._options)
-            else:
-                self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
-            self.kv = rpc.KVStub(self._channel)
-            self.leases = rpc.LeaseStub(self._channel)
-            self.watches = rpc.WatchStub(self._channel)
-        return self._channel
+    def _open(self) -> list[_Member]:
+        """The members' channels, opened on first use (inside the event loop that uses them)."""
+        if self._members is None:
+            self._members = [_Member(endpoint, target, self._credentials, self._options)
+                             for endpoint, target in zip(self.endpoints, self._targets)]
+        return self._members
+
+    async def _in_turn(self, deadline: float) -> list[tuple[_Member, grpc.ChannelConnectivity]]:
+        """Every member with its state: connected ones first, then failing ones (a call fails at once
+        there), then those still connecting; in turn within each.
+
+        When none is connected, waits (until `deadline`) for one to connect or for every one to fail.
+        """
+        members = self._open()
+        turn, self._turn = self._turn, (self._turn + 1) % len(members)
+        members = members[turn:] + members[:turn]
+        loop = asyncio.get_running_loop()
+        while True:
+            states = [m.state() for m in members]
+            if _READY in states or all(s == _FAILING for s in states) or loop.time() >= deadline:
+                break
+            changes = [asyncio.ensure_future(m.channel.wait_for_state_change(s)) for m, s in zip(members, states)]
+            try:
+                await asyncio.wait(changes, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for change in changes:
+                    change.cancel()
+        return sorted(zip(members, states), key=lambda ms: (ms[1] != _READY, ms[1] != _FAILING))
+
+    async def _on_a_member(self, call, *, idempotent: bool):
+        """`await call(member, seconds_left)` on one member after another until one answers, within `timeout`.
+
+        A call on a member whose channel is failing (gRPC has no connection to it) fails before it is sent,
+        so it moves on to the next member. Once sent, only an idempotent call (a read, a keepalive) moves
+        on after the member proved unavailable: a write's outcome is then unknown and StoreUnavailable says
+        so, as etcd's own clients do.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        failures: list[StoreError] = []
+        for member, state in await self._in_turn(deadline):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                return await call(member, left)
+            except grpc.aio.AioRpcError as exc:
+                error = self._error(exc, member)
+                unsent = (state == _FAILING and exc.code() == grpc.StatusCode.UNAVAILABLE
+                          and member.state() != _READY)  # (not connected in between either)
+                if not isinstance(error, StoreUnavailable) or not (unsent or idempotent):
+                    raise error from exc
+                failures.append(error)
+        if not failures:
+            raise StoreUnavailable(f"{self}: no member connected within {self.timeout} s")
+        raise StoreUnavailable("; ".join(str(f) for f in failures))
 
     async def _metadata(self) -> tuple[tuple[str, str], ...]:
-        self._open()
         metadata = (("hasleader", "true"),)
         if self._username is None:
             return metadata
         async with self._auth_lock:
             if self._token is None:
-                reply = await self._call(rpc.AuthStub(self._channel).Authenticate,
-                                         rpc.AuthenticateRequest(name=self._username, password=self._password),
-                                         metadata=metadata)
+                request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+                reply = await self._on_a_member(
+                    lambda member, left: member.auth.Authenticate(request, timeout=left, metadata=metadata),
+                    idempotent=True)
                 self._token = reply.token
         return metadata + (("token", self._token),)
 
-    async def _call(self, method, request, *, metadata=None):
-        try:
-            return await method(request, timeout=self.timeout, metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from exc
-
-    async def _request(self, stub: str, name: str, request):
+    async def _request(self, stub: str, name: str, request, *, idempotent: bool = False):
         """A unary call with a deadline; a stale auth token is renewed once."""
         for attempt in (1, 2):
             metadata = await self._metadata()
             try:
-                return await self._call(getattr(getattr(self, stub), name), request, metadata=metadata)
+                return await self._on_a_member(
+                    lambda member, left: getattr(getattr(member, stub), name)(request, timeout=left,
+                                                                               metadata=metadata),
+                    idempotent=idempotent)
             except _Unauthenticated:
                 if attempt == 2 or self._username is None:
                     raise
                 self._token = None
 
-    def _error(self, exc: grpc.aio.AioRpcError) -> StoreError:
+    def _error(self, exc: grpc.aio.AioRpcError, member: _Member) -> StoreError:
         code, details = exc.code(), exc.details() or ""
-        where = f"{self}: {details or code.name}"
+        where = f"etcd {member.endpoint}: {details or code.name}"
         if code in _UNAVAILABLE:
             return StoreUnavailable(where)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -196,7 +267,7 @@ class EtcdKV:
         while True:
             request = rpc.RangeRequest(key=key, range_end=end, limit=limit, revision=revision)
             try:
-                reply = await self._request("kv", "Range", request)
+                reply = await self._request("kv", "Range", request, idempotent=True)
             except _TooLarge:
                 if limit == 1:
                     raise
@@ -233,17 +304,17 @@ class EtcdKV:
 
     async def keepalive(self, lease: int) -> int:
         metadata = await self._metadata()
-        try:
-            async for reply in self.leases.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
-                                                          timeout=self.timeout, metadata=metadata):
+
+        async def once(member: _Member, left: float) -> int:
+            async for reply in member.leases.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
+                                                            timeout=left, metadata=metadata):
                 return max(reply.TTL, 0)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from exc
-        raise StoreUnavailable(f"{self}: lease keepalive got no answer")
+            raise StoreUnavailable(f"etcd {member.endpoint}: lease keepalive got no answer")
+        return await self._on_a_member(once, idempotent=True)
 
     async def revoke(self, lease: int) -> None:
         try:
-            await self._request("leases", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease))
+            await self._request("leases", "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease), idempotent=True)
         except InvalidRequest:  # not found: already expired or revoked
             pass
 
@@ -251,9 +322,10 @@ class EtcdKV:
         await self._request("kv", "Compact", rpc.CompactionRequest(revision=revision))
 
     async def close(self) -> None:
-        if self._channel is not None:
-            channel, self._channel = self._channel, None
-            await channel.close()
+        if self._members is not None:
+            members, self._members = self._members, None
+            for member in members:
+                await member.channel.close()
 
 
 class _Unauthenticated(StoreError):
@@ -289,46 +361,59 @@ def _op(op: Op):
 
 
 class _EtcdWatch:
-    """One gRPC watch stream; a response carrying several revisions is split into one batch each."""
+    """One gRPC watch stream on one member; a response carrying several revisions is split into one batch each."""
 
     def __init__(self, kv: EtcdKV, prefix: bytes, start_revision: int):
         self._kv = kv
         self._create = rpc.WatchCreateRequest(key=prefix, range_end=prefix_end(prefix),
                                               start_revision=max(start_revision, 0))
         self._call = None
+        self._member: _Member | None = None
         self._pending: collections.deque[Batch] = collections.deque()
 
     async def start(self) -> None:
         metadata = await self._kv._metadata()
-        self._call = self._kv.watches.Watch(metadata=metadata)
         try:
-            await asyncio.wait_for(self._call.write(rpc.WatchRequest(create_request=self._create)), self._kv.timeout)
-            reply = await asyncio.wait_for(self._next_reply(), self._kv.timeout)
-        except grpc.aio.AioRpcError as exc:
-            await self.aclose()
-            raise self._kv._error(exc) from exc
-        except asyncio.TimeoutError:
-            await self.aclose()
-            raise StoreUnavailable(f"{self._kv}: watch not created within {self._kv.timeout} s") from None
+            reply = self._checked(await self._kv._on_a_member(
+                lambda member, left: self._create_on(member, left, metadata), idempotent=True))
         except BaseException:
             await self.aclose()
             raise
         if not reply.created:
             await self.aclose()
-            raise StoreError(f"{self._kv}: unexpected first watch reply")
+            raise StoreError(f"etcd {self._member.endpoint}: unexpected first watch reply")
         self._queue(reply)
+
+    async def _create_on(self, member: _Member, left: float, metadata):
+        """The stream on `member` and its first reply (a gRPC error is the caller's to judge)."""
+        call = member.watches.Watch(metadata=metadata)
+        try:
+            await asyncio.wait_for(call.write(rpc.WatchRequest(create_request=self._create)), left)
+            reply = await asyncio.wait_for(call.read(), left)
+        except asyncio.TimeoutError:
+            call.cancel()
+            raise StoreUnavailable(f"etcd {member.endpoint}: watch not created within {self._kv.timeout} s") from None
+        except BaseException:
+            call.cancel()
+            raise
+        self._call, self._member = call, member
+        return reply
 
     async def _next_reply(self):
         try:
             reply = await self._call.read()
         except grpc.aio.AioRpcError as exc:
-            raise self._kv._error(exc) from exc
+            raise self._kv._error(exc, self._member) from exc
+        return self._checked(reply)
+
+    def _checked(self, reply):
         if reply is grpc.aio.EOF:
-            raise StoreUnavailable(f"{self._kv}: watch stream ended")
+            raise StoreUnavailable(f"etcd {self._member.endpoint}: watch stream ended")
         if reply.compact_revision:
             raise Compacted(reply.compact_revision)
         if reply.canceled:
-            raise StoreUnavailable(f"{self._kv}: watch canceled: {reply.cancel_reason or 'no reason given'}")
+            raise StoreUnavailable(f"etcd {self._member.endpoint}: watch canceled: "
+                                   f"{reply.cancel_reason or 'no reason given'}")
         return reply
 
     def _queue(self, reply) -> None:

@@ -129,13 +129,7 @@ class Proc:
         return self.p.poll() is None
 
     def rss_mb(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
+        return rss_mb(self.p.pid)
 
     def stop(self) -> None:
         if self.alive():
@@ -145,6 +139,17 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.p.pid, signal.SIGKILL)
                 self.p.wait(5)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def wait_answering(port: int, name: str, timeout: float = 60.0) -> float:

@@ -201,17 +201,14 @@ class ReverseSync:
 
     async def run(self) -> None:
         """Wait for the cluster's first sync (to know what is its own), then follow the catalog."""
-        try:
-            await self.source.synced_event.wait()
-            if self._stop.is_set():
-                return
-            self.store.subscribe(self._on_snapshot)
-            self._thread = threading.Thread(target=self._main, name=f"meshdns-reverse-{self.cluster.name}",
-                                            daemon=True)
-            self._thread.start()
-            await self._closed.wait()
-        finally:
-            await self.close()
+        await self.source.synced_event.wait()
+        if self._stop.is_set():
+            return
+        self.store.subscribe(self._on_snapshot)
+        self._thread = threading.Thread(target=self._main, name=f"meshdns-reverse-{self.cluster.name}",
+                                        daemon=True)
+        self._thread.start()
+        await self._closed.wait()
 
     async def close(self) -> None:
         self._closed.set()

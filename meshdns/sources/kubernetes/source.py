@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 from ...catalog.model import Instance, Node, NodeKey, ServiceKey, SourceState, Split
 from ...catalog.store import Store
-from ...catalog.validate import FieldError, dns_label, split_loops
-from ...config import ConfigError, KubernetesConfig
+from ...catalog.validate import FieldError, split_loops
+from ...config import KubernetesConfig
 from ..split_revisions import SplitRevisions
 from ..status import SourceStatus
 from .mapping import ClusterSettings, Mapped, catalog_node, map_service, node_view, object_key, slice_service
@@ -40,10 +40,6 @@ class KubernetesSource:
         self.cluster = cluster
         self.split_revisions = split_revisions  # None: annotation splits carry no revision
         self.settings = ClusterSettings.from_config(cluster, default_datacenter=default_datacenter)
-        try:
-            dns_label(self.settings.datacenter, "datacenter")
-        except FieldError as exc:
-            raise ConfigError(f"kubernetes cluster {cluster.name!r}: {exc}") from None
         self.name = self.settings.source
         self.store = store
         if api_client is None:
@@ -127,7 +123,7 @@ class KubernetesSource:
     # -- lifecycle ---------------------------------------------------------------
 
     async def run(self) -> None:
-        """Start the watch threads and keep them until stopped (close() or cancellation)."""
+        """Start the watch threads and keep them until close() (which the lifecycle calls, once)."""
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         kc = self.cluster
@@ -141,10 +137,7 @@ class KubernetesSource:
             w.start()
         log.info("kubernetes cluster %s: watching services, endpointslices, nodes (datacenter %s)",
                  kc.name, self.settings.datacenter)
-        try:
-            await self._stopped.wait()
-        finally:
-            await self.close()
+        await self._stopped.wait()
 
     async def close(self) -> None:
         """Stop the threads: set the flag, cut blocked reads, wait (bounded) for them to end."""
