@@ -32,13 +32,14 @@ class _Recorded:
 class View:
     """Reads like a Snapshot; `deps` lists what was read."""
 
-    __slots__ = ("snap", "deps", "services", "nodes", "splits", "zones", "ip_services", "ip_nodes", "datacenter")
+    __slots__ = ("snap", "deps", "services", "nodes", "splits", "zones", "ip_services", "ip_nodes", "intentions",
+                 "datacenter")
 
     def __init__(self, snap: Snapshot):
         self.snap = snap
         self.deps: list[Dep] = []
         self.datacenter = snap.datacenter   # fixed for the life of a store
-        for attr in ("services", "nodes", "splits", "zones", "ip_services", "ip_nodes"):
+        for attr in ("services", "nodes", "splits", "zones", "ip_services", "ip_nodes", "intentions"):
             setattr(self, attr, _Recorded(attr, getattr(snap, attr), self.deps))
 
     @property

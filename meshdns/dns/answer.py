@@ -51,6 +51,7 @@ class Compiled:
     choices: Choices | None = None   # what each answer chooses (weighting.choose)
     count_key: tuple = ()            # (qtype, rcode, name kind) for the queries counter
     split_keys: tuple = ()           # per group: (split, target) for the split answers counter
+    zone_keys: tuple = ()            # per group: "same_zone" | "cross_zone" for the locality counter (or None)
     cname_only: bool = False         # every group answers one CNAME: with recursion its target is resolved
     records_size: int = 0            # bytes of records in the biggest reply (for a cache's budget)
     size: int = 1                    # for the table of compiled plans (a count)
@@ -84,9 +85,13 @@ def compile_plan(p: Plan, qtype: int, version: int) -> Compiled:
     size = max((sum(map(len, g.prefix)) + sum(len(r) for u in g.units for r in u.an + u.ar) for g in groups),
                default=0) + sum(map(len, authority)) + (120 if p.soa_domain else 0)
     choices = Choices.of([g.weight for g in groups], [[u.weight for u in g.units] for g in groups])
+    zones = tuple(None if g.same_zone is None else LOCALITY[g.same_zone] for g in p.groups)
     return Compiled(p, version, tuple(groups), authority, choices, (qtype, p.rcode, kind),
                     tuple((p.split, g.label) for g in groups) if p.split else (),
-                    bool(groups) and all(g.cname for g in groups), size)
+                    zones if any(zones) else (), bool(groups) and all(g.cname for g in groups), size)
+
+
+LOCALITY = {True: "same_zone", False: "cross_zone"}   # meshdns_locality_answers_total's result label
 
 
 def render(c: Compiled, query: Query, g: int, order: Order, *, soa: bytes, ra: bool, limit: int,

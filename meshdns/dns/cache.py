@@ -13,8 +13,9 @@ names cannot push out the names asked all the time):
 """
 from __future__ import annotations
 
+import logging
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Callable
 
 from ..catalog.snapshot import Snapshot
@@ -25,6 +26,8 @@ from .weighting import Order, choose
 from .resolver import ResolverOptions, plan, soa_record
 from .rdata import record
 from .wire import Query
+
+log = logging.getLogger("meshdns.dns")
 
 ENTRY_OVERHEAD = 200   # bytes an entry costs besides its replies, for the budget
 
@@ -79,7 +82,8 @@ class Answers:
         if c is not None and valid(c, snap):
             self.table.touch(key, c)
             return c
-        c = compile_plan(plan(query.qname_lower, query.qtype, snap, self.opts), query.qtype, snap.version)
+        c = compile_plan(plan(query.qname_lower, query.qtype, snap, self.opts, client=client), query.qtype,
+                         snap.version)
         self.table.put(key, c)
         return c
 
@@ -106,10 +110,12 @@ class Counts:
     """Where an entry counts the queries it answers: DnsStats' counters, the forwarder's cache results, and
     who asked for which name (the topology counter, when there is one)."""
 
-    __slots__ = ("queries", "splits", "forward", "topology")
+    __slots__ = ("queries", "splits", "forward", "topology", "locality", "denied")
 
-    def __init__(self, queries, splits, forward, topology=None):
+    def __init__(self, queries, splits, forward, topology=None, *, locality=None, denied=None):
         self.queries, self.splits, self.forward, self.topology = queries, splits, forward, topology
+        self.locality = Counter() if locality is None else locality
+        self.denied = Counter() if denied is None else denied
 
 
 class Entry:
@@ -157,6 +163,11 @@ class Entry:
             g, v, order = choose(c.choices, rng)
         if c.split_keys:
             counts.splits[c.split_keys[g]] += 1
+        if c.zone_keys:
+            counts.locality[c.zone_keys[g]] += 1
+        elif c.plan.denied:
+            counts.denied[c.plan.denied] += 1
+            log.debug("%s (as %s) may not reach %s: answered NXDOMAIN", who, *c.plan.denied)
         return g, v, order
 
     def render(self, snap: Snapshot, g: int, order: Order, extra: tuple[bytes, ...] = ()) -> bytes:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol, Sequence
 
+from ..catalog.client_class import ClientClass as Identified, Locality, classify
+from ..catalog.intentions import decisive_identities, named_sources
 from ..catalog.snapshot import Snapshot
 
 
@@ -27,6 +29,27 @@ class Identity(Protocol):
 
 
 Identify = Callable[[Snapshot, str], Identity]   # (catalog, source IP) -> its zone and services
+
+
+class Views:
+    """An `identify` for the answers that depend on who asks (DESIGN §10): the client's zone when answers
+    prefer it, and when intentions are enforced only the identities that can change a decision
+    (catalog.intentions.decisive_identities), so the classes stay few: zones x services intentions name."""
+
+    def __init__(self, *, localities: Sequence[Locality], zones: bool, intentions: bool):
+        self.localities = tuple(localities)
+        self.zones, self.intentions = zones, intentions
+        self._entries: Mapping | None = None
+        self._named: frozenset[str] = frozenset()
+
+    def __call__(self, snap: Snapshot, ip: str) -> Identified:
+        who = classify(snap, ip, localities=self.localities)
+        services = frozenset()
+        if self.intentions and who.services:
+            if snap.intentions is not self._entries:
+                self._entries, self._named = snap.intentions, named_sources(snap.intentions)
+            services = decisive_identities(who.services, self._named)
+        return Identified(who.zone if self.zones else "", services)
 
 
 class RecursionPolicy:

@@ -54,7 +54,8 @@ class DnsHandler:
                  forwarder: "Forwarder | None" = None, recursion: RecursionPolicy | None = None,
                  classifier: Classifier | None = None, rate_limiter: RateLimiter | None = None,
                  topology: TopologyCounter | None = None, peers: Callable[[], list[DnsStats]] | None = None,
-                 max_answers: int = 200_000, reply_budget: int = 16 << 20, max_clients: int = 65536):
+                 max_answers: int = 200_000, reply_budget: int = 16 << 20, max_clients: int = 65536,
+                 max_classes: int = 256):
         self.store = store
         self.opts = opts
         self.udp_payload = udp_payload
@@ -68,10 +69,12 @@ class DnsHandler:
         self.answers = Answers(opts, max_entries=max_answers)
         self.reply_budget = reply_budget
         self.max_clients = max_clients
+        self.max_classes = max(1, max_classes)
         self.internal_errors = 0
         self.peers = peers  # the worker processes' counters
         self._counts = Counts(self.stats.queries, self.stats.splits,
-                              forwarder.stats.cache if forwarder is not None else None, topology)
+                              forwarder.stats.cache if forwarder is not None else None, topology,
+                              locality=self.stats.locality, denied=self.stats.denied)
         self._slots: dict[ClientClass, Slot] = {}
         self._clients: OrderedDict[str, Slot] = OrderedDict()   # source IP -> its class, oldest first
         self._classified = store.snapshot   # the snapshot _clients holds classes for
@@ -124,6 +127,11 @@ class DnsHandler:
         finally:
             self.stats.observe(perf_counter() - started)
 
+    @property
+    def classes(self) -> int:
+        """How many client classes have replies kept (at most max_classes)."""
+        return len(self._slots)
+
     def client_class(self, ip: str) -> Slot:
         """The class of a source address (worked out once per address while it keeps asking, and again
         after a catalog change when the class depends on the catalog)."""
@@ -132,11 +140,19 @@ class DnsHandler:
             cls = self.classifier.classify(self._classified, ip)
             slot = self._slots.get(cls)
             if slot is None:
+                if len(self._slots) >= self.max_classes:
+                    self._forget_class()
                 slot = self._slots[cls] = Slot(cls, cls.recursion and self.forwarder is not None, self.reply_budget)
             if len(self._clients) >= self.max_clients:
                 self._clients.popitem(last=False)
             self._clients[ip] = slot
         return slot
+
+    def _forget_class(self) -> None:
+        """The oldest class goes with its replies, and the clients in it are worked out again when they ask
+        (classes are few, zones x the services intentions name, so this is rare)."""
+        old = self._slots.pop(next(iter(self._slots)))
+        self._clients = OrderedDict((ip, s) for ip, s in self._clients.items() if s is not old)
 
     def _reclassify(self, snap) -> None:
         self._classified = snap

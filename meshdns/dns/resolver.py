@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..catalog import queries
+from ..catalog.client_class import NOBODY
+from ..catalog.intentions import intention_decision
+from ..catalog.locality import SAME_ZONE_PRIORITY, same_zone
 from ..catalog.model import Instance, Split
 from ..catalog.rules import healthy, split_sides
 from ..catalog.snapshot import Snapshot
@@ -50,6 +53,7 @@ class Group:
     units: tuple[Unit, ...]
     label: str = ""
     prefix: tuple[Record, ...] = ()   # answer records before the shuffled units: a CNAME (and its chain)
+    same_zone: bool | None = None     # for a client with a zone: did it prefer that zone (None: no zone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,7 @@ class Plan:
     deps: tuple[Dep, ...] = ()  # what the plan was read from (catalog.view)
     soa_domain: str = ""        # authority is our SOA for this domain (its serial is the catalog version)
     kind: str = ""              # what kind of name was asked (a metrics label)
+    denied: tuple[str, str] = ()  # (source, destination) when intentions hid the name from the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,10 @@ class ResolverOptions:
     soa: Soa = field(default_factory=Soa)
     ns_addresses: tuple[str, ...] = ()
     peer_datacenters: tuple[str, ...] = ()   # [[peer]] order: a prepared query's NearestN takes the first N
+    prefer_same_zone: bool = False   # answers keep to the client's zone (DESIGN §10)
+    same_zone_min: int = 1           # ... when it has at least this many healthy instances
+    enforce_intentions: bool = False  # a name the client may not reach does not exist for it
+    intentions_default: str = "allow"
 
     def ttl_for_service(self, service: str) -> int:
         """Exact name, then the longest matching "prefix*", then "*" (Consul's rule)."""
@@ -127,8 +136,9 @@ def realize(plan: Plan, rng: random.Random, soa: Record | None = None) -> Answer
                   chosen.label)
 
 
-def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: random.Random) -> Answer:
-    p = plan(qname, qtype, snap, opts)
+def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: random.Random, *,
+            client: Client = NOBODY) -> Answer:
+    p = plan(qname, qtype, snap, opts, client=client)
     return realize(p, rng, soa_record(p.soa_domain, snap, opts) if p.soa_domain else None)
 
 
@@ -136,17 +146,24 @@ def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: 
 # plan
 
 
-def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+class Client(Protocol):
+    """Who asks, as far as answers may differ by it (a dns.clients.ClientClass)."""
+
+    zone: str                  # "" when unknown
+    services: frozenset[str]   # its service identities (none: the source "*")
+
+
+def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, *, client: Client = NOBODY) -> Plan:
     """qname: lower-case FQDN with trailing dot."""
     view = View(snap)
     kind: list[str] = ["unknown"]
-    p = _plan(qname, qtype, view, opts, kind)
+    p = _plan(qname, qtype, view, opts, kind, client=client)
     return Plan(p.rcode, p.groups, p.authority, p.limit, p.authoritative, p.forward, p.split,
-                tuple(view.deps), p.soa_domain, "split" if p.split else kind[0])
+                tuple(view.deps), p.soa_domain, "split" if p.split else kind[0], p.denied)
 
 
 def _plan(qname: str, qtype: int, snap: View, opts: ResolverOptions, kind: list,
-          chain: tuple[str, ...] = ()) -> Plan:
+          chain: tuple[str, ...] = (), *, client: Client = NOBODY) -> Plan:
     """chain: the names whose CNAMEs led here (a CNAME is followed at most MAX_CHASE times, never round a loop)."""
     domain = own_domain(qname, opts.domains)
     zone = snap.zone_for(qname)
@@ -169,15 +186,22 @@ def _plan(qname: str, qtype: int, snap: View, opts: ResolverOptions, kind: list,
     lookup = names.parse_own(qname, domain)
     kind[0] = type(lookup).__name__.removesuffix("Lookup").lower()
     if isinstance(lookup, ServiceLookup):
+        if not chain and opts.enforce_intentions:
+            denied = _denied(lookup.service, client, snap, opts, domain)
+            if denied is not None:
+                return denied
+        zone = client.zone if opts.prefer_same_zone else ""
         chain += (qname,)
-        return _service(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, chain))
+        return _service(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, chain, client),
+                        zone)
     if isinstance(lookup, NodeLookup):
         return _node(lookup, qtype, snap, opts)
     if isinstance(lookup, AddrLookup):
         return _addr(lookup, qtype, snap, opts)
     if isinstance(lookup, QueryLookup):
         chain += (qname,)
-        return _query(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, chain))
+        return _query(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, chain, client),
+                      client, len(chain) == 1)
     if isinstance(lookup, ApexLookup):
         return _apex(lookup, qtype, snap, opts)
     assert isinstance(lookup, UnknownLookup)
@@ -187,7 +211,8 @@ def _plan(qname: str, qtype: int, snap: View, opts: ResolverOptions, kind: list,
 MAX_CHASE = 3  # CNAME hops followed inside our own names (Consul's recursion limit)
 
 
-def _chase(target: str, qtype: int, snap: View, opts: ResolverOptions, chain: tuple[str, ...]) -> tuple[Group, ...]:
+def _chase(target: str, qtype: int, snap: View, opts: ResolverOptions, chain: tuple[str, ...],
+           client: Client) -> tuple[Group, ...]:
     """The answer groups for a CNAME target we serve ourselves (our domains, our zones), owners
     spelled out; () for names we do not serve, and for names without data of that type."""
     name = target.lower() if target.endswith(".") else target.lower() + "."
@@ -195,11 +220,11 @@ def _chase(target: str, qtype: int, snap: View, opts: ResolverOptions, chain: tu
         return ()
     if own_domain(name, opts.domains) is None and snap.zone_for(name) is None:
         return ()
-    p = _plan(name, qtype, snap, opts, [""], chain)
+    p = _plan(name, qtype, snap, opts, [""], chain, client=client)
     if p.forward or p.rcode != NOERROR:
         return ()
     return tuple(Group(g.weight, tuple(Unit(u.weight, _owned(u.answer, name), _owned(u.additional, name))
-                                       for u in g.units), g.label, _owned(g.prefix, name))
+                                       for u in g.units), g.label, _owned(g.prefix, name), g.same_zone)
                  for g in p.groups)
 
 
@@ -222,6 +247,16 @@ def _negative(rcode: int, domain: str) -> Plan:
     return Plan(rcode=rcode, soa_domain=domain)
 
 
+def _denied(destination: str, client: Client, snap: View, opts: ResolverOptions, domain: str) -> Plan | None:
+    """NXDOMAIN, exactly as for a name that does not exist, when intentions keep the client from the
+    destination service; None when it may reach it. Checked before the service is read, so a denial
+    depends only on the intentions entry."""
+    decision = intention_decision(snap.intentions, client.services, destination, default=opts.intentions_default)
+    if decision.allowed:
+        return None
+    return Plan(rcode=NXDOMAIN, soa_domain=domain, denied=(decision.source, destination))
+
+
 def _single(records: list[Record]) -> tuple[Group, ...]:
     return (Group(1.0, tuple(Unit(1.0, (r,)) for r in records)),) if records else ()
 
@@ -236,30 +271,34 @@ def _known_dc(dc: str | None, snap: View) -> str | None:
 # -- services ---------------------------------------------------------------
 
 
-def _service(lk: ServiceLookup, qtype: int, snap: View, opts: ResolverOptions, chase: Chase) -> Plan:
+def _service(lk: ServiceLookup, qtype: int, snap: View, opts: ResolverOptions, chase: Chase, zone: str) -> Plan:
+    """zone: the client's, when answers prefer it ("" otherwise)."""
     dc = _known_dc(lk.datacenter, snap)
     if dc is None:
         return _negative(NXDOMAIN, lk.domain)
     if lk.srv_only and qtype != rdata.SRV:
         # the name exists when its SRV answer does; other types get NODATA (RFC 2308), not Consul's NXDOMAIN
-        srv = _service(lk, rdata.SRV, snap, opts, chase)
+        srv = _service(lk, rdata.SRV, snap, opts, chase, "")
         return srv if srv.rcode == NXDOMAIN else _negative(NOERROR, lk.domain)
     split = snap.splits.get(lk.service) if dc == snap.datacenter and not lk.tag else None
     if split is not None:
-        return _split(split, lk, qtype, snap, opts, chase)
+        return _split(split, lk, qtype, snap, opts, chase, zone)
     insts = healthy(snap.services.get((dc, lk.service), ()), only_passing=opts.only_passing, tag=lk.tag)
     if not insts:
         return _negative(NXDOMAIN, lk.domain)
-    return _instances(insts, qtype, snap, opts, lk.domain, opts.ttl_for_service(lk.service), chase)
+    return _instances(insts, qtype, snap, opts, lk.domain, opts.ttl_for_service(lk.service), chase, zone)
 
 
 def _instances(insts, qtype: int, snap: View, opts: ResolverOptions, domain: str, ttl: int,
-               chase: Chase) -> Plan:
-    """The answer with these instances, weighted-shuffled (a service's, or a prepared query's)."""
+               chase: Chase, zone: str) -> Plan:
+    """The answer with these instances, weighted-shuffled (a service's, or a prepared query's), kept to
+    the client's `zone` as locality.same_zone says."""
+    local = same_zone(snap, insts, zone, minimum=opts.same_zone_min)
     if qtype == rdata.SRV:
-        groups = _srv_groups(insts, snap, domain, ttl, [float(_weight(i)) for i in insts], None, "", chase)
+        groups = _srv_groups(insts, snap, domain, ttl, [float(_weight(i)) for i in insts], None, "", chase,
+                             local.priorities, local.same_zone)
     else:
-        groups = _address_groups(insts, qtype, snap, ttl, 1.0, "", chase)
+        groups = _address_groups(local.addresses, qtype, snap, ttl, 1.0, "", chase, local.same_zone)
     if not groups:
         return _negative(NOERROR, domain)
     return Plan(groups=tuple(groups), limit=_limit(qtype, opts))
@@ -291,7 +330,7 @@ def _address_records(owner: str | None, address: str, qtype: int, ttl: int) -> l
     return []
 
 
-def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase) -> list[Group]:
+def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase, local: bool | None = None) -> list[Group]:
     """A/AAAA/ANY/CNAME answer groups for healthy instances (total weight `weight`).
 
     A CNAME never stands beside other records at one name (RFC 1034): when any instance has an
@@ -306,7 +345,7 @@ def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase) -> lis
         units = [u for u in units if u.answer]
         if len({u.answer for u in units}) < len(units):
             units = _dedupe(units)
-        return [Group(weight, tuple(units), label)] if units else []
+        return [Group(weight, tuple(units), label, (), local)] if units else []
     if qtype not in (rdata.A, rdata.AAAA, rdata.ANY, rdata.CNAME):
         return []
     hosts = [(i, a) for i, a in addressed if a]
@@ -319,8 +358,8 @@ def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase) -> lis
         share = weight * (_weight(inst) / total if total > 0 else 1 / len(hosts))
         inner = chase(host, qtype) if qtype != rdata.CNAME else ()
         inner_total = sum(g.weight for g in inner)
-        groups += [Group(share * g.weight / inner_total, g.units, label, (cname[0],) + g.prefix) for g in inner
-                   if inner_total > 0] or [Group(share, (), label, (cname[0],))]
+        groups += [Group(share * g.weight / inner_total, g.units, label, (cname[0],) + g.prefix, local)
+                   for g in inner if inner_total > 0] or [Group(share, (), label, (cname[0],), local)]
     return groups
 
 
@@ -333,15 +372,17 @@ def _dedupe(units: list[Unit]) -> list[Unit]:
     return list(merged.values())
 
 
-def _srv_groups(insts, snap, domain, ttl, weights, srv_weights, label, chase: Chase) -> list[Group]:
-    """One group of SRV units (shuffled by `weights`; SRV weight field `srv_weights`, else the instance's)."""
+def _srv_groups(insts, snap, domain, ttl, weights, srv_weights, label, chase: Chase, priorities=None,
+                local: bool | None = None) -> list[Group]:
+    """One group of SRV units (shuffled by `weights`; SRV weight field `srv_weights`, else the instance's;
+    priority field `priorities`, else 1)."""
     units = [_srv_unit(inst, snap, domain, ttl, weights[n], srv_weights[n] if srv_weights else _weight(inst),
-                       chase) for n, inst in enumerate(insts)]
+                       chase, priorities[n] if priorities else SAME_ZONE_PRIORITY) for n, inst in enumerate(insts)]
     units = [u for u in units if u is not None]
-    return [Group(1.0, tuple(units), label)] if units else []
+    return [Group(1.0, tuple(units), label, (), local)] if units else []
 
 
-def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase) -> Unit | None:
+def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase, priority: int) -> Unit | None:
     """SRV target: <hex>.addr for an instance's own IP, <node>.node for one that uses its node's IP
     (as Consul), the hostname for a hostname; the target's addresses go in the additional section
     (for a hostname: when it is a name we serve, with its CNAME chain)."""
@@ -367,7 +408,8 @@ def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase)
                           if r not in found]
         additional = tuple(found)
     try:
-        rec = Record(None, rdata.SRV, ttl, rdata.srv(1, max(0, min(65535, int(srv_weight))), inst.port, target))
+        rec = Record(None, rdata.SRV, ttl, rdata.srv(priority, max(0, min(65535, int(srv_weight))), inst.port,
+                                                     target))
     except (ValueError, UnicodeEncodeError):
         return None
     return Unit(shuffle_weight, (rec,), additional)
@@ -377,25 +419,31 @@ def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase)
 
 
 def _split(split: Split, lk: ServiceLookup, qtype: int, snap: View, opts: ResolverOptions,
-           chase: Chase) -> Plan:
+           chase: Chase, zone: str) -> Plan:
+    """The side is chosen first (by weight), then the client's zone is preferred within it."""
     ttl = int(split.ttl) if split.ttl is not None else opts.ttl_for_service(split.name)
     sides = split_sides(split, snap, only_passing=opts.only_passing)
     if not sides:
         return _negative(NXDOMAIN, lk.domain)
+    locals_ = [same_zone(snap, side.instances, zone, minimum=opts.same_zone_min) for side in sides]
     if qtype == rdata.SRV:
-        shares, insts_all = [], []
-        for side in sides:
+        shares, insts_all, priorities = [], [], []
+        for side, local in zip(sides, locals_):
             inst_w = [max(_weight(i), 0) for i in side.instances]
             denom = sum(inst_w) or len(inst_w)
             for inst, w in zip(side.instances, inst_w):
                 shares.append(side.share * (w or 1) / denom)
                 insts_all.append(inst)
-        groups = _srv_groups(insts_all, snap, lk.domain, ttl, shares, scale_shares(shares), "*", chase)
+            priorities += local.priorities
+        preferred = None if not zone else all(local.same_zone for local in locals_)
+        groups = _srv_groups(insts_all, snap, lk.domain, ttl, shares, scale_shares(shares), "*", chase,
+                             priorities, preferred)
         if not groups:
             return _negative(NOERROR, lk.domain)
         return Plan(groups=tuple(groups), split=split.name)
-    groups = [g for side in sides for g in _address_groups(side.instances, qtype, snap, ttl, side.target.weight,
-                                                            _target_label(side.target), chase)]
+    groups = [g for side, local in zip(sides, locals_)
+              for g in _address_groups(local.addresses, qtype, snap, ttl, side.target.weight,
+                                       _target_label(side.target), chase, local.same_zone)]
     if not groups:
         return _negative(NOERROR, lk.domain)
     return Plan(groups=tuple(groups), limit=_limit(qtype, opts), split=split.name)
@@ -409,17 +457,24 @@ def _target_label(target) -> str:
 # -- prepared queries ---------------------------------------------------------
 
 
-def _query(lk: QueryLookup, qtype: int, snap: View, opts: ResolverOptions, chase: Chase) -> Plan:
-    """Local eligible instances, else the first failover datacenter's (catalog/queries.py decides)."""
+def _query(lk: QueryLookup, qtype: int, snap: View, opts: ResolverOptions, chase: Chase, client: Client,
+           asked: bool) -> Plan:
+    """Local eligible instances, else the first failover datacenter's (catalog/queries.py decides).
+    asked: the name is the question (not a CNAME target), so intentions on the query's service apply."""
     found = queries.find(snap.queries, lk.name) if lk.datacenter in (None, snap.datacenter) else None
     if found is None:
         return _negative(NXDOMAIN, lk.domain)
     q = queries.render(found, lk.name)
+    if asked and opts.enforce_intentions:
+        denied = _denied(q.service, client, snap, opts, lk.domain)
+        if denied is not None:
+            return denied
     outcome = queries.execute(snap, q, peers=opts.peer_datacenters)
     if not outcome.instances:
         return _negative(NXDOMAIN, lk.domain)
     ttl = int(q.ttl) if q.ttl is not None else opts.ttl_for_service(q.service)
-    return _instances(outcome.instances, qtype, snap, opts, lk.domain, ttl, chase)
+    return _instances(outcome.instances, qtype, snap, opts, lk.domain, ttl, chase,
+                      client.zone if opts.prefer_same_zone else "")
 
 
 # -- nodes, addr, apex, reverse ---------------------------------------------
