@@ -15,8 +15,10 @@ from typing import Callable
 
 from .catalog.store import Store
 from .config import Config, ConfigError, read_secret_files
+from .catalog.client_class import parse_localities
+from .dns.clients import Classifier, Views
 from .dns.handler import DnsHandler, RecursionPolicy
-from .dns.resolver import ResolverOptions
+from .dns.resolver import ResolverOptions, Soa
 from .dns.rrl import RateLimiter
 from .dns.server import DnsServer
 from .dns.topology import TopologyCounter
@@ -47,8 +49,22 @@ def resolver_options(cfg: Config) -> ResolverOptions:
     ns = () if host in ("0.0.0.0", "::", "") else (host,)
     return ResolverOptions(domains=cfg.domains, only_passing=cfg.dns.only_passing,
                            a_record_limit=cfg.dns.a_record_limit, node_ttl=int(cfg.dns.node_ttl),
-                           service_ttl=cfg.dns.service_ttl, soa=cfg.dns.soa, ns_addresses=ns,
-                           peer_datacenters=tuple(p.datacenter for p in cfg.peers))
+                           service_ttl=cfg.dns.service_ttl, ns_addresses=ns,
+                           soa=Soa(cfg.dns.soa.min_ttl, cfg.dns.soa.refresh, cfg.dns.soa.retry, cfg.dns.soa.expire),
+                           peer_datacenters=tuple(p.datacenter for p in cfg.peers),
+                           prefer_same_zone=cfg.dns.prefer_same_zone, same_zone_min=cfg.dns.same_zone_min,
+                           enforce_intentions=cfg.dns.enforce_intentions,
+                           intentions_default=cfg.dns.intentions_default)
+
+
+def classifier(cfg: Config) -> Classifier:
+    """Client classes: recursion always; zone and identities only when an answer can depend on them (with
+    neither feature on, no catalog lookup per client)."""
+    views = None
+    if cfg.dns.prefer_same_zone or cfg.dns.enforce_intentions:
+        views = Views(localities=parse_localities(cfg.localities), zones=cfg.dns.prefer_same_zone,
+                      intentions=cfg.dns.enforce_intentions)
+    return Classifier(RecursionPolicy(cfg.forwarding.allow_recursion), identify=views)
 
 
 @dataclass
@@ -98,7 +114,7 @@ def make_handler(cfg: Config, store: Store, *, workers: WorkerPool | None = None
                                    peers=workers.topology if workers is not None else None)
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder, rng=rng,
-                         recursion=RecursionPolicy(cfg.forwarding.allow_recursion), rate_limiter=rrl,
+                         classifier=classifier(cfg), rate_limiter=rrl,
                          topology=topology, peers=workers.stats if workers is not None else None)
     return handler, forwarder
 

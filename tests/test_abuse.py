@@ -10,7 +10,7 @@ import dns.rdatatype
 
 from harness import query, rrset_values, wait_until
 from meshdns.dns.rrl import RateLimiter
-from test_fastpath import handler  # noqa: F401  (the fixture)
+from test_pipeline import handler, store  # noqa: F401  (the fixtures)
 
 CLIENT = ("127.0.0.1", 5353)
 
@@ -113,51 +113,51 @@ def test_spoofed_sources_from_many_networks_do_not_reset_the_limit_of_an_abusive
     assert [rrl.check("10.0.0.1") for _ in range(5)] == ["send"] * 5
 
 
-def test_a_flood_of_one_off_names_keeps_popular_answers_compiled_and_rendered(handler):
-    from meshdns.dns.fastpath import FastPath
-    from meshdns.dns.replay import ReplayTable
-    handler.fast = FastPath(handler.opts, udp_payload=1232, enable_truncate=True, max_entries=100)
-    handler.fast.replay = ReplayTable(budget=20_000)
+def test_a_flood_of_one_off_names_keeps_popular_answers_compiled_and_rendered(store):
+    from meshdns.dns.handler import DnsHandler
+    from test_pipeline import OPTS, kept
+    handler = DnsHandler(store, OPTS, max_answers=100, reply_budget=20_000)
     popular = dns.message.make_query("legacy-billing.service.consul", "A", use_edns=False).to_wire()
-    key = popular[12:-4] + popular[-4:-2]
-    client = ("198.51.100.7", 5353)
+    client = CLIENT
     expected = {"192.168.28.213", "192.168.28.214"}
 
     def ask_popular():
-        for tcp in (False, True):   # UDP is answered from the rendered replies, TCP from the compiled answer
+        for tcp in (False, True):
             reply = dns.message.from_wire(handler.handle(popular, client, tcp=tcp))
             assert {rr.to_text() for rr in reply.answer[0]} == expected
 
     for _ in range(2):
         ask_popular()
-    compiled, rendered = handler.fast.cache[key], handler.fast.replay.tables[False][popular[2:]]
+    compiled, rendered = kept(handler, "legacy-billing.service.consul")
+    over_tcp = kept(handler, "legacy-billing.service.consul", tcp=True)
+    assert compiled is not None and over_tcp[0] is compiled
+    tables = handler.client_class(client[0]).tables
     rng = random.Random(7)
-    for i in range(1000):   # ten times the compiled answers kept; five times the replay budget
+    for i in range(1000):   # ten times the compiled answers kept; several times the reply budget
         wire = dns.message.make_query(f"r{rng.getrandbits(48):x}.service.consul", "A", use_edns=False).to_wire()
         for _ in range(2):
             assert dns.message.from_wire(handler.handle(wire, client, tcp=False)).rcode() == dns.rcode.NXDOMAIN
         if i % 5 == 0:
             ask_popular()
-    assert len(handler.fast.cache) == 100 and 0 < handler.fast.replay.size <= 20_000
-    assert handler.fast.cache[key] is compiled                             # never compiled again
-    assert handler.fast.replay.tables[False][popular[2:]] is rendered      # never rendered again
+    assert len(handler.answers.table) == 100 and 0 < tables[False].size <= 20_000
+    assert kept(handler, "legacy-billing.service.consul") == (compiled, rendered)  # never planned or rendered again
+    assert kept(handler, "legacy-billing.service.consul", tcp=True) == over_tcp
 
 
-def test_a_flood_of_one_off_forwarded_names_keeps_the_popular_ones_cached(handler):
+def test_a_flood_of_one_off_forwarded_names_keeps_the_popular_ones_cached(store):
     from test_forward_cache import upstream_reply
-    from meshdns.dns.handler import RecursionPolicy
+    from meshdns.dns.clients import RecursionPolicy
+    from meshdns.dns.handler import DnsHandler
     from meshdns.dns.wire import parse_query
     from meshdns.forward.cache import ReplyCache
     from meshdns.forward.forwarder import Forwarder
     from meshdns.forward.message import lower_question, parse_reply
+    from test_pipeline import OPTS
 
     clock = Clock()
     forwarder = Forwarder(domains=("consul.",), recursors=(("127.0.0.1", 9),), cache=ReplyCache(
         max_entries=300, clock=clock))
-    handler.forwarder = forwarder
-    handler.fast.forward_hit = handler._forward_hit
-    handler.fast.forward_countdown = forwarder.countdown
-    handler.recursion = RecursionPolicy(("127.0.0.0/8",))
+    handler = DnsHandler(store, OPTS, forwarder=forwarder, recursion=RecursionPolicy(("127.0.0.0/8",)))
 
     def upstream_answered(name):
         """The query for name, its reply cached as if an upstream had just answered it."""
@@ -180,8 +180,8 @@ def test_a_flood_of_one_off_forwarded_names_keeps_the_popular_ones_cached(handle
         wire = upstream_answered(f"r{rng.getrandbits(48):x}.example.org.")
         for _ in range(2):
             ask(wire)
-        if i % 5 == 0:   # over UDP: after the second time, from the rendered reply the forwarder never sees
+        if i % 5 == 0:   # from the kept reply, which keeps the forwarder's entry in use as its age ticks
             assert ask(popular).answer[0][0].to_text() == "192.0.2.8"
     assert len(forwarder.cache) == 300
     assert forwarder.cache.get(("www.example.org.", 1, 1, False)) is not None
-    assert popular[2:] in handler.fast.replay.forward
+    assert popular[2:] in handler.client_class(CLIENT[0]).tables[False]

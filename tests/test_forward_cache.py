@@ -93,7 +93,7 @@ def test_corrupted_reply_never_raises(cut, byte):
 def test_render_uses_client_id_casing_and_flags():
     query = client_query("WwW.ExAmPlE.org.", qid=999)
     reply = parsed(query, answers=[("www.example.org.", 60, "A", "10.0.0.1")])
-    out = dns.message.from_wire(render(reply, query, ttl=lambda t: t, our_payload=1232))
+    out = dns.message.from_wire(render(reply, query, reply.ttls, our_payload=1232, limit=65535))
     assert out.id == 999
     assert out.question[0].name.to_text() == "WwW.ExAmPlE.org."
     assert out.flags & dns.flags.RA and out.flags & dns.flags.RD
@@ -104,8 +104,8 @@ def test_render_uses_client_id_casing_and_flags():
 def test_render_drops_opt_for_a_client_without_edns():
     query = client_query(edns=None)
     reply = parsed(query, answers=[("www.example.org.", 60, "A", "10.0.0.1")])
-    assert reply.opt_offset >= 0
-    out = dns.message.from_wire(render(reply, query, ttl=lambda t: t, our_payload=1232))
+    assert reply.end < len(reply.data)      # the upstream sent an OPT: it is not passed on as it came
+    out = dns.message.from_wire(render(reply, query, reply.ttls, our_payload=1232, limit=65535))
     assert out.edns == -1 and len(out.additional) == 0
     assert [rd.to_text() for rd in out.answer[0]] == ["10.0.0.1"]
 
@@ -126,8 +126,9 @@ def make_cache(**kw):
     return ReplyCache(clock=clock, **opts), clock
 
 
-def served_ttls(hit, query):
-    out = dns.message.from_wire(render(hit.reply, query, ttl=hit.ttl, our_payload=1232))
+def served_ttls(entry, query, now):
+    """The TTLs a client sees at `now` (None: served stale)."""
+    out = dns.message.from_wire(entry.render(query, now, our_payload=1232, limit=65535))
     return [rrset.ttl for rrset in out.answer + out.authority]
 
 
@@ -138,7 +139,7 @@ def test_positive_answer_lives_for_its_smallest_ttl_and_ages():
                                    ("web.example.org.", 60, "A", "10.0.0.1")])
     assert cache.put("k", reply)
     clock.now += 25.7
-    assert served_ttls(cache.get("k"), query) == [275, 35]
+    assert served_ttls(cache.get("k"), query, clock.now) == [275, 35]
     clock.now += 34.3   # 60 s after storing: the smallest TTL is used up
     assert cache.get("k") is None
 
@@ -148,8 +149,8 @@ def test_ttls_are_clamped():
     query = client_query()
     cache.put("short", parsed(query, answers=[("www.example.org.", 5, "A", "10.0.0.1")]))
     cache.put("long", parsed(query, answers=[("www.example.org.", 86400, "A", "10.0.0.1")]))
-    assert served_ttls(cache.get("short"), query) == [30]
-    assert served_ttls(cache.get("long"), query) == [100]
+    assert served_ttls(cache.get("short"), query, clock.now) == [30]
+    assert served_ttls(cache.get("long"), query, clock.now) == [100]
     clock.now += 29
     assert cache.get("short") is not None
     clock.now += 1
@@ -190,8 +191,8 @@ def test_serve_stale_window():
     clock.now += 61
     assert cache.get("k") is None
     stale = cache.get_stale("k")
-    assert stale is not None and stale.stale
-    assert served_ttls(stale, query) == [STALE_TTL]
+    assert stale is not None
+    assert served_ttls(stale, query, None) == [STALE_TTL]
     clock.now += 600
     assert cache.get_stale("k") is None        # beyond serve_stale: gone
 
@@ -218,15 +219,23 @@ def test_ttl_with_top_bit_is_zero():
     assert parse_reply(bytes(wire), qid=7, question=question).ttls == (0,)
 
 
-def test_rendered_hits_age_by_whole_seconds_and_keep_the_clients_id_and_spelling():
-    """Forwarder.cached reuses a rendered reply only while its TTLs would render the same."""
-    from meshdns.config import parse_config
-    from meshdns.dns.wire import parse_query
-    from meshdns.forward.forwarder import from_config
-    from meshdns.forward.message import parse_reply
+def test_cached_replies_age_by_whole_seconds_and_keep_the_clients_id_and_spelling(upstreams):
+    """Repeated queries are answered from the DNS reply cache, which renders the forwarder's entry anew only
+    when a whole second of age has passed, for the client's ID and spelling."""
+    from meshdns.catalog.store import Store
+    from meshdns.dns.clients import RecursionPolicy
+    from meshdns.dns.handler import DnsHandler
+    from meshdns.dns.resolver import ResolverOptions
+    from meshdns.forward.forwarder import Forwarder
 
+    import asyncio
+
+    up = upstreams().add("host.example", "A", "192.0.2.10", ttl=10)
     now = [1000.0]
-    fwd = from_config(parse_config({"forwarding": {"recursors": ["127.0.0.1:5300"]}}), clock=lambda: now[0])
+    fwd = Forwarder(domains=("consul.",), recursors=(("127.0.0.1", up.port),),
+                    cache=ReplyCache(max_entries=100, clock=lambda: now[0]))
+    handler = DnsHandler(Store(datacenter="dc1"), ResolverOptions(), forwarder=fwd,
+                         recursion=RecursionPolicy(("127.0.0.0/8",)))
     upstream_q = dns.message.make_query("host.example.", "A", use_edns=0)
     reply = dns.message.make_response(upstream_q)
     reply.answer.append(dns.rrset.from_text("host.example.", 10, "IN", "A", "192.0.2.9"))
@@ -234,17 +243,20 @@ def test_rendered_hits_age_by_whole_seconds_and_keep_the_clients_id_and_spelling
     fwd.cache.put(("host.example.", 1, 1, False), parsed)
 
     def ask(name, qid):
-        q = dns.message.make_query(name, "A", use_edns=0, id=qid)
-        raw = fwd.cached(parse_query(q.to_wire()))
-        return None if raw is None else dns.message.from_wire(raw)
+        raw = handler.handle(dns.message.make_query(name, "A", use_edns=0, id=qid).to_wire(), ("127.0.0.1", 53),
+                             tcp=False)
+        return dns.message.from_wire(raw if isinstance(raw, bytes) else asyncio.run(raw))
 
     first = ask("host.example.", 1)
     assert first.id == 1 and first.answer[0].ttl == 10
     now[0] += 0.5
-    again = ask("HoSt.ExAmPlE.", 2)                       # same second of age: the memo, re-addressed
+    again = ask("HoSt.ExAmPlE.", 2)                       # same second of age
     assert again.id == 2 and again.question[0].name.to_text() == "HoSt.ExAmPlE."
     assert again.answer[0].ttl == 10 and again.answer[0][0].to_text() == "192.0.2.9"
     now[0] += 3.0                                         # 3.5 s old: TTLs count down
     assert ask("host.example.", 3).answer[0].ttl == 7
-    now[0] += 7.0                                         # expired: not served from the memo either
-    assert ask("host.example.", 4) is None
+    assert ask("HoSt.ExAmPlE.", 4).answer[0].ttl == 7
+    assert up.count() == 0 and fwd.stats.cache["hit"] == 4   # every answer from the cache counted once
+    now[0] += 7.0                                         # expired: not served from a kept reply either
+    assert ask("host.example.", 5).answer[0][0].to_text() == "192.0.2.10"
+    assert up.count() == 1 and fwd.stats.cache["miss"] == 1

@@ -61,6 +61,7 @@ def run_sh(block: str, tmp_path, *, dns_port: int, http_port: int) -> str:
     wrapper.chmod(0o755)
     block = block.replace("http://127.0.0.1:8500", f"http://127.0.0.1:{http_port}")
     block = block.replace("meshdns query ", f"meshdns query --server 127.0.0.1:{dns_port} ")
+    block = block.replace("@127.0.0.1 -p 8600 ", f"@127.0.0.1 -p {dns_port} ")
     out = subprocess.run(["sh", "-ec", block], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert out.returncode == 0, (block, out.stderr)
@@ -116,6 +117,34 @@ def test_locality_and_views_examples_are_valid_config_and_zone_files():
     assert cfg.localities == (("10.20.0.0/16", "eu-west-1a"), ("10.21.0.0/16", "eu-west-1b"))
     content = parse_toml("README.md", zone_file, datacenter="dc1", source="zones")
     assert [(s.name, s.action) for s in content.intentions[0].sources] == [("web", "deny"), ("*", "allow")]
+
+
+def test_the_locality_and_views_worked_example_runs_as_written(start_server, tmp_path):
+    """The worked example against a server started with its views.toml: each dig line prints what its comment
+    says (addresses in any order; SRV priorities; the status line)."""
+    import tomllib
+
+    text = section("Locality and views").split("**Worked example**")[1]
+    serve, *blocks = sh_blocks(text)
+    config = tomllib.loads(re.search(r"<<'TOML'\n(.*?)TOML", serve, re.S).group(1))
+    srv = start_server(config, zones=tmp_path / "zones")
+    ports = {"dns_port": srv.dns_port, "http_port": srv.http_port}
+    checked = 0
+    for block in blocks:
+        for step in re.split(r"\n(?=dig |curl )", block.strip()):
+            out = run_sh(step, tmp_path, **ports) if "| grep -E" not in step else ""
+            comment = step.split("#", 1)[1] if step.startswith("dig ") else ""
+            if "NXDOMAIN" in comment:
+                assert "status: NXDOMAIN" in out, step
+            elif " SRV " in step:
+                prio = {line.split()[3]: int(line.split()[0]) for line in out.split("\n") if line}
+                assert sorted(prio.values()) == [1, 2, 2] and prio["0a000207.addr.dc1.consul."] == 1, out
+            elif comment:
+                assert sorted(out.split()) == sorted(re.findall(r"\d+\.\d+\.\d+\.\d+", comment)), step
+            checked += bool(comment)
+    assert checked == 7
+    metrics = run_sh(blocks[-1].strip().splitlines()[-1], tmp_path, **ports)
+    assert 'meshdns_intention_denied_total{destination="db",source="web"} 1.0' in metrics
 
 
 def github_anchor(heading: str) -> str:

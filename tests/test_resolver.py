@@ -12,7 +12,7 @@ import pytest
 
 from meshdns.catalog.model import Health, Instance, Node, SourceState, Split, SplitTarget, Weights
 from meshdns.catalog.store import Store
-from meshdns.config import SoaConfig
+from meshdns.dns.resolver import Soa
 from meshdns.dns.resolver import NOERROR, NXDOMAIN, ResolverOptions, plan, resolve
 
 DC = "dc1"
@@ -49,7 +49,7 @@ SNAP = catalog(
     nodes=[Node("db-1", "10.0.9.9", DC, meta=(("rack", "r1"), ("rfc1035-Policy", "v=spf1 -all"), (" x=y", "`z"))),
            Node("edge", "fd00::9", DC)],
 )
-OPTS = ResolverOptions(domains=("consul.", "mesh.internal."), soa=SoaConfig(min_ttl=5))
+OPTS = ResolverOptions(domains=("consul.", "mesh.internal."), soa=Soa(min_ttl=5))
 
 
 def texts(records, qtype_filter=None):
@@ -320,7 +320,7 @@ def test_a_cname_into_our_names_is_invalidated_with_its_target():
     store.publish("t", SourceState(services={(DC, "alias"): (inst("alias", "web.service.consul"),),
                                              (DC, "web"): (inst("web", "10.0.0.1"),)}))
     p = plan("alias.service.consul.", 1, store.snapshot, OPTS)
-    from meshdns.dns.resolver import still_valid
+    from meshdns.catalog.view import still_valid
     assert still_valid(p.deps, store.snapshot)
     store.publish("t", SourceState(services={(DC, "alias"): (inst("alias", "web.service.consul"),),
                                              (DC, "web"): (inst("web", "10.0.0.7"),)}))

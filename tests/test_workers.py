@@ -92,3 +92,54 @@ def test_metrics_count_the_forwarding_of_every_process(tmp_path, upstreams):
         wait_until(counted, timeout=8, what="forwarding counted")
     finally:
         assert proc.stop() == 0
+
+
+def test_seeded_answers_are_the_same_from_every_process(tmp_path):
+    """With a seed, each process answers a sequence of queries byte for byte as a single process does: the
+    first sequence a process answers is the single process's first, its second the second, and so on."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    five = "".join(f'[[service]]\nname = "five"\naddress = "10.5.0.{i}"\nport = 80\n' for i in range(5))
+    two = "".join(f'[[service]]\nname = "two"\naddress = "10.6.0.{i}"\nport = 81\n' for i in range(2))
+    split = ('[[split]]\nname = "halves"\n'
+             'targets = [{ service = "five", weight = 1 }, { service = "two", weight = 1 }]\n')
+    (zones / "a.toml").write_text(five + two + split)
+    config = tmp_path / "meshdns.toml"
+    config.write_text("[dns]\nrng_seed = 11\n")
+    questions = [dns.message.make_query(name, rdtype, id=0).to_wire()
+                 for name, rdtype in [("halves.service.consul", "A"), ("five.service.consul", "SRV"),
+                                      ("five.service.consul", "A"), ("halves.service.consul", "SRV")] * 6]
+
+    def sequence(sock, port):
+        out = []
+        for i, wire in enumerate(questions):
+            sock.sendto(i.to_bytes(2, "big") + wire[2:], ("127.0.0.1", port))
+            out.append(sock.recv(4096)[2:])
+        return tuple(out)
+
+    def serve(*args):
+        return ServerProcess("--config", str(config), "--zones", str(zones), *args).start()
+
+    single, several = serve("--data-dir", str(tmp_path / "a")), None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reference:
+            reference.settimeout(2)
+            passes = [sequence(reference, single.dns_port) for _ in range(4)]
+            assert len(set(passes)) == 4   # the answers vary with the RNG
+            several = serve("--data-dir", str(tmp_path / "b"), "--workers", "2")
+            wait_until(lambda: len(owners_of_port(several.dns_port)) == 2, timeout=20, what="two processes on the port")
+            firsts = sockets = 0
+            while firsts < 2 and sockets < 64:   # one socket per sequence: SO_REUSEPORT gives each to one process
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.settimeout(2)
+                    got = sequence(s, several.dns_port)
+                sockets += 1
+                while got not in passes and len(passes) < sockets + 1:
+                    passes.append(sequence(reference, single.dns_port))
+                assert got in passes   # a process's n-th sequence is the single process's n-th
+                firsts += got == passes[0]
+            assert firsts == 2   # both processes answered their first sequence as the single process did
+    finally:
+        assert single.stop() == 0
+        if several is not None:
+            assert several.stop() == 0

@@ -66,6 +66,17 @@ class MeshdnsCollector(Collector):
         for reason in ("client", "no_upstream"):
             refused.add_metric([reason], stats.refused.get(reason, 0))
         yield refused
+        locality = CounterMetricFamily("meshdns_locality_answers", "Answers to clients with a zone, by whether "
+                                       "they kept to it", labels=["result"])
+        for result in ("same_zone", "cross_zone"):
+            locality.add_metric([result], stats.locality.get(result, 0))
+        yield locality
+        denied = CounterMetricFamily("meshdns_intention_denied", "Names answered NXDOMAIN because intentions deny "
+                                     "the client the service, by source and destination",
+                                     labels=["source", "destination"])
+        for (source, destination), n in sorted(stats.denied.items()):
+            denied.add_metric([source, destination], n)
+        yield denied
 
     def _forwarding(self):
         fwd = self.ctx.handler.forwarder

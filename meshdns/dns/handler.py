@@ -1,92 +1,84 @@
-"""Bytes in, bytes out: parse, resolve against the current snapshot, encode.
+"""Bytes in, bytes out: the one answer pipeline.
 
-This is the one place where errors become rcodes: WireError carries the
-client's mistake (FORMERR, NOTIMP, BADVERS, REFUSED or drop); anything else is
-ours and becomes SERVFAIL. The server protocols around it only move bytes.
+question -> client class -> plan -> rendered reply. A query is first looked up
+in the reply cache of its client's class (dns/cache.py) by its bytes after the
+ID; only a query not found there is parsed, planned (through the compiled
+plans) and rendered, and its entry kept for the next time. Every reply is
+assembled by dns/wire.py. This is the one place where errors become rcodes:
+WireError carries the client's mistake (FORMERR, NOTIMP, BADVERS, REFUSED or
+drop); anything else is ours and becomes SERVFAIL. The server protocols
+around it only move bytes.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import time
+from collections import OrderedDict
 from time import perf_counter
-from typing import Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..catalog.store import Store
-from ..forward.chase import chase, cname_target
-from ..forward.cache import Countdown
-from ..forward.client import ForwardStats
 from . import rdata
-from .fastpath import FastPath
-from .rrl import RateLimiter, slipped_reply
+from .answer import Compiled
+from .cache import Answers, Counts, Entry, Forwarded, Table
+from .chase import CHASED_QTYPES, chase
+from .clients import Classifier, ClientClass, RecursionPolicy
+from .rrl import RateLimiter
 from .stats import DnsStats
 from .topology import TopologyCounter
-from .resolver import REFUSED, SERVFAIL, ResolverOptions, plan, realize
-from .wire import MAX_TCP, Query, WireError, encode_response, error_response, parse_query, response_limit
+from .resolver import ResolverOptions
+from .wire import NOERROR, REFUSED, SERVFAIL, Query, WireError, error, limit_for, parse_query, reply
+
+if TYPE_CHECKING:
+    from ..forward.forwarder import Forwarder
 
 log = logging.getLogger("meshdns.dns")
 
 Reply = bytes | None | Awaitable[bytes | None]
 
 
-class Forwarder(Protocol):
-    clock: Callable[[], float]
-    stats: "ForwardStats"
+class Slot:
+    """A client class and its reply tables (UDP, TCP)."""
 
-    def handles(self, qname: str) -> bool: ...
-    def cached(self, query: Query) -> bytes | None: ...
-    def countdown(self, query: Query) -> "Countdown | None": ...
-    async def forward(self, query: Query, packet: bytes, *, tcp: bool) -> bytes | None: ...
+    __slots__ = ("cls", "ra", "tables")
 
-
-class RecursionPolicy:
-    """Which clients may have non-catalog names forwarded for them."""
-
-    def __init__(self, cidrs: tuple[str, ...]):
-        self._nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-        self._cache: dict[str, bool] = {}
-
-    def allows(self, ip: str) -> bool:
-        ok = self._cache.get(ip)
-        if ok is None:
-            try:
-                addr = ipaddress.ip_address(ip.split("%", 1)[0])
-            except ValueError:
-                ok = False
-            else:
-                if addr.version == 6 and addr.ipv4_mapped is not None:
-                    addr = addr.ipv4_mapped
-                ok = any(addr in n for n in self._nets)
-            if len(self._cache) > 65536:
-                self._cache.clear()
-            self._cache[ip] = ok
-        return ok
+    def __init__(self, cls: ClientClass, ra: bool, budget: int):
+        self.cls, self.ra = cls, ra
+        self.tables = (Table(budget), Table(budget))
 
 
 class DnsHandler:
     def __init__(self, store: Store, opts: ResolverOptions, *, udp_payload: int = 1232,
                  enable_truncate: bool = True, rng: random.Random | None = None,
-                 forwarder: Forwarder | None = None, recursion: RecursionPolicy | None = None,
-                 rate_limiter: RateLimiter | None = None, topology: TopologyCounter | None = None,
-                 peers: Callable[[], list[DnsStats]] | None = None):
+                 forwarder: "Forwarder | None" = None, recursion: RecursionPolicy | None = None,
+                 classifier: Classifier | None = None, rate_limiter: RateLimiter | None = None,
+                 topology: TopologyCounter | None = None, peers: Callable[[], list[DnsStats]] | None = None,
+                 max_answers: int = 200_000, reply_budget: int = 16 << 20, max_clients: int = 65536,
+                 max_classes: int = 256):
         self.store = store
         self.opts = opts
         self.udp_payload = udp_payload
         self.enable_truncate = enable_truncate
         self.rng = rng or random.Random()
         self.forwarder = forwarder
-        self.recursion = recursion or RecursionPolicy(())
+        self.classifier = classifier or Classifier(recursion or RecursionPolicy(()))
         self.stats = DnsStats()
-        self.fast = FastPath(opts, udp_payload=udp_payload, enable_truncate=enable_truncate)
         self.rrl = rate_limiter
         self.topology = topology  # who asked for which name (None: not counted)
+        self.answers = Answers(opts, max_entries=max_answers)
+        self.reply_budget = reply_budget
+        self.max_clients = max_clients
+        self.max_classes = max(1, max_classes)
         self.internal_errors = 0
         self.peers = peers  # the worker processes' counters
+        self._counts = Counts(self.stats.queries, self.stats.splits,
+                              forwarder.stats.cache if forwarder is not None else None, topology,
+                              locality=self.stats.locality, denied=self.stats.denied)
+        self._slots: dict[ClientClass, Slot] = {}
+        self._clients: OrderedDict[str, Slot] = OrderedDict()   # source IP -> its class, oldest first
+        self._classified = store.snapshot   # the snapshot _clients holds classes for
         self._last_error_log = -1e9
-        if forwarder is not None:
-            self.fast.forward_hit = self._forward_hit
-            self.fast.forward_countdown = forwarder.countdown
 
     def totals(self) -> DnsStats:
         """This process's counters plus its workers'."""
@@ -97,7 +89,33 @@ class DnsHandler:
 
     def handle(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
         started = perf_counter()
-        reply = self._handle(data, client, tcp)
+        if self.rrl is not None and not tcp:
+            verdict = self.rrl.check(client[0])
+            if verdict != "send":
+                reply = self._slip(data) if verdict == "slip" else None
+                self.stats.observe(perf_counter() - started)
+                return reply
+        snap = self.store.snapshot
+        if snap is not self._classified:
+            self._reclassify(snap)
+        slot = self._clients.get(client[0]) or self.client_class(client[0])
+        table = slot.tables[tcp]
+        key = data[2:]
+        entry = table.get(key)
+        if entry is not None:
+            try:
+                body = entry.body(snap, self.rng, client[0])
+            except Exception:   # answered below, where errors become rcodes
+                log.debug("a kept reply failed", exc_info=True)
+                body = None
+            if body is not None:
+                if table.puts - entry.stamp > table.half:   # Table.touch, inline
+                    table.move_to_end(key)
+                    entry.stamp = table.puts
+                reply = data[:2] + body
+                self.stats.observe(perf_counter() - started)
+                return reply
+        reply = self._answer(data, client[0], slot, tcp)
         if reply is None or isinstance(reply, bytes):
             self.stats.observe(perf_counter() - started)
             return reply
@@ -109,66 +127,82 @@ class DnsHandler:
         finally:
             self.stats.observe(perf_counter() - started)
 
-    def _handle(self, data: bytes, client: tuple, tcp: bool) -> Reply:
-        if self.rrl is not None and not tcp:
-            verdict = self.rrl.check(client[0])
-            if verdict != "send":
-                return slipped_reply(data) if verdict == "slip" else None
-        ra = self.forwarder is not None and self.recursion.allows(client[0])
-        snap = self.store.snapshot
-        if not tcp:
-            hit = self.fast.replay.reply(data, ra, snap, self.rng)
-            if hit is not None:
-                reply, replay, target = hit
-                self.stats.queries[replay.count_key] += 1
-                if self.topology is not None:
-                    self.topology.count(client[0], replay.qname)
-                if target:
-                    self.stats.splits[(replay.split, target)] += 1
-                return reply
-            if ra:
-                hit = self.fast.replay.forwarded(data, snap, self.forwarder.clock())
-                if hit is not None:
-                    reply, count_key = hit
-                    self.stats.queries[count_key] += 1
-                    self.forwarder.stats.cache["hit"] += 1
-                    return reply
-        try:
-            done = self.fast.answer(data, snap, self.rng, tcp=tcp, ra=ra)
-        except Exception:  # the general path below decides what the client gets
-            log.debug("fast path declined a packet", exc_info=True)
-            done = None
-        if done is not None:
-            reply, entry, target = done
-            if entry.forward:
-                self.stats.queries[(entry.count_key[0], reply[3] & 0xF, "forward")] += 1
-            else:
-                self.stats.queries[entry.count_key] += 1
-                if self.topology is not None:
-                    self.topology.count(client[0], entry.qname)
-                if target:
-                    self.stats.splits[(entry.plan.split, target)] += 1
-            return reply
-        return self.handle_general(data, client, tcp=tcp)
+    @property
+    def classes(self) -> int:
+        """How many client classes have replies kept (at most max_classes)."""
+        return len(self._slots)
 
-    def handle_general(self, data: bytes, client: tuple, *, tcp: bool) -> Reply:
-        """Every query shape, no caches: parse strictly, plan, realize, encode."""
+    def client_class(self, ip: str) -> Slot:
+        """The class of a source address (worked out once per address while it keeps asking, and again
+        after a catalog change when the class depends on the catalog)."""
+        slot = self._clients.get(ip)
+        if slot is None:
+            cls = self.classifier.classify(self._classified, ip)
+            slot = self._slots.get(cls)
+            if slot is None:
+                if len(self._slots) >= self.max_classes:
+                    self._forget_class()
+                slot = self._slots[cls] = Slot(cls, cls.recursion and self.forwarder is not None, self.reply_budget)
+            if len(self._clients) >= self.max_clients:
+                self._clients.popitem(last=False)
+            self._clients[ip] = slot
+        return slot
+
+    def _forget_class(self) -> None:
+        """The oldest class goes with its replies, and the clients in it are worked out again when they ask
+        (classes are few, zones x the services intentions name, so this is rare)."""
+        old = self._slots.pop(next(iter(self._slots)))
+        self._clients = OrderedDict((ip, s) for ip, s in self._clients.items() if s is not old)
+
+    def _reclassify(self, snap) -> None:
+        self._classified = snap
+        if self.classifier.reads_catalog:
+            self._clients.clear()
+
+    def _answer(self, data: bytes, who: str, slot: Slot, tcp: bool) -> Reply:
+        """A query not answered from the reply cache: parse strictly, plan, render, keep."""
         query = None
         try:
             query = parse_query(data)
-            return self._answer(query, data, client, tcp)
+            return self._resolve(query, data, who, slot, tcp)
         except WireError as exc:
             if exc.rcode is None or exc.query is None:
                 self.stats.queries[(0, "dropped", "invalid")] += 1
                 return None
             self.stats.queries[(exc.query.qtype, exc.rcode, "invalid")] += 1
-            return error_response(exc.query, exc.rcode, our_payload=self.udp_payload)
+            return error(exc.query, exc.rcode, our_payload=self.udp_payload)
         except Exception:
             self._log_internal_error(query)
             if query is None:
                 return None
             self.stats.queries[(query.qtype, SERVFAIL, "error")] += 1
-            return error_response(query, SERVFAIL, our_payload=self.udp_payload)
+            return error(query, SERVFAIL, our_payload=self.udp_payload)
+
+    def _resolve(self, query: Query, data: bytes, who: str, slot: Slot, tcp: bool) -> Reply:
+        snap = self.store.snapshot
+        compiled = self.answers.get(query, slot.cls, snap)
+        limit = limit_for(query, tcp=tcp, our_payload=self.udp_payload)
+        if compiled.forward:
+            return self._forward(query, data, who, slot, tcp, compiled, limit)
+        entry = Entry(compiled, query, self.answers, self._counts, ra=slot.ra, limit=limit,
+                      our_payload=self.udp_payload, set_tc=self.enable_truncate, key_size=len(data))
+        if slot.ra and compiled.cname_only and query.qtype in CHASED_QTYPES:
+            return self._chased(entry, who, tcp)
+        return self._keep(data, who, slot.tables[tcp], entry)
+
+    def _keep(self, data: bytes, who: str, table: Table, entry: Entry | Forwarded) -> bytes:
+        """The first reply from a new entry, which is kept for the next time this query is asked."""
+        body = entry.body(self.store.snapshot, self.rng, who)
+        table.put(data[2:], entry)
+        return data[:2] + body
+
+    def _slip(self, data: bytes) -> bytes | None:
+        """An empty reply with TC: "ask again over TCP" (rate limiting)."""
+        try:
+            query = parse_query(data)
+        except WireError:
+            return None
+        return reply(query, NOERROR, our_payload=self.udp_payload, tc=True)
 
     def _log_internal_error(self, query: Query | None) -> None:
         """A traceback, at most one per 10 s: a flood of bad packets must not become a flood of logs."""
@@ -179,72 +213,52 @@ class DnsHandler:
             log.exception("internal error answering %r (%d internal errors so far)",
                           query.qname if query else "a query", self.internal_errors)
 
-    def _answer(self, query: Query, data: bytes, client: tuple, tcp: bool) -> Reply:
-        p = plan(query.qname_lower, query.qtype, self.store.snapshot, self.opts)
-        may_recurse = self.forwarder is not None and self.recursion.allows(client[0])
-        if p.forward:
-            if may_recurse and self.forwarder.handles(query.qname_lower):
-                cached = self.forwarder.cached(query)
-                if cached is not None:
-                    return self._forwarded(query, cached, tcp)
-                return self._forward(query, data, tcp)
-            self.stats.refused["no_upstream" if may_recurse or self.forwarder is None else "client"] += 1
-            self.stats.queries[(query.qtype, REFUSED, p.kind)] += 1
-            return error_response(query, REFUSED, our_payload=self.udp_payload)
-        ans = realize(p, self.rng)
-        self.stats.queries[(query.qtype, ans.rcode, p.kind)] += 1
-        if self.topology is not None:
-            self.topology.count(client[0], query.qname_lower)
-        if ans.split:
-            self.stats.splits[(ans.split, ans.target)] += 1
-        target = cname_target(query.qtype, ans) if may_recurse else None
-        if target is not None and self.store.snapshot.zone_for(target) is None:  # never forward our zones' names
-            return self._chase(query, ans, tcp)
-        limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
-        return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,
-                               recursion_available=may_recurse, set_tc=self.enable_truncate)
+    # -- names that are not ours -------------------------------------------------
 
-    async def _chase(self, query: Query, ans: Answer, tcp: bool) -> bytes:
-        """A hostname instance's CNAME with the target's records resolved upstream appended."""
-        try:
-            ans = await chase(self.forwarder, query, ans, tcp=tcp)
-        except Exception:
-            log.exception("resolving the CNAME target for %s failed", query.qname)
-        limit = response_limit(query, tcp=tcp, our_payload=self.udp_payload)
-        return encode_response(query, ans, limit=limit, our_payload=self.udp_payload,
-                               recursion_available=True, set_tc=self.enable_truncate)
+    def _forward(self, query: Query, data: bytes, who: str, slot: Slot, tcp: bool, compiled: Compiled,
+                 limit: int) -> Reply:
+        fwd = self.forwarder
+        if not slot.ra or not fwd.handles(query.qname_lower):
+            self.stats.refused["client" if fwd is not None and not slot.ra else "no_upstream"] += 1
+            self.stats.queries[(query.qtype, REFUSED, compiled.plan.kind)] += 1
+            return error(query, REFUSED, our_payload=self.udp_payload)
+        cached = fwd.cached(query)
+        if cached is None:
+            return self._fetch(query, tcp, limit)
+        entry = Forwarded(compiled, cached, query, current=fwd.cached, clock=fwd.clock, counts=self._counts,
+                          limit=limit, our_payload=self.udp_payload, key_size=len(data))
+        return self._keep(data, who, slot.tables[tcp], entry)
 
-    async def _forward(self, query: Query, data: bytes, tcp: bool) -> bytes | None:
+    async def _fetch(self, query: Query, tcp: bool, limit: int) -> bytes:
         try:
-            reply = await self.forwarder.forward(query, data, tcp=tcp)
+            found = await self.forwarder.lookup(query, tcp=tcp)
         except Exception:
             log.exception("forwarding %s failed", query.qname)
-            reply = None
-        if reply is None:
+            found = None
+        if found is None:
             self.stats.queries[(query.qtype, SERVFAIL, "forward")] += 1
-            return error_response(query, SERVFAIL, our_payload=self.udp_payload)
-        return self._forwarded(query, reply, tcp)
+            return error(query, SERVFAIL, our_payload=self.udp_payload)
+        cached, now = found
+        self.stats.queries[(query.qtype, cached.reply.rcode, "forward")] += 1
+        return cached.render(query, now, our_payload=self.udp_payload, limit=limit)
 
-    def _forward_hit(self, query: Query) -> bytes | None:
-        if not self.forwarder.handles(query.qname_lower):
-            return None
-        return self.forwarder.cached(query)
+    def _chased(self, entry: Entry, who: str, tcp: bool) -> Reply:
+        """A lone CNAME to a name elsewhere, for a client offered recursion: its target is resolved
+        upstream and appended (not kept: the reply depends on the upstream's)."""
+        snap = self.store.snapshot
+        g, _, order = entry.draw(self.rng, who)
+        target = entry.compiled.groups[g].cname
+        if snap.zone_for(target) is not None or not self.forwarder.handles(target):  # never forward our zones' names
+            return entry.render(snap, g, order)
 
-    def _forwarded(self, query: Query, reply: bytes, tcp: bool) -> bytes:
-        rcode = reply[3] & 0xF if len(reply) >= 4 else SERVFAIL
-        self.stats.queries[(query.qtype, rcode, "forward")] += 1
-        if not tcp:
-            limit = response_limit(query, tcp=False, our_payload=self.udp_payload)
-            if len(reply) > limit:
-                return truncated(reply, query, limit)
-        return reply[:MAX_TCP]
-
-
-def truncated(reply: bytes, query: Query, limit: int) -> bytes:
-    """An upstream reply too big for this client's UDP: header + question with TC."""
-    flags = int.from_bytes(reply[2:4], "big") | 0x0200
-    header = reply[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x00"
-    return header + query.question
+        async def chased() -> bytes:
+            try:
+                extra = await chase(self.forwarder, entry.query, target, tcp=tcp)
+            except Exception:
+                log.exception("resolving the CNAME target for %s failed", entry.query.qname)
+                extra = ()
+            return entry.render(snap, g, order, extra)
+        return chased()
 
 
 QTYPE_NAMES = {rdata.A: "A", rdata.NS: "NS", rdata.CNAME: "CNAME", rdata.SOA: "SOA", rdata.PTR: "PTR",

@@ -4,6 +4,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .wire import own_domain  # noqa: F401  (kept in wire.py, which the forwarder shares)
+
 KINDS = ("service", "node", "addr", "query")
 
 
@@ -60,15 +62,6 @@ class ReverseLookup:
 
 
 Lookup = ServiceLookup | NodeLookup | AddrLookup | QueryLookup | ApexLookup | UnknownLookup | ReverseLookup
-
-
-def own_domain(qname: str, domains: tuple[str, ...]) -> str | None:
-    """The (longest) of our domains that contains qname, else None. Names are lower-case FQDNs."""
-    best = None
-    for d in domains:
-        if (qname == d or qname.endswith("." + d)) and (best is None or len(d) > len(best)):
-            best = d
-    return best
 
 
 def parse_own(qname: str, domain: str) -> Lookup:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-A, NS, CNAME, SOA, PTR, HINFO, TXT, AAAA, SRV, OPT, ANY = 1, 2, 5, 6, 12, 13, 16, 28, 33, 41, 255
+from .wire import A, AAAA, ANY, CNAME, HINFO, NS, OPT, PTR, RR_FIXED, SOA, SRV, TXT  # noqa: F401 (re-exported)
 
 
 def name(text: str) -> bytes:
@@ -50,3 +50,8 @@ def txt(*strings: str) -> bytes:
 
 def soa(mname: str, rname: str, serial: int, refresh: int, retry: int, expire: int, minimum: int) -> bytes:
     return name(mname) + name(rname) + struct.pack("!IIIII", serial & 0xFFFFFFFF, refresh, retry, expire, minimum)
+
+
+def record(owner: str | None, rtype: int, ttl: int, value: bytes) -> bytes:
+    """One resource record; owner None is the question name (a pointer to it)."""
+    return (b"\xc0\x0c" if owner is None else name(owner)) + RR_FIXED.pack(rtype, 1, max(0, ttl), len(value)) + value

@@ -3,25 +3,28 @@
 It works in two steps. `plan` is deterministic: it turns a question and a
 snapshot into a Plan whose records are already in wire form and grouped into
 units that move together when shuffled (an SRV record and its target's A
-record). `realize` applies the only randomness: choosing a split target and the
-weighted shuffle. The fast path caches plans and realizes them per query.
+record). It reads the snapshot through a View, so the plan carries exactly
+what it was built from. `realize` applies the only randomness (weighting.choose):
+choosing a split target and the weighted shuffle.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from ..catalog import queries
+from ..catalog.client_class import NOBODY
+from ..catalog.intentions import intention_decision
+from ..catalog.locality import SAME_ZONE_PRIORITY, same_zone
 from ..catalog.model import Instance, Split
 from ..catalog.rules import healthy, split_sides
 from ..catalog.snapshot import Snapshot
-from ..config import SoaConfig
+from ..catalog.view import Dep, View
 from . import names, rdata
 from .names import AddrLookup, ApexLookup, NodeLookup, QueryLookup, ReverseLookup, ServiceLookup, UnknownLookup
-from .weighting import scale_shares, weighted_order, weighted_pick
-
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+from .weighting import Choices, choose, scale_shares
+from .wire import NOERROR, NXDOMAIN, own_domain, read_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class Group:
     units: tuple[Unit, ...]
     label: str = ""
     prefix: tuple[Record, ...] = ()   # answer records before the shuffled units: a CNAME (and its chain)
+    same_zone: bool | None = None     # for a client with a zone: did it prefer that zone (None: no zone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +65,10 @@ class Plan:
     authoritative: bool = True
     forward: bool = False       # not ours: hand to the forwarder
     split: str = ""             # split name, for the answers-by-target counter
-    # What the plan was built from: (snapshot attribute, key or None, object seen). A cached
-    # plan stays valid while every entry is still the same object in the current snapshot.
-    deps: tuple[tuple[str, object, object], ...] = ()
-    soa_domain: str = ""        # authority holds our SOA for this domain (serial moves with versions)
+    deps: tuple[Dep, ...] = ()  # what the plan was read from (catalog.view)
+    soa_domain: str = ""        # authority is our SOA for this domain (its serial is the catalog version)
     kind: str = ""              # what kind of name was asked (a metrics label)
+    denied: tuple[str, str] = ()  # (source, destination) when intentions hid the name from the client
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +81,14 @@ class Answer:
     forward: bool = False
     split: str = ""
     target: str = ""
-    # (answer, additional) record counts of each unit, in order, after the group's prefix: a UDP
-    # answer trimmed to fit keeps whole units (an SRV record with its target's addresses)
-    units: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Soa:
+    min_ttl: int = 0
+    refresh: int = 3600
+    retry: int = 600
+    expire: int = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +98,13 @@ class ResolverOptions:
     a_record_limit: int = 0
     node_ttl: int = 0
     service_ttl: tuple[tuple[str, float], ...] = (("*", 0.0),)
-    soa: SoaConfig = field(default_factory=SoaConfig)
+    soa: Soa = field(default_factory=Soa)
     ns_addresses: tuple[str, ...] = ()
     peer_datacenters: tuple[str, ...] = ()   # [[peer]] order: a prepared query's NearestN takes the first N
+    prefer_same_zone: bool = False   # answers keep to the client's zone (DESIGN §10)
+    same_zone_min: int = 1           # ... when it has at least this many healthy instances
+    enforce_intentions: bool = False  # a name the client may not reach does not exist for it
+    intentions_default: str = "allow"
 
     def ttl_for_service(self, service: str) -> int:
         """Exact name, then the longest matching "prefix*", then "*" (Consul's rule)."""
@@ -109,64 +121,58 @@ class ResolverOptions:
 # realize
 
 
-def realize(plan: Plan, rng: random.Random) -> Answer:
+def realize(plan: Plan, rng: random.Random, soa: Record | None = None) -> Answer:
+    """One answer to the plan; `soa` is the record for a plan whose authority is our SOA."""
     groups = plan.groups
-    label = ""
-    prefix: tuple[Record, ...] = ()
-    if not groups:
-        units: tuple[Unit, ...] | list[Unit] = ()
-    else:
-        chosen = groups[0] if len(groups) == 1 else groups[weighted_pick([g.weight for g in groups], rng)]
-        units, label, prefix = chosen.units, chosen.label, chosen.prefix
-    if len(units) > 1:
-        order = weighted_order([u.weight for u in units], rng)
-        units = [units[i] for i in order]
-    if plan.limit and len(units) > plan.limit:
-        units = units[: plan.limit]
-    answer = prefix + tuple(r for u in units for r in u.answer)
+    g, _, order = choose(Choices.of([g.weight for g in groups], [[u.weight for u in g.units] for g in groups]), rng)
+    chosen = groups[g] if groups else Group(1.0, ())
+    units = [chosen.units[i] for i in order]
+    if plan.limit:
+        units = units[:plan.limit]
+    answer = chosen.prefix + tuple(r for u in units for r in u.answer)
     additional = tuple(r for u in units for r in u.additional)
-    return Answer(plan.rcode, answer, plan.authority, additional, plan.authoritative,
-                  plan.forward, plan.split, label, tuple((len(u.answer), len(u.additional)) for u in units))
+    authority = (soa,) if plan.soa_domain and soa is not None else plan.authority
+    return Answer(plan.rcode, answer, authority, additional, plan.authoritative, plan.forward, plan.split,
+                  chosen.label)
 
 
-def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: random.Random) -> Answer:
-    return realize(plan(qname, qtype, snap, opts), rng)
+def resolve(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, rng: random.Random, *,
+            client: Client = NOBODY) -> Answer:
+    p = plan(qname, qtype, snap, opts, client=client)
+    return realize(p, rng, soa_record(p.soa_domain, snap, opts) if p.soa_domain else None)
 
 
 # ---------------------------------------------------------------------------
 # plan
 
 
-def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+class Client(Protocol):
+    """Who asks, as far as answers may differ by it (a dns.clients.ClientClass)."""
+
+    zone: str                  # "" when unknown
+    services: frozenset[str]   # its service identities (none: the source "*")
+
+
+def plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, *, client: Client = NOBODY) -> Plan:
     """qname: lower-case FQDN with trailing dot."""
-    deps: list[tuple[str, object, object]] = [("zones", None, snap.zones)]
+    view = View(snap)
     kind: list[str] = ["unknown"]
-    p = _plan(qname, qtype, snap, opts, deps, kind)
-    # spelled out: dataclasses.replace costs more than the rest of a cached answer
+    p = _plan(qname, qtype, view, opts, kind, client=client)
     return Plan(p.rcode, p.groups, p.authority, p.limit, p.authoritative, p.forward, p.split,
-                tuple(deps), p.soa_domain, "split" if p.split else kind[0])
+                tuple(view.deps), p.soa_domain, "split" if p.split else kind[0], p.denied)
 
 
-def still_valid(deps, snap: Snapshot) -> bool:
-    for attr, key, seen in deps:
-        current = getattr(snap, attr) if key is None else getattr(snap, attr).get(key)
-        if current is not seen and current != seen:
-            return False
-    return True
-
-
-def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list, kind: list,
-          chain: tuple[str, ...] = ()) -> Plan:
+def _plan(qname: str, qtype: int, snap: View, opts: ResolverOptions, kind: list,
+          chain: tuple[str, ...] = (), *, client: Client = NOBODY) -> Plan:
     """chain: the names whose CNAMEs led here (a CNAME is followed at most MAX_CHASE times, never round a loop)."""
-    domain = names.own_domain(qname, opts.domains)
-    zone = snap.zone_for(qname) if snap.zones else None
+    domain = own_domain(qname, opts.domains)
+    zone = snap.zone_for(qname)
     if zone is not None and (domain is None or len(zone.zone.origin) > len(domain)):
         kind[0] = "zone"
         return _zone(qname, qtype, zone)
     if domain is None:
         rev = names.parse_reverse(qname)
         if rev is not None and rev.ip is not None:
-            deps += [("ip_nodes", rev.ip, snap.ip_nodes.get(rev.ip)), ("ip_services", rev.ip, snap.ip_services.get(rev.ip))]
             found = _reverse(rev, qtype, snap, opts)
             if found is not None:
                 kind[0] = "reverse"
@@ -179,88 +185,83 @@ def _plan(qname: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: l
         return Plan(forward=True, authoritative=False)
     lookup = names.parse_own(qname, domain)
     kind[0] = type(lookup).__name__.removesuffix("Lookup").lower()
-    if getattr(lookup, "datacenter", None) is not None:
-        deps.append(("datacenters", None, snap.datacenters))
     if isinstance(lookup, ServiceLookup):
-        dc = lookup.datacenter or snap.datacenter
-        split = snap.splits.get(lookup.service)
-        used = [(dc, lookup.service)] + ([(t.datacenter or dc, t.service) for t in split.targets]
-                                         if split is not None else [])
-        deps.append(("splits", lookup.service, split))
-        for key in used:
-            _service_deps(deps, snap, key)
+        if not chain and opts.enforce_intentions:
+            denied = _denied(lookup.service, client, snap, opts, domain)
+            if denied is not None:
+                return denied
+        zone = client.zone if opts.prefer_same_zone else ""
         chain += (qname,)
-        return _service(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, deps, chain))
+        return _service(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, chain, client),
+                        zone)
     if isinstance(lookup, NodeLookup):
-        dc = lookup.datacenter or snap.datacenter
-        deps.append(("nodes", (dc, lookup.node), snap.nodes.get((dc, lookup.node))))
         return _node(lookup, qtype, snap, opts)
     if isinstance(lookup, AddrLookup):
         return _addr(lookup, qtype, snap, opts)
     if isinstance(lookup, QueryLookup):
         chain += (qname,)
-        return _query(lookup, qtype, snap, opts, deps, lambda name, qt: _chase(name, qt, snap, opts, deps, chain))
+        return _query(lookup, qtype, snap, opts, lambda name, qt: _chase(name, qt, snap, opts, chain, client),
+                      client, len(chain) == 1)
     if isinstance(lookup, ApexLookup):
-        if qtype in (rdata.SOA, rdata.ANY) and not lookup.ns:
-            deps.append(("version", None, snap.version))
         return _apex(lookup, qtype, snap, opts)
     assert isinstance(lookup, UnknownLookup)
-    return _negative(NXDOMAIN, domain, snap, opts)
+    return _negative(NXDOMAIN, domain)
 
 
 MAX_CHASE = 3  # CNAME hops followed inside our own names (Consul's recursion limit)
 
 
-def _chase(target: str, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list,
-           chain: tuple[str, ...]) -> tuple[Group, ...]:
+def _chase(target: str, qtype: int, snap: View, opts: ResolverOptions, chain: tuple[str, ...],
+           client: Client) -> tuple[Group, ...]:
     """The answer groups for a CNAME target we serve ourselves (our domains, our zones), owners
     spelled out; () for names we do not serve, and for names without data of that type."""
     name = target.lower() if target.endswith(".") else target.lower() + "."
     if len(chain) > MAX_CHASE or name in chain:
         return ()
-    if names.own_domain(name, opts.domains) is None and snap.zone_for(name) is None:
+    if own_domain(name, opts.domains) is None and snap.zone_for(name) is None:
         return ()
-    p = _plan(name, qtype, snap, opts, deps, [""], chain)
+    p = _plan(name, qtype, snap, opts, [""], chain, client=client)
     if p.forward or p.rcode != NOERROR:
         return ()
     return tuple(Group(g.weight, tuple(Unit(u.weight, _owned(u.answer, name), _owned(u.additional, name))
-                                       for u in g.units), g.label, _owned(g.prefix, name))
+                                       for u in g.units), g.label, _owned(g.prefix, name), g.same_zone)
                  for g in p.groups)
 
 
 def _owned(records: tuple[Record, ...], owner: str) -> tuple[Record, ...]:
     """Records answering `owner`, with the question-name placeholder replaced by it."""
     return tuple(r if r.name is not None else Record(owner, r.rtype, r.ttl, r.rdata) for r in records)
-def _service_deps(deps: list, snap: Snapshot, key: tuple[str, str], *, all_nodes: bool = False) -> None:
-    """The answer depends on the service's instances and on the nodes that lend them an address
-    (every instance's node with `all_nodes`, for answers that filter on node meta)."""
-    insts = snap.services.get(key)
-    deps.append(("services", key, insts))
-    deps += [("nodes", (i.datacenter, i.node.lower()), snap.nodes.get((i.datacenter, i.node.lower())))
-             for i in insts or () if i.node and (all_nodes or not i.address)]
 
 
-def _soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
+def soa_record(domain: str, snap: Snapshot | View, opts: ResolverOptions) -> Record:
+    """Our SOA as it stands in this snapshot (the serial is the catalog version)."""
     s = opts.soa
     return Record(domain, rdata.SOA, s.min_ttl,
                   rdata.soa("ns." + domain, "hostmaster." + domain, snap.version,
                             s.refresh, s.retry, s.expire, s.min_ttl))
 
 
-def _negative(rcode: int, domain: str, snap: Snapshot, opts: ResolverOptions) -> Plan:
-    return Plan(rcode=rcode, authority=(_soa_record(domain, snap, opts),), soa_domain=domain)
+def _negative(rcode: int, domain: str) -> Plan:
+    """The SOA is left to whoever renders the answer: its serial moves with every catalog version, the
+    rest of a negative answer does not."""
+    return Plan(rcode=rcode, soa_domain=domain)
 
 
-def soa_record(domain: str, snap: Snapshot, opts: ResolverOptions) -> Record:
-    """Our SOA as it stands in this snapshot (the serial is the catalog version)."""
-    return _soa_record(domain, snap, opts)
+def _denied(destination: str, client: Client, snap: View, opts: ResolverOptions, domain: str) -> Plan | None:
+    """NXDOMAIN, exactly as for a name that does not exist, when intentions keep the client from the
+    destination service; None when it may reach it. Checked before the service is read, so a denial
+    depends only on the intentions entry."""
+    decision = intention_decision(snap.intentions, client.services, destination, default=opts.intentions_default)
+    if decision.allowed:
+        return None
+    return Plan(rcode=NXDOMAIN, soa_domain=domain, denied=(decision.source, destination))
 
 
 def _single(records: list[Record]) -> tuple[Group, ...]:
     return (Group(1.0, tuple(Unit(1.0, (r,)) for r in records)),) if records else ()
 
 
-def _known_dc(dc: str | None, snap: Snapshot) -> str | None:
+def _known_dc(dc: str | None, snap: View) -> str | None:
     """The datacenter to search, or None when the label names one we do not know."""
     if dc is None:
         return snap.datacenter
@@ -270,32 +271,36 @@ def _known_dc(dc: str | None, snap: Snapshot) -> str | None:
 # -- services ---------------------------------------------------------------
 
 
-def _service(lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, chase: Chase) -> Plan:
+def _service(lk: ServiceLookup, qtype: int, snap: View, opts: ResolverOptions, chase: Chase, zone: str) -> Plan:
+    """zone: the client's, when answers prefer it ("" otherwise)."""
     dc = _known_dc(lk.datacenter, snap)
     if dc is None:
-        return _negative(NXDOMAIN, lk.domain, snap, opts)
+        return _negative(NXDOMAIN, lk.domain)
     if lk.srv_only and qtype != rdata.SRV:
         # the name exists when its SRV answer does; other types get NODATA (RFC 2308), not Consul's NXDOMAIN
-        srv = _service(lk, rdata.SRV, snap, opts, chase)
-        return srv if srv.rcode == NXDOMAIN else _negative(NOERROR, lk.domain, snap, opts)
+        srv = _service(lk, rdata.SRV, snap, opts, chase, "")
+        return srv if srv.rcode == NXDOMAIN else _negative(NOERROR, lk.domain)
     split = snap.splits.get(lk.service) if dc == snap.datacenter and not lk.tag else None
     if split is not None:
-        return _split(split, lk, qtype, snap, opts, chase)
+        return _split(split, lk, qtype, snap, opts, chase, zone)
     insts = healthy(snap.services.get((dc, lk.service), ()), only_passing=opts.only_passing, tag=lk.tag)
     if not insts:
-        return _negative(NXDOMAIN, lk.domain, snap, opts)
-    return _instances(insts, qtype, snap, opts, lk.domain, opts.ttl_for_service(lk.service), chase)
+        return _negative(NXDOMAIN, lk.domain)
+    return _instances(insts, qtype, snap, opts, lk.domain, opts.ttl_for_service(lk.service), chase, zone)
 
 
-def _instances(insts, qtype: int, snap: Snapshot, opts: ResolverOptions, domain: str, ttl: int,
-               chase: Chase) -> Plan:
-    """The answer with these instances, weighted-shuffled (a service's, or a prepared query's)."""
+def _instances(insts, qtype: int, snap: View, opts: ResolverOptions, domain: str, ttl: int,
+               chase: Chase, zone: str) -> Plan:
+    """The answer with these instances, weighted-shuffled (a service's, or a prepared query's), kept to
+    the client's `zone` as locality.same_zone says."""
+    local = same_zone(snap, insts, zone, minimum=opts.same_zone_min)
     if qtype == rdata.SRV:
-        groups = _srv_groups(insts, snap, domain, ttl, [float(_weight(i)) for i in insts], None, "", chase)
+        groups = _srv_groups(insts, snap, domain, ttl, [float(_weight(i)) for i in insts], None, "", chase,
+                             local.priorities, local.same_zone)
     else:
-        groups = _address_groups(insts, qtype, snap, ttl, 1.0, "", chase)
+        groups = _address_groups(local.addresses, qtype, snap, ttl, 1.0, "", chase, local.same_zone)
     if not groups:
-        return _negative(NOERROR, domain, snap, opts)
+        return _negative(NOERROR, domain)
     return Plan(groups=tuple(groups), limit=_limit(qtype, opts))
 
 
@@ -325,7 +330,7 @@ def _address_records(owner: str | None, address: str, qtype: int, ttl: int) -> l
     return []
 
 
-def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase) -> list[Group]:
+def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase, local: bool | None = None) -> list[Group]:
     """A/AAAA/ANY/CNAME answer groups for healthy instances (total weight `weight`).
 
     A CNAME never stands beside other records at one name (RFC 1034): when any instance has an
@@ -340,7 +345,7 @@ def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase) -> lis
         units = [u for u in units if u.answer]
         if len({u.answer for u in units}) < len(units):
             units = _dedupe(units)
-        return [Group(weight, tuple(units), label)] if units else []
+        return [Group(weight, tuple(units), label, (), local)] if units else []
     if qtype not in (rdata.A, rdata.AAAA, rdata.ANY, rdata.CNAME):
         return []
     hosts = [(i, a) for i, a in addressed if a]
@@ -353,8 +358,8 @@ def _address_groups(insts, qtype, snap, ttl, weight, label, chase: Chase) -> lis
         share = weight * (_weight(inst) / total if total > 0 else 1 / len(hosts))
         inner = chase(host, qtype) if qtype != rdata.CNAME else ()
         inner_total = sum(g.weight for g in inner)
-        groups += [Group(share * g.weight / inner_total, g.units, label, (cname[0],) + g.prefix) for g in inner
-                   if inner_total > 0] or [Group(share, (), label, (cname[0],))]
+        groups += [Group(share * g.weight / inner_total, g.units, label, (cname[0],) + g.prefix, local)
+                   for g in inner if inner_total > 0] or [Group(share, (), label, (cname[0],), local)]
     return groups
 
 
@@ -367,15 +372,17 @@ def _dedupe(units: list[Unit]) -> list[Unit]:
     return list(merged.values())
 
 
-def _srv_groups(insts, snap, domain, ttl, weights, srv_weights, label, chase: Chase) -> list[Group]:
-    """One group of SRV units (shuffled by `weights`; SRV weight field `srv_weights`, else the instance's)."""
+def _srv_groups(insts, snap, domain, ttl, weights, srv_weights, label, chase: Chase, priorities=None,
+                local: bool | None = None) -> list[Group]:
+    """One group of SRV units (shuffled by `weights`; SRV weight field `srv_weights`, else the instance's;
+    priority field `priorities`, else 1)."""
     units = [_srv_unit(inst, snap, domain, ttl, weights[n], srv_weights[n] if srv_weights else _weight(inst),
-                       chase) for n, inst in enumerate(insts)]
+                       chase, priorities[n] if priorities else SAME_ZONE_PRIORITY) for n, inst in enumerate(insts)]
     units = [u for u in units if u is not None]
-    return [Group(1.0, tuple(units), label)] if units else []
+    return [Group(1.0, tuple(units), label, (), local)] if units else []
 
 
-def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase) -> Unit | None:
+def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase, priority: int) -> Unit | None:
     """SRV target: <hex>.addr for an instance's own IP, <node>.node for one that uses its node's IP
     (as Consul), the hostname for a hostname; the target's addresses go in the additional section
     (for a hostname: when it is a name we serve, with its CNAME chain)."""
@@ -401,7 +408,8 @@ def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase)
                           if r not in found]
         additional = tuple(found)
     try:
-        rec = Record(None, rdata.SRV, ttl, rdata.srv(1, max(0, min(65535, int(srv_weight))), inst.port, target))
+        rec = Record(None, rdata.SRV, ttl, rdata.srv(priority, max(0, min(65535, int(srv_weight))), inst.port,
+                                                     target))
     except (ValueError, UnicodeEncodeError):
         return None
     return Unit(shuffle_weight, (rec,), additional)
@@ -410,28 +418,34 @@ def _srv_unit(inst, snap, domain, ttl, shuffle_weight, srv_weight, chase: Chase)
 # -- splits -----------------------------------------------------------------
 
 
-def _split(split: Split, lk: ServiceLookup, qtype: int, snap: Snapshot, opts: ResolverOptions,
-           chase: Chase) -> Plan:
+def _split(split: Split, lk: ServiceLookup, qtype: int, snap: View, opts: ResolverOptions,
+           chase: Chase, zone: str) -> Plan:
+    """The side is chosen first (by weight), then the client's zone is preferred within it."""
     ttl = int(split.ttl) if split.ttl is not None else opts.ttl_for_service(split.name)
     sides = split_sides(split, snap, only_passing=opts.only_passing)
     if not sides:
-        return _negative(NXDOMAIN, lk.domain, snap, opts)
+        return _negative(NXDOMAIN, lk.domain)
+    locals_ = [same_zone(snap, side.instances, zone, minimum=opts.same_zone_min) for side in sides]
     if qtype == rdata.SRV:
-        shares, insts_all = [], []
-        for side in sides:
+        shares, insts_all, priorities = [], [], []
+        for side, local in zip(sides, locals_):
             inst_w = [max(_weight(i), 0) for i in side.instances]
             denom = sum(inst_w) or len(inst_w)
             for inst, w in zip(side.instances, inst_w):
                 shares.append(side.share * (w or 1) / denom)
                 insts_all.append(inst)
-        groups = _srv_groups(insts_all, snap, lk.domain, ttl, shares, scale_shares(shares), "*", chase)
+            priorities += local.priorities
+        preferred = None if not zone else all(local.same_zone for local in locals_)
+        groups = _srv_groups(insts_all, snap, lk.domain, ttl, shares, scale_shares(shares), "*", chase,
+                             priorities, preferred)
         if not groups:
-            return _negative(NOERROR, lk.domain, snap, opts)
+            return _negative(NOERROR, lk.domain)
         return Plan(groups=tuple(groups), split=split.name)
-    groups = [g for side in sides for g in _address_groups(side.instances, qtype, snap, ttl, side.target.weight,
-                                                            _target_label(side.target), chase)]
+    groups = [g for side, local in zip(sides, locals_)
+              for g in _address_groups(local.addresses, qtype, snap, ttl, side.target.weight,
+                                       _target_label(side.target), chase, local.same_zone)]
     if not groups:
-        return _negative(NOERROR, lk.domain, snap, opts)
+        return _negative(NOERROR, lk.domain)
     return Plan(groups=tuple(groups), limit=_limit(qtype, opts), split=split.name)
 
 
@@ -443,36 +457,39 @@ def _target_label(target) -> str:
 # -- prepared queries ---------------------------------------------------------
 
 
-def _query(lk: QueryLookup, qtype: int, snap: Snapshot, opts: ResolverOptions, deps: list,
-           chase: Chase) -> Plan:
-    """Local eligible instances, else the first failover datacenter's (catalog/queries.py decides)."""
-    deps.append(("queries", None, snap.queries))
+def _query(lk: QueryLookup, qtype: int, snap: View, opts: ResolverOptions, chase: Chase, client: Client,
+           asked: bool) -> Plan:
+    """Local eligible instances, else the first failover datacenter's (catalog/queries.py decides).
+    asked: the name is the question (not a CNAME target), so intentions on the query's service apply."""
     found = queries.find(snap.queries, lk.name) if lk.datacenter in (None, snap.datacenter) else None
     if found is None:
-        return _negative(NXDOMAIN, lk.domain, snap, opts)
+        return _negative(NXDOMAIN, lk.domain)
     q = queries.render(found, lk.name)
+    if asked and opts.enforce_intentions:
+        denied = _denied(q.service, client, snap, opts, lk.domain)
+        if denied is not None:
+            return denied
     outcome = queries.execute(snap, q, peers=opts.peer_datacenters)
-    for dc in outcome.tried:
-        _service_deps(deps, snap, (dc, q.service), all_nodes=bool(q.node_meta))
     if not outcome.instances:
-        return _negative(NXDOMAIN, lk.domain, snap, opts)
+        return _negative(NXDOMAIN, lk.domain)
     ttl = int(q.ttl) if q.ttl is not None else opts.ttl_for_service(q.service)
-    return _instances(outcome.instances, qtype, snap, opts, lk.domain, ttl, chase)
+    return _instances(outcome.instances, qtype, snap, opts, lk.domain, ttl, chase,
+                      client.zone if opts.prefer_same_zone else "")
 
 
 # -- nodes, addr, apex, reverse ---------------------------------------------
 
 
-def _node(lk: NodeLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+def _node(lk: NodeLookup, qtype: int, snap: View, opts: ResolverOptions) -> Plan:
     dc = _known_dc(lk.datacenter, snap)
     node = snap.nodes.get((dc, lk.node)) if dc else None
     if node is None:
-        return _negative(NXDOMAIN, lk.domain, snap, opts)
+        return _negative(NXDOMAIN, lk.domain)
     records = _address_records(None, node.address, qtype, opts.node_ttl)
     if qtype in (rdata.TXT, rdata.ANY) and node.meta:
         records += [Record(None, rdata.TXT, opts.node_ttl, rdata.txt(_meta_txt(k, v))) for k, v in node.meta]
     if not records:
-        return _negative(NOERROR, lk.domain, snap, opts)
+        return _negative(NOERROR, lk.domain)
     return Plan(groups=_single(records))
 
 
@@ -487,33 +504,33 @@ def _meta_txt(key: str, value: str) -> str:
     return "` " * lead + body + "` " * trail + "=" + value.replace("`", "``")
 
 
-def _addr(lk: AddrLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+def _addr(lk: AddrLookup, qtype: int, snap: View, opts: ResolverOptions) -> Plan:
     if lk.ip is None or _known_dc(lk.datacenter, snap) is None:
-        return _negative(NXDOMAIN, lk.domain, snap, opts)
+        return _negative(NXDOMAIN, lk.domain)
     records = _address_records(None, lk.ip, qtype, 0)
     if not records:
-        return _negative(NOERROR, lk.domain, snap, opts)
+        return _negative(NOERROR, lk.domain)
     return Plan(groups=_single(records))
 
 
-def _apex(lk: ApexLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan:
+def _apex(lk: ApexLookup, qtype: int, snap: View, opts: ResolverOptions) -> Plan:
     ttl = opts.soa.min_ttl
     if lk.ns:
         records = [r for ip in opts.ns_addresses for r in _address_records(None, ip, qtype, ttl)]
-        return Plan(groups=_single(records)) if records else _negative(NOERROR, lk.domain, snap, opts)
+        return Plan(groups=_single(records)) if records else _negative(NOERROR, lk.domain)
     records = []
     if qtype in (rdata.SOA, rdata.ANY):
-        soa = _soa_record(lk.domain, snap, opts)
+        soa = soa_record(lk.domain, snap, opts)
         records.append(Record(None, rdata.SOA, soa.ttl, soa.rdata))
     if qtype in (rdata.NS, rdata.ANY):
         records.append(Record(None, rdata.NS, ttl, rdata.name("ns." + lk.domain)))
     if not records:
-        return _negative(NOERROR, lk.domain, snap, opts)
+        return _negative(NOERROR, lk.domain)
     # the record order at the apex is fixed (SOA before NS), so no shuffle group
     return Plan(groups=(Group(1.0, (Unit(1.0, tuple(records)),)),))
 
 
-def _reverse(rev: ReverseLookup, qtype: int, snap: Snapshot, opts: ResolverOptions) -> Plan | None:
+def _reverse(rev: ReverseLookup, qtype: int, snap: View, opts: ResolverOptions) -> Plan | None:
     """PTR for a catalog IP; None (forward) when the IP is not ours."""
     domain = opts.domains[0]
     nodes = snap.ip_nodes.get(rev.ip)
@@ -555,7 +572,7 @@ def _zone(qname: str, qtype: int, zi) -> Plan:
             matching = [r for r in records if r.rtype == rdata.CNAME]
             if matching:
                 # chase the CNAME inside this zone once, as an authoritative server does
-                target = _wire_to_text(matching[0].rdata)
+                target = read_name(matching[0].rdata, 0, allow_pointers=False)[0].lower()
                 answer.extend(Record(None if owner_is_qname else qname, r.rtype, r.ttl, r.rdata) for r in matching)
                 answer.extend(Record(r.name, r.rtype, r.ttl, r.rdata)
                               for r in zi.by_name.get(target, ()) if r.rtype == qtype)
@@ -568,12 +585,3 @@ def _zone(qname: str, qtype: int, zi) -> Plan:
 
 def _soa_minimum(raw: bytes) -> int:
     return int.from_bytes(raw[-4:], "big") if len(raw) >= 4 else 0
-
-
-def _wire_to_text(raw: bytes) -> str:
-    labels, i = [], 0
-    while i < len(raw) and raw[i]:
-        n = raw[i]
-        labels.append(raw[i + 1:i + 1 + n].decode("latin-1").lower())
-        i += 1 + n
-    return ".".join(labels) + "."

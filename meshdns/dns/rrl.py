@@ -66,19 +66,3 @@ class RateLimiter:
             return "slip"
         self.dropped += 1
         return "drop"
-
-
-def slipped_reply(query: bytes) -> bytes | None:
-    """Header + question with TC set and no records: "ask again over TCP"."""
-    if len(query) < 12:
-        return None
-    pos = 12
-    while pos < len(query) and query[pos]:
-        if query[pos] & 0xC0:
-            return None
-        pos += query[pos] + 1
-    end = pos + 5
-    if end > len(query):
-        return None
-    flags = 0x8000 | 0x0200 | (query[2] << 8 & 0x7900)
-    return query[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:end]

@@ -15,6 +15,8 @@ class DnsStats:
     queries: Counter = field(default_factory=Counter)   # (qtype, rcode, name kind) -> n
     splits: Counter = field(default_factory=Counter)    # (split, chosen target) -> n
     refused: Counter = field(default_factory=Counter)   # recursion refused: "client" | "no_upstream"
+    locality: Counter = field(default_factory=Counter)  # answers to clients with a zone: "same_zone" | "cross_zone"
+    denied: Counter = field(default_factory=Counter)    # names hidden by intentions: (source, destination) -> n
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
 
@@ -26,6 +28,8 @@ class DnsStats:
         self.queries.update(other.queries)
         self.splits.update(other.splits)
         self.refused.update(other.refused)
+        self.locality.update(other.locality)
+        self.denied.update(other.denied)
         self.latency = [a + b for a, b in zip(self.latency, other.latency)]
         self.latency_sum += other.latency_sum
 

@@ -1,22 +1,22 @@
-"""DNS wire format: bytes -> Query, (Query, Answer) -> bytes. No I/O.
+"""DNS wire format, shared by the answering side and the forwarder. No I/O.
 
-Queries are parsed by hand (header, one question, the OPT record) because that
-is all a resolver needs and dnslib's object model costs more than the answer.
-Any problem the client caused raises WireError carrying the rcode to send.
+Every reply meshdns sends is assembled by `reply` (header flags, the OPT
+record, the counts) and trimmed to fit by `answer`; `read_name` is the one
+walker of (compressed) names. Queries are parsed by hand (header, one question,
+the OPT record) because that is all a resolver needs. Any problem the client
+caused raises WireError carrying the rcode to send.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
 
-from . import rdata
-from .resolver import FORMERR, NOTIMP, REFUSED, Answer, Record
-
-BADVERS = 16
-QR, AA, TC, RD, RA, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0010
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
+QR, OPCODE, AA, TC, RD, RA, AD, CD = 0x8000, 0x7800, 0x0400, 0x0200, 0x0100, 0x0080, 0x0020, 0x0010
+A, NS, CNAME, SOA, PTR, HINFO, TXT, AAAA, SRV, OPT, ANY = 1, 2, 5, 6, 12, 13, 16, 28, 33, 41, 255
 MAX_TCP = 65535
-_HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")
+HEADER = struct.Struct("!HHHHHH")
+RR_FIXED = struct.Struct("!HHIH")
 
 
 class WireError(Exception):
@@ -47,12 +47,12 @@ class Query:
     edns: Edns | None = None
 
     @property
-    def rd(self) -> bool:
-        return bool(self.flags & RD)
+    def do(self) -> bool:
+        return self.edns is not None and self.edns.do
 
 
-def read_name(data: bytes, pos: int, *, allow_pointers: bool) -> tuple[str, int]:
-    """A domain name at pos -> (text, position after it). Loops and overruns raise."""
+def read_name(data: bytes, pos: int, *, allow_pointers: bool = True) -> tuple[str, int]:
+    """A domain name at pos -> (text, position after it). Loops and overruns raise WireError."""
     labels: list[str] = []
     end = -1
     total = 1
@@ -93,22 +93,31 @@ def read_name(data: bytes, pos: int, *, allow_pointers: bool) -> tuple[str, int]
     return (".".join(labels) + "." if labels else "."), (end if end >= 0 else pos)
 
 
-def _skip_rr(data: bytes, pos: int) -> tuple[int, int, int, int, int]:
-    """-> (type, class, ttl, rdata_start, next_pos)"""
-    _, pos = read_name(data, pos, allow_pointers=True)
+def read_record(data: bytes, pos: int) -> tuple[str, int, int, int, int, int]:
+    """The resource record at pos -> (owner, type, class, ttl, rdata start, position after it)."""
+    owner, pos = read_name(data, pos)
     if pos + 10 > len(data):
         raise WireError(FORMERR, "truncated resource record")
-    rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
+    rtype, rclass, ttl, rdlen = RR_FIXED.unpack_from(data, pos)
     start = pos + 10
     if start + rdlen > len(data):
         raise WireError(FORMERR, "rdata runs past the end of the packet")
-    return rtype, rclass, ttl, start, start + rdlen
+    return owner, rtype, rclass, ttl, start, start + rdlen
+
+
+def own_domain(qname: str, domains: tuple[str, ...]) -> str | None:
+    """The (longest) of our domains that contains qname, else None. Names are lower-case FQDNs."""
+    best = None
+    for d in domains:
+        if (qname == d or qname.endswith("." + d)) and (best is None or len(d) > len(best)):
+            best = d
+    return best
 
 
 def parse_query(data: bytes) -> Query:
     if len(data) < 12:
         raise WireError(None, "shorter than a DNS header")
-    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    qid, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
     if flags & QR:
         raise WireError(None, "a response, not a query")  # never answer answers (reflection loops)
     opcode = (flags >> 11) & 0xF
@@ -125,8 +134,8 @@ def parse_query(data: bytes) -> Query:
         question = data[12:pos]
         edns = None
         for index in range(ancount + nscount + arcount):
-            rtype, rclass, ttl, _, pos = _skip_rr(data, pos)
-            if index >= ancount + nscount and rtype == rdata.OPT:
+            _, rtype, rclass, ttl, _, pos = read_record(data, pos)
+            if index >= ancount + nscount and rtype == OPT:
                 if edns is not None:
                     raise WireError(FORMERR, "more than one OPT record")
                 edns = Edns(payload=max(512, rclass), version=(ttl >> 16) & 0xFF, do=bool(ttl & 0x8000))
@@ -146,25 +155,8 @@ def _bare(qid: int, flags: int) -> Query:
     return Query(qid, flags, "", "", 0, 0, b"", None)
 
 
-# ---------------------------------------------------------------------------
-# encoding
-
-
-def encode_name(name: str) -> bytes:
-    return rdata.name(name)
-
-
-def encode_record(rec: Record) -> bytes:
-    owner = b"\xc0\x0c" if rec.name is None else encode_name(rec.name)
-    return owner + _RR_FIXED.pack(rec.rtype, 1, max(0, rec.ttl), len(rec.rdata)) + rec.rdata
-
-
-def _opt(payload: int, rcode: int, do: bool) -> bytes:
-    ttl = ((rcode >> 4) << 24) | (0x8000 if do else 0)
-    return b"\x00" + _RR_FIXED.pack(rdata.OPT, payload, ttl, 0)
-
-
-def response_limit(query: Query, *, tcp: bool, our_payload: int) -> int:
+def limit_for(query: Query, *, tcp: bool, our_payload: int) -> int:
+    """The most bytes a reply to this query may have."""
     if tcp:
         return MAX_TCP
     if query.edns is None:
@@ -172,81 +164,95 @@ def response_limit(query: Query, *, tcp: bool, our_payload: int) -> int:
     return max(512, min(query.edns.payload, our_payload))
 
 
-def encode_response(query: Query, answer: Answer, *, limit: int, our_payload: int = 1232,
-                    recursion_available: bool = False, set_tc: bool = True) -> bytes:
-    """Assemble the reply; trim whole records to `limit` bytes, setting TC if answers were cut."""
-    rcode = answer.rcode
-    sections = ([encode_record(r) for r in answer.answer],
-                [encode_record(r) for r in answer.authority],
-                [encode_record(r) for r in answer.additional])
-    return assemble(query, rcode, sections, limit=limit, our_payload=our_payload,
-                    aa=answer.authoritative, ra=recursion_available, set_tc=set_tc, units=answer.units)
+# ---------------------------------------------------------------------------
+# replies
 
 
-def assemble(query: Query, rcode: int, sections, *, limit: int, our_payload: int, aa: bool,
-             ra: bool, set_tc: bool, units=()) -> bytes:
-    """units: (answer, additional) record counts per unit after any leading answer records (see
-    Answer.units); an answer with additional records is trimmed to whole units."""
-    an, ns, ar = sections
-    opt = _opt(our_payload, rcode, query.edns.do) if query.edns is not None else b""
-    room = limit - 12 - len(query.question) - len(opt)
-    tc = False
-    out_an, out_ns, out_ar = an, ns, ar
-    size = sum(map(len, an)) + sum(map(len, ns)) + sum(map(len, ar))
-    if size > room:
-        fitted = _fit_units(an, ns, ar, units, room) if units and ar else None
-        if fitted is not None:
-            out_an, out_ar = fitted
-        else:
-            out_an, room = _fit(an, room)
-            out_ns, room = _fit(ns, room) if len(out_an) == len(an) else ([], room)
-            out_ar, room = _fit(ar, room) if len(out_ns) == len(ns) else ([], room)
-        tc = set_tc and (len(out_an) < len(an) or len(out_ns) < len(ns))
-    flags = QR | (query.flags & (0x7800 | RD | CD)) | (rcode & 0xF)
+def reply(query: Query, rcode: int, body: bytes = b"", an: int = 0, ns: int = 0, ar: int = 0, *,
+          our_payload: int, aa: bool = False, ra: bool = False, tc: bool = False, ad: bool = False,
+          options: bytes = b"") -> bytes:
+    """Header, the question as asked, `body` (an + ns + ar records) and our OPT when the client sent one.
+
+    The client's opcode, RD and CD are echoed; an rcode above 15 goes in the OPT (BADVERS)."""
+    flags = QR | (query.flags & (OPCODE | RD | CD)) | (rcode & 0xF)
     if aa:
         flags |= AA
     if ra:
         flags |= RA
     if tc:
         flags |= TC
-    qd = 1 if query.question else 0
-    header = _HEADER.pack(query.id, flags, qd, len(out_an), len(out_ns), len(out_ar) + (1 if opt else 0))
-    return b"".join((header, query.question, *out_an, *out_ns, *out_ar, opt))
+    if ad:
+        flags |= AD
+    opt = b""
+    if query.edns is not None:
+        opt = b"\x00" + RR_FIXED.pack(OPT, our_payload, ((rcode >> 4) << 24) | (0x8000 if query.edns.do else 0),
+                                      len(options)) + options
+        ar += 1
+    return b"".join((HEADER.pack(query.id, flags, 1 if query.question else 0, an, ns, ar), query.question,
+                     body, opt))
 
 
-def _fit(records: list[bytes], room: int) -> tuple[list[bytes], int]:
+def error(query: Query, rcode: int, *, our_payload: int) -> bytes:
+    return reply(query, rcode, our_payload=our_payload)
+
+
+def room(query: Query, limit: int) -> int:
+    """Bytes left for records in a reply of at most `limit` bytes."""
+    return limit - 12 - len(query.question) - (11 if query.edns is not None else 0)
+
+
+def answer(query: Query, rcode: int, an: list[bytes], ns: list[bytes], ar: list[bytes], *, limit: int,
+           our_payload: int, aa: bool, ra: bool, set_tc: bool, units=()) -> bytes:
+    """A reply carrying these records, whole records trimmed to `limit` bytes (TC set if answers were cut).
+
+    units: (answer, additional) record counts per unit after any leading answer records; an answer with
+    additional records is trimmed to whole units (an SRV record stays with its target's addresses)."""
+    left = room(query, limit)
+    tc = False
+    size = sum(map(len, an)) + sum(map(len, ns)) + sum(map(len, ar))
+    if size > left:
+        fitted = _fit_units(an, ns, ar, units, left) if units and ar else None
+        out_an, out_ns, out_ar = an, ns, ar
+        if fitted is not None:
+            out_an, out_ar = fitted
+        else:
+            out_an, left = _fit(an, left)
+            out_ns, left = _fit(ns, left) if len(out_an) == len(an) else ([], left)
+            out_ar, left = _fit(ar, left) if len(out_ns) == len(ns) else ([], left)
+        tc = set_tc and (len(out_an) < len(an) or len(out_ns) < len(ns))
+        an, ns, ar = out_an, out_ns, out_ar
+    return reply(query, rcode, b"".join((*an, *ns, *ar)), len(an), len(ns), len(ar), our_payload=our_payload,
+                 aa=aa, ra=ra, tc=tc)
+
+
+def _fit(records: list[bytes], left: int) -> tuple[list[bytes], int]:
     out = []
     for r in records:
-        if len(r) > room:
+        if len(r) > left:
             break
         out.append(r)
-        room -= len(r)
-    return out, room
+        left -= len(r)
+    return out, left
 
 
-def _fit_units(an: list[bytes], ns: list[bytes], ar: list[bytes], units, room: int):
+def _fit_units(an: list[bytes], ns: list[bytes], ar: list[bytes], units, left: int):
     """(answer, additional) keeping whole units in order, as Consul trims an SRV answer: each SRV
     record stays with its target's addresses. None when the leading records and authority do not fit."""
     i = len(an) - sum(n for n, _ in units)
     if i < 0:
         return None
     out_an, out_ar = an[:i], []
-    room -= sum(map(len, out_an)) + sum(map(len, ns))
-    if room < 0:
+    left -= sum(map(len, out_an)) + sum(map(len, ns))
+    if left < 0:
         return None
     j = 0
     for n_an, n_ar in units:
         part_an, part_ar = an[i:i + n_an], ar[j:j + n_ar]
         need = sum(map(len, part_an)) + sum(map(len, part_ar))
-        if need > room:
+        if need > left:
             break
         out_an += part_an
         out_ar += part_ar
-        room -= need
+        left -= need
         i, j = i + n_an, j + n_ar
     return out_an, out_ar
-
-
-def error_response(query: Query, rcode: int, *, our_payload: int = 1232) -> bytes:
-    return assemble(query, rcode, ([], [], []), limit=MAX_TCP, our_payload=our_payload, aa=False,
-                    ra=False, set_tc=False)

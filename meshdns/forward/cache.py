@@ -14,39 +14,38 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable, Hashable
 
 from cachetools import TLRUCache
 
-from .message import Reply
+from ..dns.wire import Query
+from .message import Reply, render
 
 STALE_TTL = 30  # RFC 8767 §4: the TTL of records in a stale answer
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
+class Cached:
+    """One upstream reply as the cache holds it. It alone decides the TTLs a client sees at any moment."""
+
     reply: Reply
-    stored: float     # clock() when cached
-    ttl: float        # seconds it stays fresh
+    stored: float                # clock() when received
+    fresh_for: float             # seconds it stays fresh (0: not cached)
+    ttls: tuple[int, ...]        # the TTLs served when new (clamped to [min_ttl, max_ttl])
 
+    @property
+    def expires(self) -> float:
+        return self.stored + self.fresh_for
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    reply: Reply
-    ttl: Callable[[int], int]   # maps a TTL as received to the TTL to serve now
-    stale: bool = False
+    def ttls_at(self, now: float | None) -> tuple[int, ...]:
+        """The TTLs to serve at `now`, decremented by whole seconds of age; now None: stale (RFC 8767)."""
+        if now is None:
+            return (STALE_TTL,) * len(self.ttls)
+        age = int(now - self.stored)
+        return tuple(t - age for t in self.ttls) if age else self.ttls
 
-
-@dataclass(frozen=True, slots=True)
-class Countdown:
-    """How a fresh entry's served TTLs count down: field i reads max(0, bases[i] - whole age) until `expires`."""
-
-    stored: float
-    expires: float
-    offsets: tuple[int, ...]   # the TTL fields' byte offsets (as in the reply; render keeps them)
-    bases: tuple[int, ...]
-    touch: Callable[[], object]  # marks the entry used, for whoever serves copies of it (least recently used goes)
+    def render(self, query: Query, now: float | None, *, our_payload: int, limit: int) -> bytes:
+        return render(self.reply, query, self.ttls_at(now), our_payload=our_payload, limit=limit)
 
 
 class ReplyCache:
@@ -59,8 +58,8 @@ class ReplyCache:
         self.clock = clock
         self._data: TLRUCache = TLRUCache(maxsize=max(1, max_entries), ttu=self._expires, timer=clock)
 
-    def _expires(self, _key, entry: Entry, _now: float) -> float:
-        return entry.stored + entry.ttl + self.serve_stale
+    def _expires(self, _key, entry: Cached, _now: float) -> float:
+        return entry.expires + self.serve_stale
 
     def __len__(self) -> int:
         self._data.expire()
@@ -84,56 +83,25 @@ class ReplyCache:
     def _clamp(self, ttl: float) -> float:
         return min(max(ttl, self.min_ttl), self.max_ttl)
 
-    def put(self, key: Hashable, reply: Reply) -> bool:
+    def entry(self, reply: Reply) -> Cached:
+        """A reply just received, as it is served (TTLs clamped) and cached."""
         ttl = self.ttl_for(reply)
-        if ttl is None or self.max_entries <= 0:
-            return False
-        self._data[key] = Entry(reply, self.clock(), ttl)
-        return True
+        return Cached(reply, self.clock(), ttl or 0.0, tuple(int(self._clamp(t)) for t in reply.ttls))
 
-    def _fresh(self, key: Hashable) -> tuple[Entry, float] | None:
-        """(entry, age) while the entry is fresh."""
+    def put(self, key: Hashable, reply: Reply) -> Cached | None:
+        """Cache a reply just received; the entry, or None when it must not be cached."""
+        entry = self.entry(reply)
+        if not entry.fresh_for or self.max_entries <= 0:
+            return None
+        self._data[key] = entry
+        return entry
+
+    def get(self, key: Hashable) -> Cached | None:
+        """The entry while it is fresh (and it becomes the most recently used)."""
         entry = self._data.get(key)
-        if entry is None:
-            return None
-        age = self.clock() - entry.stored
-        return (entry, age) if age < entry.ttl else None
+        return entry if entry is not None and self.clock() < entry.expires else None
 
-    def get(self, key: Hashable) -> Hit | None:
-        """A fresh entry, with TTLs to serve decremented by its age."""
-        found = self._fresh(key)
-        if found is None:
-            return None
-        entry, age = found
-        whole = int(age)
-        clamp = self._clamp
-        return Hit(entry.reply, lambda ttl: int(clamp(ttl)) - whole)
-
-    def fresh_until(self, key: Hashable) -> float | None:
-        """When the served form of a fresh entry next changes: its next whole second of age, or expiry."""
-        found = self._fresh(key)
-        if found is None:
-            return None
-        entry, age = found
-        return entry.stored + min(int(age) + 1, entry.ttl)
-
-    def countdown(self, key: Hashable) -> Countdown | None:
-        found = self._fresh(key)
-        if found is None:
-            return None
-        entry, _ = found
-        clamp = self._clamp
-        return Countdown(entry.stored, entry.stored + entry.ttl, entry.reply.ttl_offsets,
-                         tuple(int(clamp(t)) for t in entry.reply.ttls), partial(self._data.get, key))
-
-    def get_stale(self, key: Hashable) -> Hit | None:
+    def get_stale(self, key: Hashable) -> Cached | None:
         """An expired entry still within serve_stale (for when every upstream failed)."""
         entry = self._data.get(key)
-        if entry is None or self.clock() - entry.stored < entry.ttl:
-            return None
-        return Hit(entry.reply, lambda _ttl: STALE_TTL, stale=True)
-
-    def fresh_reply(self, reply: Reply) -> Hit:
-        """A reply just received, served with its TTLs clamped (never above max_ttl)."""
-        clamp = self._clamp
-        return Hit(reply, lambda ttl: int(clamp(ttl)))
+        return entry if entry is not None and self.clock() >= entry.expires else None

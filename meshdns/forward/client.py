@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..dns.resolver import REFUSED, SERVFAIL
+from ..dns.wire import REFUSED, SERVFAIL
 from .message import Reply, build_query, parse_reply, rcode_name
 from .transport import tcp_exchange, udp_exchange
 

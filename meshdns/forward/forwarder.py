@@ -19,15 +19,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from cachetools import LRUCache
-
 from ..config import Config
-from ..dns import rdata
-from ..dns.names import own_domain
-from ..dns.wire import CD, RD, Query
-from .cache import Countdown, Hit, ReplyCache
+from ..dns.wire import MAX_TCP, NS, Query, own_domain
+from .cache import Cached, ReplyCache
 from .client import ForwardStats, Server, UpstreamClient
-from .message import Reply, lower_question, render
+from .message import lower_question
 
 log = logging.getLogger("meshdns.forward")
 
@@ -60,10 +56,8 @@ class Forwarder:
         self.client = UpstreamClient(timeout=timeout, strategy=strategy, payload=udp_payload,
                                      stats=self.stats, rng=rng)
         self.cache = cache if cache is not None else ReplyCache(max_entries=0)
-        self.clock = self.cache.clock   # the time `countdown` answers in
+        self.clock = self.cache.clock   # the time cached replies age in
         self._inflight: dict[CacheKey, asyncio.Task] = {}
-        # see cached(); least recently used goes first, so one-off names cannot push out popular ones
-        self._rendered: LRUCache = LRUCache(max(1024, self.cache.max_entries))
         self.peers = peers  # the worker processes' counters; each worker has a cache of its own
 
     def counts(self) -> ForwardCounts:
@@ -90,84 +84,63 @@ class Forwarder:
     def handles(self, qname: str) -> bool:
         return bool(self.servers_for(qname))
 
-    def cached(self, query: Query) -> bytes | None:
-        """A fresh cached reply rendered for this client, with nothing scheduled (the common case).
+    def key(self, query: Query) -> CacheKey:
+        return (query.qname_lower, query.qtype, query.qclass, query.do)
 
-        The rendered bytes depend only on the question, the client's RD/CD bits and EDNS, and the
-        whole seconds of age; they are kept until that age ticks (or the entry expires), and each
-        hit only patches in the client's ID and its spelling of the question.
-        """
-        do = query.edns is not None and query.edns.do
-        key = (query.qname_lower, query.qtype, query.qclass, do)
-        shape = (key, query.flags & (RD | CD), query.edns is not None)
-        memo = self._rendered.get(shape)
-        if memo is not None and self.cache.clock() < memo[0]:
-            self.stats.cache["hit"] += 1
-            body, q = memo[1], query.question
-            return query.id.to_bytes(2, "big") + body[2:12] + q + body[12 + len(q):]
-        hit = self.cache.get(key)
-        if hit is None:
-            return None
-        self.stats.cache["hit"] += 1
-        reply = render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
-        until = self.cache.fresh_until(key)
-        if until is not None:
-            self._rendered[shape] = (until, reply)
-        return reply
-
-    def countdown(self, query: Query) -> Countdown | None:
-        """How the TTLs of the reply `cached` gives for this question count down (see ReplyCache)."""
-        do = query.edns is not None and query.edns.do
-        return self.cache.countdown((query.qname_lower, query.qtype, query.qclass, do))
+    def cached(self, query: Query) -> Cached | None:
+        """The fresh cached reply for this question, if any (nothing is counted: whoever serves it does)."""
+        return self.cache.get(self.key(query))
 
     async def forward(self, query: Query, packet: bytes = b"", *, tcp: bool = False) -> bytes | None:
-        hit = await self.lookup(query, tcp=tcp)
-        if hit is None:
+        """The whole reply for this client (cached, fetched or stale), or None when nothing upstream answered."""
+        found = await self.lookup(query, tcp=tcp)
+        if found is None:
             return None
-        return render(hit.reply, query, ttl=hit.ttl, our_payload=self.udp_payload)
+        cached, now = found
+        return cached.render(query, now, our_payload=self.udp_payload, limit=MAX_TCP)
 
-    async def lookup(self, query: Query, *, tcp: bool = False) -> Hit | None:
-        """The reply for this question: cached, fetched (shared with identical misses), or stale."""
+    async def lookup(self, query: Query, *, tcp: bool = False) -> tuple[Cached, float | None] | None:
+        """The reply for this question and the moment to render its TTLs for (None: stale): cached, fetched
+        (shared with identical misses), or stale. Each call counts once in stats.cache."""
         servers = self.servers_for(query.qname_lower)
         if not servers:
             return None
-        do = query.edns is not None and query.edns.do
-        key: CacheKey = (query.qname_lower, query.qtype, query.qclass, do)
+        key = self.key(query)
         hit = self.cache.get(key)
         if hit is not None:
             self.stats.cache["hit"] += 1
-            return hit
+            return hit, self.cache.clock()
         task = self._inflight.get(key)
         if task is None:
             self.stats.cache["miss"] += 1
-            task = asyncio.ensure_future(self._fetch(key, servers, lower_question(query.question), do, tcp))
+            task = asyncio.ensure_future(self._fetch(key, servers, lower_question(query.question), query.do, tcp))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._inflight.pop(key, None) if self._inflight.get(key) is t else None)
         else:
             self.stats.cache["shared"] += 1
-        if key[:2] == (".", rdata.NS):
+        if key[:2] == (".", NS):
             try:
-                reply = await asyncio.wait_for(asyncio.shield(task), PROBE_DEADLINE)
+                fetched = await asyncio.wait_for(asyncio.shield(task), PROBE_DEADLINE)
             except TimeoutError:  # the fetch goes on and fills the cache for the next probe
-                reply = None
+                fetched = None
         else:
-            reply = await asyncio.shield(task)
-        if reply is not None:
-            return self.cache.fresh_reply(reply)
+            fetched = await asyncio.shield(task)
+        if fetched is not None:
+            return fetched, fetched.stored
         stale = self.cache.get_stale(key)
-        if stale is not None:
-            self.stats.cache["stale"] += 1
-            log.info("serving a stale answer for %s: every upstream failed", query.qname)
-        return stale
+        if stale is None:
+            return None
+        self.stats.cache["stale"] += 1
+        log.info("serving a stale answer for %s: every upstream failed", query.qname)
+        return stale, None
 
     async def _fetch(self, key: CacheKey, servers: tuple[Server, ...], question: bytes, do: bool,
-                     tcp: bool) -> Reply | None:
+                     tcp: bool) -> Cached | None:
         reply = await self.client.resolve(servers, question, do=do, tcp=tcp)
-        if reply is not None:
-            self.cache.put(key, reply)
-        else:
+        if reply is None:
             log.debug("every upstream failed for %s", key[0])
-        return reply
+            return None
+        return self.cache.put(key, reply) or self.cache.entry(reply)
 
     async def close(self) -> None:
         tasks = list(self._inflight.values())

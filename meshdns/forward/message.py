@@ -3,23 +3,19 @@
 A reply is only believed when it is a response to exactly what we asked: same
 16-bit ID and same question (name compared case-insensitively, type and class
 exactly). Anything else (a late reply to an older query, a spoofing attempt,
-garbage) is ignored and the exchange keeps waiting. Parsing records where
-each TTL lives lets a cached reply be served later with TTLs decremented by
-its age, the client's ID and the client's question casing, without building
-DNS objects.
+garbage) is ignored and the exchange keeps waiting. Parsing where each TTL
+lives lets a cached reply be served later with TTLs decremented by its age,
+the client's ID and the client's question casing, without building DNS objects.
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import Sequence
 
-from ..dns import rdata
-from ..dns.resolver import NOERROR, NXDOMAIN
-from ..dns.wire import CD, QR, RA, RD, TC, WireError, Query, read_name
+from ..dns import wire
+from ..dns.wire import AA, AD, HEADER, NOERROR, NXDOMAIN, OPT, QR, RD, RR_FIXED, SOA, TC, Query, WireError
 
-_HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")
 _TTL = struct.Struct("!I")
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
@@ -30,17 +26,26 @@ def rcode_name(rcode: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A validated upstream reply and where its TTLs are."""
+    """A validated upstream reply: its records (up to its OPT) and where their TTLs are."""
 
     data: bytes
-    rcode: int
-    tc: bool
-    ancount: int
-    ttl_offsets: tuple[int, ...]   # byte offset of every TTL field except the OPT's
+    rcode: int                     # with the OPT's extended bits
+    flags: int
+    counts: tuple[int, int, int]   # answer, authority, additional records kept
+    start: int                     # where the records start
+    end: int                       # where the records kept end (an OPT, and anything after it, is left out)
+    ttl_offsets: tuple[int, ...]   # byte offset of the TTL field of every record kept
     ttls: tuple[int, ...]          # their values as received
-    opt_offset: int                # start of the OPT record, -1 when there is none
-    opt_last: bool                 # the OPT is the last record (it can be cut off)
+    options: bytes                 # the OPT's options, passed on with ours
     negative_ttl: int | None       # min(SOA TTL, SOA MINIMUM) of an SOA in authority (RFC 2308)
+
+    @property
+    def tc(self) -> bool:
+        return bool(self.flags & TC)
+
+    @property
+    def ancount(self) -> int:
+        return self.counts[0]
 
     @property
     def min_ttl(self) -> int | None:
@@ -49,7 +54,7 @@ class Reply:
     @property
     def negative(self) -> bool:
         """NXDOMAIN, or NOERROR with no answer (NODATA)."""
-        return self.rcode == NXDOMAIN or (self.rcode == NOERROR and self.ancount == 0)
+        return self.rcode == NXDOMAIN or (self.rcode == NOERROR and self.counts[0] == 0)
 
 
 def lower_question(question: bytes) -> bytes:
@@ -59,8 +64,8 @@ def lower_question(question: bytes) -> bytes:
 
 def build_query(question: bytes, *, qid: int, do: bool, payload: int = 1232) -> bytes:
     """A recursive query for one question, with EDNS (our payload size; DO as the client asked)."""
-    header = _HEADER.pack(qid, RD, 1, 0, 0, 1)
-    opt = b"\x00" + _RR_FIXED.pack(rdata.OPT, payload, 0x8000 if do else 0, 0)
+    header = HEADER.pack(qid, RD, 1, 0, 0, 1)
+    opt = b"\x00" + RR_FIXED.pack(OPT, payload, 0x8000 if do else 0, 0)
     return header + question + opt
 
 
@@ -68,7 +73,7 @@ def parse_reply(data: bytes, *, qid: int, question: bytes) -> Reply | None:
     """The reply if it answers (qid, question), else None (to be ignored)."""
     if len(data) < 12 + len(question):
         return None
-    rid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    rid, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
     if rid != qid or not flags & QR or (flags >> 11) & 0xF != 0 or qdcount != 1:
         return None
     end = 12 + len(question)
@@ -82,79 +87,46 @@ def parse_reply(data: bytes, *, qid: int, question: bytes) -> Reply | None:
 
 
 def _records(data: bytes, pos: int, flags: int, ancount: int, nscount: int, arcount: int) -> Reply:
+    start = pos
     offsets: list[int] = []
     ttls: list[int] = []
-    opt_offset, opt_last, negative_ttl = -1, False, None
-    total = ancount + nscount + arcount
-    for index in range(total):
-        start = pos
-        _, pos = read_name(data, pos, allow_pointers=True)
-        if pos + 10 > len(data):
-            raise WireError(None, "truncated record")
-        rtype, _, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
-        rdata_start = pos + 10
-        pos = rdata_start + rdlen
-        if pos > len(data):
-            raise WireError(None, "rdata past the end")
-        if rtype == rdata.OPT and index >= ancount + nscount:
-            opt_offset, opt_last = start, index == total - 1
+    negative_ttl = None
+    end, kept, rcode, options = -1, ancount + nscount + arcount, flags & 0xF, b""
+    for index in range(ancount + nscount + arcount):
+        record_start = pos
+        _, rtype, _, ttl, rdata_start, pos = wire.read_record(data, pos)
+        if rtype == OPT and index >= ancount + nscount:
+            if end < 0:   # records after an OPT are additional data a client can do without
+                end, kept = record_start, index
+                rcode |= (ttl >> 24) << 4
+                options = data[rdata_start:pos]
+            continue
+        if end >= 0:
             continue
         if ttl & 0x80000000:  # RFC 2181 §8: a TTL with the top bit set means 0
             ttl = 0
         offsets.append(rdata_start - 6)
         ttls.append(ttl)
-        if rtype == rdata.SOA and ancount <= index < ancount + nscount and rdlen >= 20:
+        if rtype == SOA and ancount <= index < ancount + nscount and pos - rdata_start >= 20:
             minimum = int.from_bytes(data[pos - 4:pos], "big")
             value = min(ttl, minimum)
             negative_ttl = value if negative_ttl is None else min(negative_ttl, value)
-    return Reply(data=data, rcode=flags & 0xF, tc=bool(flags & TC), ancount=ancount,
-                 ttl_offsets=tuple(offsets), ttls=tuple(ttls), opt_offset=opt_offset,
-                 opt_last=opt_last, negative_ttl=negative_ttl)
+    counts = (ancount, nscount, kept - ancount - nscount)
+    return Reply(data=data, rcode=rcode, flags=flags, counts=counts, start=start, end=pos if end < 0 else end,
+                 ttl_offsets=tuple(offsets), ttls=tuple(ttls), options=options, negative_ttl=negative_ttl)
 
 
-def render(reply: Reply, query: Query, *, ttl: Callable[[int], int], our_payload: int) -> bytes:
-    """The reply as this client must see it: its ID, its question casing, its RD/CD, RA set,
-    every TTL mapped through `ttl`, and an OPT only if the client sent one."""
-    buf = bytearray(reply.data)
-    flags = int.from_bytes(buf[2:4], "big")
-    flags = (flags & ~(RD | CD)) | (query.flags & (RD | CD)) | RA
-    struct.pack_into("!HH", buf, 0, query.id, flags)
-    q = query.question
-    buf[12:12 + len(q)] = q
-    for offset, value in zip(reply.ttl_offsets, reply.ttls):
-        _TTL.pack_into(buf, offset, max(0, ttl(value)))
-    if reply.opt_offset >= 0:
-        if query.edns is None:
-            if reply.opt_last:
-                del buf[reply.opt_offset:]
-                arcount = int.from_bytes(buf[10:12], "big") - 1
-                buf[10:12] = arcount.to_bytes(2, "big")
-        else:
-            struct.pack_into("!H", buf, reply.opt_offset + 3, our_payload)
-    return bytes(buf)
-
-
-def answer_records(reply: Reply, *, types: frozenset[int], ttl: Callable[[int], int]) -> list[tuple[str, int, int, bytes]]:
-    """(owner, type, ttl, rdata) of the answer records of these types, names decompressed
-    so they can be copied into another message."""
-    data = reply.data
-    out = []
-    _, pos = read_name(data, 12, allow_pointers=False)
-    pos += 4
-    for _ in range(reply.ancount):
-        owner, pos = read_name(data, pos, allow_pointers=True)
-        rtype, _, raw_ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
-        start = pos + 10
-        pos = start + rdlen
-        if rtype not in types:
-            continue
-        if raw_ttl & 0x80000000:
-            raw_ttl = 0
-        try:
-            rdata.name(owner)  # only names meshdns can encode again (no escaped or 8-bit labels)
-            value = rdata.name(read_name(data, start, allow_pointers=True)[0]) if rtype == rdata.CNAME \
-                else data[start:pos]
-        except (ValueError, UnicodeEncodeError):
-            continue
-        out.append((owner, rtype, max(0, ttl(raw_ttl)), value))
-    return out
+def render(reply: Reply, query: Query, ttls: Sequence[int], *, our_payload: int, limit: int) -> bytes:
+    """The reply as this client must see it: its ID, its question as asked, its RD/CD, RA set, these
+    TTLs, our OPT if it sent one. Too big for `limit`: header and question with TC."""
+    body = bytearray(reply.data[reply.start:reply.end])
+    for offset, value in zip(reply.ttl_offsets, ttls):
+        _TTL.pack_into(body, offset - reply.start, max(0, value))
+    an, ns, ar = reply.counts
+    tc = False
+    options = reply.options if query.edns is not None else b""
+    if len(body) + len(options) > wire.room(query, limit):
+        body, an, ns, ar, tc = b"", 0, 0, 0, True
+    return wire.reply(query, reply.rcode, bytes(body), an, ns, ar, our_payload=our_payload,
+                      aa=bool(reply.flags & AA), ra=True, tc=tc, ad=bool(reply.flags & AD),
+                      options=options)

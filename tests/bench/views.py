@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Answers that depend on who asks: throughput with same-zone answers and intention views on, against off.
+
+    python tests/bench/views.py [--seconds 10] [--rounds 3]
+
+bench.py's catalog (1000 services x 3 instances, here in zones a, b, c) plus four client workloads at
+127.0.0.11-14 (web in a, api in b, batch in c, worker in a) and intentions entries for 50 services
+that deny web: four client classes. Four dnsperf processes, one per client address (-a), send the A mix
+together; meshdns is pinned to core 0 and dnsperf to core 1. Rounds alternate off and on; the best
+round of each is reported (the least disturbed by other work), with the ratio on/off (target >= 0.85).
+Not part of the test run. Needs dnsperf and taskset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE)]
+
+from bench import free_port, make_catalog, query_files, start_meshdns, wait_answering  # noqa: E402
+
+CLIENTS = {"127.0.0.11": ("web", "a"), "127.0.0.12": ("api", "b"), "127.0.0.13": ("batch", "c"),
+           "127.0.0.14": ("worker", "a")}
+ON = "[dns]\nprefer_same_zone = true\nenforce_intentions = true\n"
+
+
+def estate(work: Path, services: int, instances: int) -> None:
+    """Zones on bench.py's instances (the i-th instance of each service in zone "abc"[i % 3]), the client
+    workloads and the intentions, in the zones directory."""
+    make_catalog(work, services, instances)
+    path = work / "zones" / "bench.toml"
+    path.write_text(re.sub(r"port = (800(\d+))\n", lambda m: f'port = {m.group(1)}\nmeta = {{ zone = '
+                           f'"{"abc"[int(m.group(2)) % 3]}" }}\n', path.read_text()))
+    extra = [f'[[service]]\nname = "{name}"\naddress = "{ip}"\nport = 80\nmeta = {{ zone = "{zone}" }}\n'
+             for ip, (name, zone) in CLIENTS.items()]
+    extra += [f'[[intention]]\nname = "svc-{s}"\nsources = [ {{ name = "web", action = "deny" }}, '
+              f'{{ name = "*", action = "allow" }} ]\n' for s in range(0, services, max(1, services // 50))]
+    (work / "zones" / "views.toml").write_text("\n".join(extra))
+
+
+def dnsperf_from(source: str, port: int, queries: Path, seconds: float) -> float:
+    args = ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-a", source, "-d", str(queries),
+            "-l", str(seconds), "-c", "2", "-q", "200", "-t", "2", "-S", "0"]
+    with tempfile.TemporaryFile("w+") as sink:
+        subprocess.run(args, stdout=sink, stderr=subprocess.STDOUT, timeout=seconds + 60)
+        sink.seek(0)
+        m = re.search(r"Queries per second:\s+([\d.]+)", sink.read())
+    return float(m.group(1)) if m else 0.0
+
+
+def round_qps(work: Path, config: Path | None, queries: Path, seconds: float) -> float:
+    port = free_port()
+    proc = start_meshdns(work, port, core=0, name="views", extra=("--config", str(config)) if config else ())
+    try:
+        wait_answering(port, "svc-1.service.consul")
+        with ThreadPoolExecutor(len(CLIENTS)) as pool:   # bounded: each dnsperf has its time limit
+            return sum(pool.map(lambda s: dnsperf_from(s, port, queries, seconds), CLIENTS))
+    finally:
+        proc.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--instances", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", default=str(HERE / "work"))
+    ap.add_argument("--out", default=str(HERE / "results" / "views.json"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    estate(work, args.services, args.instances)
+    queries = query_files(work, args.services, 1)["A"]
+    config = work / "views.toml"
+    config.write_text(ON)
+    runs: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(args.rounds):
+        runs["off"].append(round_qps(work, None, queries, args.seconds))
+        runs["on"].append(round_qps(work, config, queries, args.seconds))
+    best = {k: max(v) for k, v in runs.items()}
+    ratio = best["on"] / best["off"] if best["off"] else 0.0
+    print(f"A, 4 client classes: off {best['off']:.0f} qps, on {best['on']:.0f} qps, on/off {ratio:.2f} "
+          f"(target >= 0.85); rounds off {runs['off']}, on {runs['on']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"runs": runs, "best": best, "ratio": ratio}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
