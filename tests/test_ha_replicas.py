@@ -237,3 +237,25 @@ def test_a_write_is_checked_against_what_another_replica_acknowledged_just_befor
         reply = api(r1.http, "PUT", "/v1/agent/check/register",
                     {"Name": "extra", "TTL": "1h", "ServiceID": f"svc-{i}", "CheckID": f"extra-{i}"})
         assert reply.status == 200, reply
+
+
+def test_a_prepared_query_created_through_one_replica_runs_on_all(etcd, replica_sets):
+    rs = replica_sets(etcd).start_all()
+    r0, r1, r2 = rs.procs
+    assert register(r1, "web-1", "127.2.0.1").status == 200
+    created = api(r0.http, "POST", "/v1/query", {"Name": "front", "Service": {"Service": "web"}})
+    assert created.status == 200, created
+    qid = created.json()["ID"]
+
+    def query_indexes(proc):
+        reply = api(proc.http, "GET", f"/v1/query/{qid}")
+        assert reply.status == 200, reply
+        (q,) = reply.json()
+        return q["Name"], q["CreateIndex"], q["ModifyIndex"]
+
+    name, create, modify = same_everywhere(rs, query_indexes)
+    assert name == "front" and create == modify > 0
+    assert all(sorted(rrset_values(query(p.dns_port, "front.query.consul"))) == ["127.2.0.1"] for p in rs.procs)
+    assert api(r2.http, "DELETE", f"/v1/query/{qid}").status == 200
+    wait_until(lambda: all(api(p.http, "GET", f"/v1/query/{qid}").status == 404 for p in rs.procs), 30,
+               what="the query gone everywhere")

@@ -78,7 +78,7 @@ class ConfigEntries(StoredEntries[Split]):
     def splits(self) -> dict[str, Split]:
         return self.entries
 
-    def parse_record(self, record: Any) -> Split:
+    def parse_record(self, key: str, record: Any) -> Split:
         return parse_splitter(record["entry"], datacenter=self.store.snapshot.datacenter)
 
     def state(self) -> SourceState:

@@ -76,7 +76,7 @@ class IntentionEntries(StoredEntries[Intention]):
     def intentions(self) -> dict[str, Intention]:
         return self.entries
 
-    def parse_record(self, record: Any) -> Intention:
+    def parse_record(self, key: str, record: Any) -> Intention:
         return parse_intentions(record["entry"])
 
     def state(self) -> SourceState:

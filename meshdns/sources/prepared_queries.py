@@ -14,15 +14,15 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
 from ..catalog import validate
-from ..catalog.model import PreparedQuery, SourceState
+from ..catalog.model import PreparedQuery, Revision, SourceState
 from ..catalog.queries import ANY_VARIABLE, VARIABLE
 from ..catalog.store import Store
 from ..catalog.validate import FieldError
 from ..config import ConfigError, parse_duration
 from ..health.spec import get_field
-from ..store.records import Record, Records, Write
+from ..store.records import Records, Write
 from .registrations import NotFound
-from .status import SourceStatus
+from .stored_entries import StoredEntries
 
 log = logging.getLogger("meshdns.sources.queries")
 
@@ -174,28 +174,26 @@ def service_written(q: PreparedQuery) -> str:
     return q.service.split("${", 1)[0] if q.template else q.service
 
 
-class PreparedQueries:
+class PreparedQueries(StoredEntries[PreparedQuery]):
     name = SOURCE
+    kind = KIND
 
     def __init__(self, store: Store, db: Records, *, new_id: Callable[[], str] = lambda: str(uuid.uuid4())):
-        self.store = store
-        self.db = db
+        super().__init__(store, db)
         self.new_id = new_id
-        self.queries: dict[str, PreparedQuery] = {}
-        db.subscribe((KIND,), self._on_records)
 
-    def _on_records(self, records: list[Record]) -> None:
-        for r in records:
-            self.queries.pop(r.key, None)
-            if r.value is None:
-                continue
-            try:
-                q = parse_query(r.value, query_id=r.key)
-            except (FieldError, KeyError, TypeError, ValueError) as exc:
-                log.error("stored prepared query %r is unreadable and was skipped: %s", r.key, exc)
-                continue
-            self.queries[r.key] = replace(q, create_index=r.revision.create, modify_index=r.revision.mod)
-        self.store.publish(SOURCE, SourceState(queries=dict(self.queries)), revision=self.db.revision)
+    @property
+    def queries(self) -> dict[str, PreparedQuery]:
+        return self.entries
+
+    def parse_record(self, key: str, record: Any) -> PreparedQuery:
+        return parse_query(record, query_id=key)
+
+    def revised(self, entry: PreparedQuery, revision: Revision) -> PreparedQuery:
+        return replace(entry, create_index=revision.create, modify_index=revision.mod)
+
+    def state(self) -> SourceState:
+        return SourceState(queries=dict(self.entries))
 
     def get(self, qid: str) -> PreparedQuery:
         q = self.queries.get(qid)
@@ -212,8 +210,7 @@ class PreparedQueries:
 
     async def _write(self, q: PreparedQuery) -> PreparedQuery:
         """Store it; the query as stored (its indexes are its record's revisions)."""
-        await self.db.commit([Write(KIND, q.id, query_json(q))])
-        return self.queries.get(q.id, q)
+        return await self.store_entry(q.id, query_json(q), q)
 
     async def create(self, body: Any, *, authorize: Callable[[list[str]], None]) -> PreparedQuery:
         q = parse_query(body, query_id=self.new_id())
@@ -238,5 +235,3 @@ class PreparedQueries:
         authorize([service_written(old)])
         await self.db.commit([Write(KIND, qid, None)])
 
-    def status(self) -> SourceStatus:
-        return SourceStatus(synced=True)

@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
-from ..catalog.model import SourceState
+from ..catalog.model import Revision, SourceState
 from ..catalog.store import Store
 from ..catalog.validate import FieldError
 from ..store.records import Record, Records, Write
@@ -34,9 +34,13 @@ class StoredEntries(Generic[Entry]):
         self.entries: dict[str, Entry] = {}
         db.subscribe((self.kind,), self._on_records)
 
-    def parse_record(self, record: Any) -> Entry:
+    def parse_record(self, key: str, record: Any) -> Entry:
         """A stored record -> the entry; raises FieldError, KeyError, TypeError or ValueError."""
         raise NotImplementedError
+
+    def revised(self, entry: Entry, revision: Revision) -> Entry:
+        """The entry with its record's revisions (every write is a new one: last write wins)."""
+        return replace(entry, revision=revision.mod, create_revision=revision.create)
 
     def state(self) -> SourceState:
         raise NotImplementedError
@@ -47,11 +51,11 @@ class StoredEntries(Generic[Entry]):
             if r.value is None:
                 continue
             try:
-                entry = self.parse_record(r.value)
+                entry = self.parse_record(r.key, r.value)
             except (FieldError, KeyError, TypeError, ValueError) as exc:
                 log.error("stored %s %r is unreadable and was skipped: %s", self.kind, r.key, exc)
                 continue
-            self.entries[r.key] = replace(entry, revision=r.revision.mod, create_revision=r.revision.create)
+            self.entries[r.key] = self.revised(entry, r.revision)
         self.store.publish(self.name, self.state(), revision=self.db.revision)
 
     async def store_entry(self, name: str, record: Any, entry: Entry) -> Entry:
