@@ -81,3 +81,18 @@ async def test_catching_up_with_the_store_passes_writes_under_other_prefixes(sto
         assert a.load("service") == {"s": {"n": 1}}
     finally:
         await close([a])
+
+
+async def test_concurrent_catch_ups_and_writes_keep_the_watch(stores, prefix):
+    """Every API write on a replica catches up first: many at once must not break the watch stream."""
+    (a,) = await replicas(stores, prefix, 1)
+    try:
+        async def writer(k: int) -> None:
+            for i in range(20):
+                assert await a.catch_up(timeout=10)
+                await a.commit([Write("service", f"{k}-{i}", {"n": i})])
+        await asyncio.gather(*(writer(k) for k in range(8)))
+        assert len(a.load("service")) == 160
+        assert a.reflector.reconnects == 0 and a.reflector.relists == 1   # the first list only
+    finally:
+        await close([a])

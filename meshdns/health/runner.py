@@ -1,13 +1,14 @@
 """One runner for every check, whoever owns it (zone files, registrations).
 
 A single scheduler task keeps a heap of due times instead of a task per
-check. A check may be passive: another replica runs it, and its state here
-follows what that replica stored (`observe`); it still counts towards
-DeregisterCriticalServiceAfter, so whichever replica leads can reap it. A new check's first probe is placed at a random point of its interval
+check. A new check's first probe is placed at a random point of its interval
 (jitter), so thousands of checks loaded at start spread out instead of
 stampeding, and at most `concurrency` probes are in flight. A status change
 is reported to the check's owner at once; the owner republishes its catalog
-state, so DNS answers change with the check.
+state, so DNS answers change with the check. A check may be passive: another
+replica runs it, and its state here follows what that replica stored
+(`observe`); it still counts towards DeregisterCriticalServiceAfter, so
+whichever replica leads can reap it.
 """
 from __future__ import annotations
 

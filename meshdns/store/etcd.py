@@ -370,6 +370,7 @@ class _EtcdWatch:
         self._call = None
         self._member: _Member | None = None
         self._pending: collections.deque[Batch] = collections.deque()
+        self._requesting = False
 
     async def start(self) -> None:
         metadata = await self._kv._metadata()
@@ -417,11 +418,17 @@ class _EtcdWatch:
         return reply
 
     async def request_progress(self) -> None:
-        if self._call is not None:
-            try:
-                await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                raise StoreUnavailable(f"{self._kv}: progress request failed: {exc}") from None
+        """One request at a time on the stream (concurrent writes break it); a caller that finds one on its
+        way returns: the answer to that one, or to its own next try, will do."""
+        if self._call is None or self._requesting:
+            return
+        self._requesting = True
+        try:
+            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            raise StoreUnavailable(f"{self._kv}: progress request failed: {exc}") from None
+        finally:
+            self._requesting = False
 
     def _queue(self, reply) -> None:
         if not reply.events and not reply.created:   # a progress notification: current up to its revision

@@ -84,6 +84,7 @@ class SqliteKV:
         self._retain = retain
         self._loop = asyncio.get_running_loop()
         self._subscribers: set[_Subscriber] = set()
+        self._published = self._revision   # the last revision handed to the watches (the loop's view)
         self._leases: dict[int, tuple[int, asyncio.TimerHandle]] = {}
         for lease, ttl in self._db.execute("SELECT id, ttl FROM leases"):
             self._arm(lease, ttl)
@@ -157,6 +158,7 @@ class SqliteKV:
         return sub
 
     def _publish(self, batch: Batch) -> None:
+        self._published = max(self._published, batch.revision)
         for sub in list(self._subscribers):
             events = tuple(e for e in batch.events if sub.start <= e.kv.key < sub.end)
             if not events:
@@ -220,7 +222,9 @@ class SqliteKV:
     async def restore(self, entries: Sequence[KeyValue], revision: int) -> bool:
         """Load `entries`, revisions as given, into a store that was never written, now at `revision` (history
         before it is gone); False, and nothing done, when the store was written before."""
-        return await self._submit(lambda: self._restore(entries, revision))
+        restored = await self._submit(lambda: self._restore(entries, revision))
+        self._published = max(self._published, self._revision)
+        return restored
 
     def _restore(self, entries: Sequence[KeyValue], revision: int) -> bool:
         if self._revision > 1 or self._db.execute("SELECT 1 FROM kv LIMIT 1").fetchone() is not None:
@@ -471,9 +475,10 @@ class _Watch:
                 return batch
 
     async def request_progress(self) -> None:
-        """After what is queued: every commit is published before its caller hears of it."""
-        if self._sub is not None:
-            self._sub.batches.append(Batch(self._kv._revision, ()))
+        """An empty batch at the last revision published to the watches, behind what they were handed (the
+        writer thread's revision may be ahead of that: its batches are on their way to the loop)."""
+        if self._sub is not None and not self._sub.overflowed:
+            self._sub.batches.append(Batch(self._kv._published, ()))
             self._sub.wakeup.set()
 
     async def aclose(self) -> None:
