@@ -7,6 +7,7 @@ import logging
 import random
 import resource
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,9 @@ from .sources.peers import PeerSource
 from .sources.prepared_queries import PreparedQueries
 from .sources.registrations import Registrations
 from .sources.split_revisions import SplitRevisions
-from .sources.sqlite_store import RecordStore
 from .sources.status import SourceStatus
+from .store.records import Records
+from .store.setup import open_store, start_store
 
 log = logging.getLogger("meshdns")
 
@@ -71,7 +73,8 @@ class App:
 
     cfg: Config
     store: Store
-    db: RecordStore
+    db: Records                   # the shared (kind, key) -> JSON records, on SQLite or etcd
+    replicas: object              # this replica among the others (store.replicas)
     health: HealthRunner
     zones: ZonesSource
     registrations: Registrations
@@ -137,9 +140,8 @@ def build(cfg: Config) -> App:
     cfg = read_secret_files(cfg)
     zones_dir = zones_directory(cfg)
     store = Store(datacenter=cfg.datacenter)
-    # the durable store comes first: its revision orders splits from every source and floors X-Consul-Index
-    db = RecordStore(cfg.data_dir, on_commit=store.advance)
-    store.advance(db.revision)
+    # the shared store comes first: its revisions order splits from every source and are X-Consul-Index
+    db, replicas = open_store(cfg)
     split_revisions = SplitRevisions(db)
     health = HealthRunner(concurrency=cfg.health.max_in_flight, output_max_size=cfg.health.output_max_size)
     zones = ZonesSource(zones_dir, store, datacenter=cfg.datacenter, health_status=health.status_for("zones"),
@@ -148,23 +150,24 @@ def build(cfg: Config) -> App:
     republish = coalesced(zones.republish)
     health.register_owner("zones", on_change=lambda key, old, new: republish() if old.status is not new.status
                           else None)
-    regs = Registrations(store, db, health, agent_node=agent_node(cfg))
+    # views of the shared records, filled by the store's first full read (before DNS listens: a restart never
+    # answers without the registrations) and kept current by its watch
+    regs = Registrations(store, db, health, agent_node=agent_node(cfg), replicas=replicas)
     config = ConfigEntries(store, db)
     intentions = IntentionEntries(store, db)
     queries = PreparedQueries(store, db)
     components = [
-        Component("storage", close=db.close),
+        Component("store", start=lambda: start_store(db, cfg), close=lambda: close_store(db, replicas)),
         Component("health", run=health.run, close=health.close),
-        # loaded before DNS listens: a restart never answers without the registrations
-        Component("registrations", start=_now(regs.load), close=regs.close, readiness=regs.status),
-        Component("config", start=_now(config.load), readiness=config.status),
-        Component("intentions", start=_now(intentions.load)),
-        Component("prepared-queries", start=_now(queries.load)),
+        Component("registrations", close=regs.close, readiness=regs.status),
+        Component("config", readiness=config.status),
         # not ready while a zone file has never loaded (there is nothing previous to serve in its place)
         Component("zones", start=_now(zones.reload), run=zones.run, reload=lambda: zones.reload(force=True),
                   readiness=lambda: SourceStatus(synced=zones.ready, errors=dict(zones.errors))),
+        # nothing answered yet: the index starts at the store's revision, as on every replica
+        Component("index", start=_now(lambda: store.rebase(db.revision))),
     ]
-    kubernetes, reverse_syncs = _kubernetes(cfg, store, split_revisions, components)
+    kubernetes, reverse_syncs = _kubernetes(cfg, store, split_revisions, components, replicas)
     peers = tuple(PeerSource(peer, store, coalesce=coalesced) for peer in cfg.peers)
     components += [Component(p.name, run=p.run, close=p.close, readiness=p.readiness) for p in peers]
     # the splits read at start are served before we say ready
@@ -187,12 +190,18 @@ def build(cfg: Config) -> App:
                              acl=Acl(cfg.acl_tokens, anonymous_read=cfg.http.anonymous_read),
                              watch=Watch(limit=cfg.http.max_blocking_queries), readiness=readiness(components),
                              config=config, intentions=intentions, queries=queries, kubernetes=list(kubernetes),
-                             peers=list(peers)))
+                             peers=list(peers), records=db, replicas=replicas))
     components.append(Component("http", start=api.start, close=api.close))
+
+    async def join() -> None:  # the others (and /v1/status/*) reach this replica at its API's address
+        replicas.address = advertised(cfg, api.port)
+
+    components.append(Component("replicas", start=join, run=replicas.run))
     if workers is not None:  # last: the workers share the port the primary has bound; they stop first
         components.append(Component("workers", start=lambda: workers.start(dns.port), run=workers.run,
                                     close=workers.close))
-    return App(cfg=cfg, store=store, db=db, health=health, zones=zones, registrations=regs, handler=handler,
+    return App(cfg=cfg, store=store, db=db, replicas=replicas, health=health, zones=zones, registrations=regs,
+               handler=handler,
                dns=dns, api=api, components=tuple(components), kubernetes=kubernetes,
                reverse_syncs=reverse_syncs, peers=peers, workers=workers)
 
@@ -204,8 +213,28 @@ def _now(fn: Callable[[], object]) -> Callable[[], "asyncio.Future[None]"]:
     return step
 
 
+def advertised(cfg: Config, http_port: int) -> str:
+    """host:port the other replicas (and /v1/status/*) give for this replica's API."""
+    if cfg.store.advertise:
+        return cfg.store.advertise
+    host = cfg.http.listen[0]
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{http_port}" if ":" in host else f"{host}:{http_port}"
+
+
+async def close_store(records: Records, replicas) -> None:
+    """Store what is queued (while still a member, so fenced writes hold), leave, close."""
+    try:
+        await asyncio.wait_for(records.flush(), 2.0)
+    except asyncio.TimeoutError:
+        log.warning("%s: queued writes not stored at shutdown", records)
+    await replicas.close()
+    await records.close()
+
+
 def _kubernetes(cfg: Config, store: Store, split_revisions: SplitRevisions,
-                components: list[Component]) -> tuple[tuple, tuple]:
+                components: list[Component], replicas) -> tuple[tuple, tuple]:
     """One source per [[kubernetes]] table (+ its reverse sync); imported only when configured."""
     if not cfg.kubernetes:
         return (), ()
@@ -218,9 +247,10 @@ def _kubernetes(cfg: Config, store: Store, split_revisions: SplitRevisions,
         sources.append(source)
         components.append(Component(f"kubernetes/{kc.name}", run=source.run, close=source.close,
                                     readiness=source.readiness))
-        if kc.sync_to_kubernetes != "off":
+        if kc.sync_to_kubernetes != "off":  # a cluster-wide duty: only the leader writes
             reverse = ReverseSync(source, store, domain=cfg.domain, local_datacenter=cfg.datacenter,
-                                  only_passing=cfg.dns.only_passing)
+                                  only_passing=cfg.dns.only_passing, leader=lambda: replicas.is_leader)
+            replicas.on_leader(reverse.wake)
             reverse_syncs.append(reverse)
             components.append(Component(f"kubernetes/{kc.name}/sync", run=reverse.run, close=reverse.close))
     return tuple(sources), tuple(reverse_syncs)

@@ -29,6 +29,11 @@ def _serve_parser(sub) -> None:
     p.add_argument("--kube-context", help="kubeconfig context")
     p.add_argument("--workers", type=_workers, help="DNS worker processes (SO_REUSEPORT), or 'auto'")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--store-backend", choices=("sqlite", "etcd"), help="where the shared state lives (default "
+                   "sqlite under --data-dir; etcd: several replicas)")
+    p.add_argument("--store-endpoints", help="etcd client URLs, comma-separated (with --store-backend etcd)")
+    p.add_argument("--advertise", help="host:port the other replicas and /v1/status/* give for this one's API "
+                   "([store] advertise; default its --http address)")
 
 
 def _workers(text: str) -> int:
@@ -79,6 +84,7 @@ def serve(args: argparse.Namespace) -> int:
 def run_server(main) -> int:
     """Run the server to its end; the exit status, and one log line saying why it stopped early."""
     from .lifecycle import ComponentFailed
+    from .store.kv import StoreError
     log = logging.getLogger("meshdns")
     try:
         asyncio.run(main())
@@ -88,6 +94,9 @@ def run_server(main) -> int:
     except ConfigError as exc:
         log.error("config error: %s", exc)
         return 2
+    except StoreError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     except ComponentFailed as exc:
         log.error("stopped: %s", exc, exc_info=exc.error)
         return 1
@@ -100,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     from . import client, query
+    from .store import migrate
     client.add_parsers(sub)
     query.add_parser(sub)
+    migrate.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
@@ -109,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return client.main(args)
     if args.command == "query":
         return query.main(args)
+    if args.command == "store":
+        return migrate.main(args)
     return 2
 
 

@@ -223,6 +223,26 @@ class PeerConfig:
     sync_concurrency: int = 64                # plain (non-blocking) reads in flight at once
 
 
+STORE_BACKENDS = ("sqlite", "etcd")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where the writable state lives: SQLite under data_dir (one server), or etcd (several replicas)."""
+
+    backend: str = "sqlite"
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/meshdns/"
+    timeout: float = 5.0
+    member_ttl: float = 10.0          # whole seconds (an etcd lease's TTL)
+    advertise: str = ""               # host:port of this replica's HTTP API for the others; "" = its listen address
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password_file: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     domain: str = "consul."
@@ -242,6 +262,8 @@ class Config:
     ui: UiConfig = field(default_factory=UiConfig)
     localities: tuple[tuple[str, str], ...] = ()   # [[locality]]: (cidr, zone), in file order
     peers: tuple[PeerConfig, ...] = ()
+    store: StoreConfig = field(default_factory=StoreConfig)
+    node_name: str = ""               # the agent node's name; "" = the host name ("meshdns" on etcd)
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -524,6 +546,23 @@ def _peer_url(value: str, *, key: str) -> str:
     return value.rstrip("/")
 
 
+def _parse_store(t: _Table) -> StoreConfig:
+    d = StoreConfig()
+    cfg = StoreConfig(
+        backend=_choice(t.get("backend", str, d.backend), STORE_BACKENDS, key=t.key("backend")),
+        endpoints=t.strings("endpoints", d.endpoints),
+        prefix=t.get("prefix", str, d.prefix),
+        timeout=t.duration("timeout", d.timeout),
+        member_ttl=t.duration("member_ttl", d.member_ttl),
+        advertise=t.get("advertise", str, d.advertise),
+        ca_file=t.get("ca_file", str, ""), cert_file=t.get("cert_file", str, ""),
+        key_file=t.get("key_file", str, ""), username=t.get("username", str, ""),
+        password_file=t.get("password_file", str, ""),
+    )
+    t.done()
+    return cfg
+
+
 def _parse_peer(raw: Any, index: int) -> PeerConfig:
     t = _Table(raw, f"peer[{index}]")
     d = PeerConfig(datacenter="", url="")
@@ -575,6 +614,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         ui=_parse_ui(t.sub("ui")),
         localities=tuple(_parse_locality(raw, i) for i, raw in enumerate(t.get("locality", list, []))),
         peers=tuple(_parse_peer(raw, i) for i, raw in enumerate(t.get("peer", list, []))),
+        store=_parse_store(t.sub("store")),
+        node_name=t.get("node_name", str, ""),
     )
     t.done()
     return validate(cfg)
@@ -634,6 +675,7 @@ def validate(cfg: Config, *, flags: Mapping[str, str] | None = None) -> Config:
     _check_cache(r, cfg.cache)
     _check_kubernetes(r, cfg)
     _check_peers(r, cfg)
+    _check_store(r, cfg)
     r.at_least("health.max_in_flight", cfg.health.max_in_flight, 1)
     r.at_least("health.output_max_size", cfg.health.output_max_size, 1)
     window = cfg.ui.topology_window
@@ -726,6 +768,52 @@ def _check_peers(r: _Rules, cfg: Config) -> None:
         r.at_least(f"{key}.sync_concurrency", peer.sync_concurrency, 1)
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def endpoint_problem(value: str) -> str | None:
+    """What is wrong with an etcd client URL (http(s)://host:port; a bare host:port means http), or None."""
+    from urllib.parse import urlsplit
+    url = urlsplit(value if "://" in value else f"http://{value}")
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if url.scheme not in ("http", "https") or not url.hostname or port is None:
+        return f"{value!r} is not http(s)://host:port"
+    return None
+
+
+def _check_store(r: _Rules, cfg: Config) -> None:
+    store = cfg.store
+    if cfg.node_name and not _NODE_NAME.fullmatch(cfg.node_name):
+        r.fail("node_name", f"{cfg.node_name!r} is not a node name (letters, digits and '-', up to 63)")
+    if not store.endpoints:
+        r.fail("store.endpoints", "at least one etcd endpoint is needed")
+    for endpoint in store.endpoints:
+        problem = endpoint_problem(endpoint)
+        if problem:
+            r.fail("store.endpoints", problem)
+    if len({e.split("://")[0] if "://" in e else "http" for e in store.endpoints}) > 1:
+        r.fail("store.endpoints", "a mix of http:// and https:// endpoints")
+    if not (store.prefix.startswith("/") and store.prefix.endswith("/") and len(store.prefix) > 1):
+        r.fail("store.prefix", f"{store.prefix!r} must start and end with '/' (e.g. \"/meshdns/\")")
+    r.positive("store.timeout", store.timeout)
+    if store.member_ttl != int(store.member_ttl) or store.member_ttl < 1:
+        r.fail("store.member_ttl", f"a whole number of seconds, at least 1s (got {_num(store.member_ttl)}s)")
+    if store.advertise:
+        try:
+            parse_hostport(store.advertise, key="store.advertise", default_port=8500)
+        except ConfigError as exc:
+            r.fail("store.advertise", str(exc).split(": ", 1)[-1])
+    if bool(store.cert_file) != bool(store.key_file):
+        r.fail("store.cert_file", "give cert_file and key_file together")
+    if store.password_file and not store.username:
+        r.fail("store.username", "required with password_file")
+    if store.username and not store.password_file:
+        r.fail("store.password_file", "required with username")
+
+
 def _check_kubernetes(r: _Rules, cfg: Config) -> None:
     names: set[str] = set()
     for i, kc in enumerate(cfg.kubernetes):
@@ -786,7 +874,9 @@ FLAGS = {"data_dir": "--data-dir", "zones": "--zones", "log_level": "--log-level
          "alt_domain": "--alt-domain", "datacenter": "--datacenter", "dns.listen": "--dns", "dns.workers": "--workers",
          "http.listen": "--http", "http.insecure": "--http-insecure", "http.tls_cert": "--http-tls-cert",
          "http.tls_key": "--http-tls-key", "forwarding.recursors": "--recursor",
-         "kubernetes[0].kubeconfig": "--kubeconfig", "kubernetes[0].context": "--kube-context"}
+         "kubernetes[0].kubeconfig": "--kubeconfig", "kubernetes[0].context": "--kube-context",
+         "store.backend": "--store-backend", "store.endpoints": "--store-endpoints",
+         "store.advertise": "--advertise"}
 
 
 def with_overrides(cfg: Config, **flags: Any) -> Config:
@@ -816,6 +906,14 @@ def with_overrides(cfg: Config, **flags: Any) -> Config:
         http = replace(http, tls_key=flags["http_tls_key"])
     if flags.get("recursor"):
         fwd = replace(fwd, recursors=_servers(tuple(flags["recursor"]), key="--recursor"))
+    store = cfg.store
+    if flags.get("store_backend") is not None:
+        store = replace(store, backend=_choice(flags["store_backend"], STORE_BACKENDS, key="--store-backend"))
+    if flags.get("store_endpoints") is not None:
+        store = replace(store, endpoints=tuple(e.strip() for e in flags["store_endpoints"].split(",") if e.strip()))
+    if flags.get("advertise") is not None:
+        store = replace(store, advertise=flags["advertise"])
+    top["store"] = store
     kube = cfg.kubernetes
     if flags.get("kubeconfig") is not None or flags.get("kube_context") is not None:
         base = kube[0] if kube else KubernetesConfig(name="default")

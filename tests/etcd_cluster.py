@@ -99,11 +99,13 @@ class EtcdCluster:
     """`size` members on loopback; index members 0..size-1."""
 
     def __init__(self, tmp_path: Path, *, size: int = 3, binary: str | None = None, tls: Path | None = None,
-                 hosts: tuple[str, ...] | None = None):
+                 hosts: tuple[str, ...] | None = None, extra_hosts: tuple[str, ...] = ()):
         """`tls`: a directory with ca.crt, etcd.crt/etcd.key (the members' certificate, also used by etcd's
         own gateway as a client) and client.crt/client.key; clients then speak https and must show a
         certificate signed by ca.crt. A member m<i> uses m<i>.crt/m<i>.key instead where they exist.
-        `hosts`: each member's loopback address (default 127.0.0.1 for all)."""
+        `hosts`: each member's loopback address (default 127.0.0.1 for all). `extra_hosts`: addresses (of
+        a network namespace's veth pair) the members also take clients on, at the same port."""
+        self.extra_hosts = extra_hosts
         self.binary = binary or etcd_binary()
         if self.binary is None:
             raise RuntimeError(NO_ETCD)
@@ -120,6 +122,10 @@ class EtcdCluster:
     @property
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
+
+    def endpoints_on(self, host: str) -> list[str]:
+        """The members' client URLs at one of `extra_hosts`."""
+        return [f"{m.scheme}://{host}:{m.client_port}" for m in self.members]
 
     def start(self, timeout: float = 60) -> "EtcdCluster":
         for attempt in range(3):  # a free port can be taken before etcd binds it
@@ -147,7 +153,9 @@ class EtcdCluster:
             member.scheme = "https" if self.tls else "http"
             member.args = [
                 self.binary, "--name", name, "--data-dir", str(data),
-                "--listen-client-urls", member.endpoint, "--advertise-client-urls", member.endpoint,
+                "--listen-client-urls", ",".join([member.endpoint] + [f"{member.scheme}://{extra}:{client}"
+                                                                      for extra in self.extra_hosts]),
+                "--advertise-client-urls", member.endpoint,
                 "--listen-peer-urls", f"http://{host}:{peer}",
                 "--initial-advertise-peer-urls", f"http://{host}:{peer}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",

@@ -395,7 +395,8 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, *, what
 class FlipHttpServer:
     """An HTTP server on 127.0.0.1 answering every request with `status` (the test flips it)."""
 
-    def __init__(self, status: int = 200, *, certfile: str | None = None, keyfile: str | None = None):
+    def __init__(self, status: int = 200, *, certfile: str | None = None, keyfile: str | None = None,
+                 host: str = "127.0.0.1"):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         outer = self
         self.status = status
@@ -420,7 +421,7 @@ class FlipHttpServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         scheme = "http"
@@ -430,7 +431,7 @@ class FlipHttpServer:
             context.load_cert_chain(certfile, keyfile)
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
             scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.port}/health"
+        self.url = f"{scheme}://{host}:{self.port}/health"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from harness import ServerProcess, api, wait_until
-from meshdns.sources.sqlite_store import DB_NAME
+from meshdns.store.legacy import LEGACY_DB as DB_NAME
 
 
 def entry_index(base, path, pick):

@@ -22,7 +22,7 @@ import dns.rcode
 import pytest
 
 from harness import ServerProcess, api, query, rrset_values, wait_until
-from meshdns.sources.sqlite_store import DB_NAME
+from meshdns.store.sqlite import DB_NAME
 
 
 def address(i: int) -> str:
@@ -254,10 +254,10 @@ def durable_state(disk: Ext4DataDir) -> dict:
         if disk.inside(name).exists():
             shutil.copyfile(disk.inside(name), copy / name)
     with sqlite3.connect(copy / DB_NAME) as conn:
-        rows = conn.execute("SELECT kind, key, value FROM records WHERE kind != 'check-status' "
-                            "ORDER BY kind, key").fetchall()
-        statuses = dict(conn.execute("SELECT key, value FROM records WHERE kind = 'check-status'").fetchall())
-    return {"records": rows, "statuses": statuses}
+        rows = [(*key.decode().removeprefix("/meshdns/v1/").split("/", 1), value)
+                for key, value in conn.execute("SELECT key, value FROM kv ORDER BY key")]
+    return {"records": [row for row in rows if row[0] != "check-status"],
+            "statuses": {key: value for kind, key, value in rows if kind == "check-status"}}
 
 
 def assert_refused_and_unchanged(disk: Ext4DataDir, proc, reason: str) -> None:

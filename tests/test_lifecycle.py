@@ -21,12 +21,12 @@ from meshdns.lifecycle import Component
 from meshdns.sources.kubernetes.reverse import ReverseSync
 from meshdns.sources.kubernetes.source import KubernetesSource
 from meshdns.sources.registrations import Registrations
-from meshdns.sources.sqlite_store import RecordStore
+from meshdns.store.records import Records
 
-CLOSABLE = (RecordStore, HealthRunner, Registrations, KubernetesSource, ReverseSync, Forwarder, DnsServer, HttpApi)
+CLOSABLE = (Records, HealthRunner, Registrations, KubernetesSource, ReverseSync, Forwarder, DnsServer, HttpApi)
 # the reverse of the order they are built in: what uses a component closes before it
 CLOSE_ORDER = ["HttpApi", "DnsServer", "Forwarder", "ReverseSync", "KubernetesSource", "Registrations",
-               "HealthRunner", "RecordStore"]
+               "HealthRunner", "Records"]
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_a_start_that_fails_closes_every_component_once(tmp_path, closes, caplog
     finally:
         taken.close()
     assert "cannot listen for DNS on 127.0.0.1" in caplog.text
-    assert names(closes) == ["HttpApi", "DnsServer", "Registrations", "HealthRunner", "RecordStore"]
+    assert names(closes) == ["HttpApi", "DnsServer", "Registrations", "HealthRunner", "Records"]
 
 
 def test_an_in_process_server_changes_nothing_process_wide(start_server, tmp_path):

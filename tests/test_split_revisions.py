@@ -141,7 +141,7 @@ def test_an_api_override_made_before_an_upgrade_stays_in_force(tmp_path):
     so it won then; it still wins after the upgrade, until the zone file is written again."""
     import sqlite3
     import time
-    from meshdns.sources.sqlite_store import DB_NAME
+    from meshdns.store.legacy import LEGACY_DB as DB_NAME
     zones = tmp_path / "zones"
     zones.mkdir()
     (zones / "billing.toml").write_text(SERVICES + zone_split(90, 10))

@@ -16,7 +16,7 @@ from aiohttp import web
 from ..config import Config, ConfigError, HttpConfig
 from ..sources.registration_model import NodeReg
 from . import agent, catalog, config, health, intentions, metrics, query, status, topology, ui
-from .common import CTX, ApiContext, errors
+from .common import CTX, ApiContext, consistent_writes, errors
 from .metrics import count_requests
 from .peers import read_only_peers
 
@@ -78,9 +78,13 @@ def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
 
 
 def agent_node(cfg: Config) -> NodeReg:
-    """meshdns's own node, which agent-API registrations live on (Consul's local agent node)."""
+    """meshdns's own node, which agent-API registrations live on (Consul's local agent node): `node_name`, else
+    the host name; replicas sharing a store share one node ("meshdns" unless `node_name` says otherwise)."""
     host = socket.gethostname().split(".")[0].lower()
     name = host if host and all(c.isalnum() or c == "-" for c in host) and len(host) <= 63 else "meshdns"
+    if cfg.store.backend != "sqlite":
+        name = "meshdns"
+    name = cfg.node_name or name
     listen = cfg.http.listen[0]
     address = listen if listen not in ("", "0.0.0.0", "::", "localhost") else "127.0.0.1"
     return NodeReg(datacenter=cfg.datacenter, name=name, address=address, meta=(("meshdns", "agent"),))
@@ -89,7 +93,7 @@ def agent_node(cfg: Config) -> NodeReg:
 class HttpApi:
     def __init__(self, ctx: ApiContext):
         self.ctx = ctx
-        self.web = web.Application(middlewares=[count_requests, errors, read_only_peers],
+        self.web = web.Application(middlewares=[count_requests, errors, read_only_peers, consistent_writes],
                                    client_max_size=ctx.cfg.http.max_body + 1)
         self.web[CTX] = ctx
         self.web[metrics.REGISTRY] = metrics.make_registry(ctx)

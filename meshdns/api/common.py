@@ -20,8 +20,10 @@ from ..sources.config_entries import ConfigEntries
 from ..sources.intentions import IntentionEntries
 from ..sources.prepared_queries import PreparedQueries
 from ..sources.registrations import NotFound, Registrations
-from ..sources.sqlite_store import StorageError
 from ..sources.status import StatusRegistry
+from ..store.kv import InvalidRequest, StoreError, StoreUnavailable
+from ..store.records import Records
+from ..store.replicas import SingleReplica
 from .acl import Acl, Denied
 from .blocking import TooManyWaiters, Watch, index_of, parse_blocking
 from .filter import Filter
@@ -42,6 +44,8 @@ class ApiContext:
     readiness: StatusRegistry
     config: "ConfigEntries | None" = None
     intentions: "IntentionEntries | None" = None
+    records: "Records | None" = None                            # the shared store (its status, its revision)
+    replicas: object = field(default_factory=lambda: SingleReplica("local"))   # members and the leader
     kubernetes: list = field(default_factory=list)              # KubernetesSource per cluster
     queries: "PreparedQueries | None" = None                    # /v1/query
     peers: list = field(default_factory=list)                   # PeerSource per [[peer]]
@@ -70,7 +74,7 @@ class BodyTimeout(Exception):
     """408: the body did not arrive in time (a slow client must not hold a handler forever)."""
 
 
-# Retry-After for writes refused while the data directory cannot be written
+# Retry-After for writes refused while the store cannot take them
 STORAGE_RETRY_AFTER = "5"
 
 
@@ -162,12 +166,16 @@ def json_body(request: web.Request, data: Any) -> bytes:
 
 
 def json_response(request: web.Request, data: Any, *, status: int = 200) -> web.Response:
+    ctx = ctx_of(request)
     return web.Response(body=json_body(request, data), status=status, content_type="application/json",
-                        headers=_read_headers(ctx_of(request).store.snapshot))
+                        headers=_read_headers(ctx, ctx.store.snapshot))
 
 
-def _read_headers(snap: Snapshot) -> dict[str, str]:
-    return {"X-Consul-Index": str(index_of(snap)), "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+def _read_headers(ctx: ApiContext, snap: Snapshot) -> dict[str, str]:
+    """A replica cut off from the store answers from its last snapshot and says it knows no leader."""
+    known = ctx.records is None or ctx.records.reflector.connected or not ctx.replicas.clustered
+    return {"X-Consul-Index": str(index_of(snap)), "X-Consul-KnownLeader": "true" if known else "false",
+            "X-Consul-LastContact": "0"}
 
 
 async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
@@ -186,10 +194,14 @@ async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
         raise FieldError("filter", "this endpoint does not filter its answer")
     index, wait = parse_blocking(request.query, max_wait=ctx.cfg.http.max_wait)
     snap = ctx.store.snapshot
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.watch.jittered(wait) if index else 0.0
+    if index is not None and index > index_of(snap):  # e.g. from another replica: first catch up with it
+        with ctx.watch.slot():
+            await _catch_up(ctx, index, deadline)
+        snap = ctx.store.snapshot
     if index is not None and index > 0 and index == index_of(snap):
         with ctx.watch.slot():
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + ctx.watch.jittered(wait)
             seen = json_body(request, compute(snap))
             while True:
                 remaining = deadline - loop.time()
@@ -201,7 +213,20 @@ async def read(request: web.Request, compute: Callable[[Snapshot], Any], *,
                 ctx.watch.unchanged += 1
     snap = ctx.store.snapshot
     return web.Response(body=json_body(request, compute(snap)), content_type="application/json",
-                        headers=_read_headers(snap))
+                        headers=_read_headers(ctx, snap))
+
+
+async def _catch_up(ctx: ApiContext, index: int, deadline: float) -> None:
+    """Wait until this replica has applied the store revision `index` stands for, as far as the store has
+    reached it (an index past the store's revision counts changes of another replica's own sources: then
+    the answer comes at once, with a lower index, and the client starts over, as Consul's clients do)."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    if ctx.records is None or remaining <= 0:
+        return
+    try:
+        await ctx.records.catch_up(index, remaining)
+    except (StoreError, asyncio.TimeoutError):
+        pass   # the store does not answer: answer from what this replica has
 
 
 def ok(request: web.Request) -> web.Response:
@@ -211,6 +236,25 @@ def ok(request: web.Request) -> web.Response:
 
 def ok_true(request: web.Request) -> web.Response:
     return web.Response(body=b"true", content_type="application/json")
+
+
+WRITES = frozenset({"PUT", "POST", "DELETE"})
+
+
+@web.middleware
+async def consistent_writes(request: web.Request, handler) -> web.StreamResponse:
+    """With replicas, a write is checked against the store as it is now, not this replica's view of a moment
+    ago (a split naming a service registered through another replica an instant before is valid)."""
+    ctx = ctx_of(request)
+    if request.method in WRITES and ctx.replicas.clustered and ctx.records is not None:
+        try:
+            caught_up = await ctx.records.catch_up()
+        except asyncio.TimeoutError:
+            caught_up = False
+        if not caught_up:
+            raise StoreUnavailable(f"{ctx.records}: this replica could not catch up with the store within "
+                                   f"{ctx.records.timeout:g}s")
+    return await handler(request)
 
 
 @web.middleware
@@ -226,11 +270,22 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
         return web.Response(status=403, text=f"{exc}\n")
     except TooManyWaiters as exc:
         return web.Response(status=429, text=f"{exc}\n", headers={"Retry-After": "1"})
-    except StorageError as exc:
-        # disk full, read-only, locked: the server is fine and reads work; the write may succeed later
+    except InvalidRequest as exc:
+        return web.Response(status=400, text=f"Invalid request: {exc}\n")
+    except StoreError as exc:
+        # disk full, read-only, etcd unreachable or without quorum: reads and DNS go on from the last
+        # snapshot; the write may succeed later
         return web.Response(status=503, headers={"Retry-After": STORAGE_RETRY_AFTER},
-                            text=f"Storage unavailable, nothing was changed; retry later: {exc}\n")
+                            text=f"{store_unavailable(ctx_of(request), exc)}\n")
     except BodyTimeout as exc:
         response = web.Response(status=408, text=f"{exc}\n")
         response.force_close()  # the rest of the body may still be on its way: do not read it as a request
         return response
+
+
+def store_unavailable(ctx: ApiContext, exc: StoreError) -> str:
+    """503's message: which store, and whether the write may have happened."""
+    if ctx.records is None or ctx.records.backend == "sqlite":
+        return f"Storage unavailable, nothing was changed; retry later: {exc}"
+    return (f"Store unavailable ({ctx.records}): {exc}; the write may or may not have been applied: "
+            f"retry later (writes are idempotent)")

@@ -38,6 +38,7 @@ class MeshdnsCollector(Collector):
         yield from self._forwarding()
         yield from self._catalog()
         yield from self._kubernetes()
+        yield from self._store()
         yield from self._peers()
         yield from self._api()
 
@@ -125,6 +126,12 @@ class MeshdnsCollector(Collector):
             for status in ("passing", "warning", "critical"):
                 checks.add_metric([owner, status], counts.get((owner, status), 0))
         yield checks
+        here = GaugeMetricFamily("meshdns_checks_run_here", "Health checks this replica runs (the others follow "
+                                 "what their owner stores)", labels=["owner"])
+        active = ctx.runner.active_counts()
+        for owner in sorted(set(active) | {regs.name}):
+            here.add_metric([owner], active.get(owner, 0))
+        yield here
         snap = ctx.store.snapshot
         yield GaugeMetricFamily("meshdns_catalog_version", "Catalog snapshot version (X-Consul-Index)",
                                 value=snap.version)
@@ -146,6 +153,22 @@ class MeshdnsCollector(Collector):
             services.add_metric([source], n_services)
         yield by_source
         yield services
+
+    def _store(self):
+        records, replicas = self.ctx.records, self.ctx.replicas
+        if records is None:
+            return
+        yield GaugeMetricFamily("meshdns_store_up", "Whether the shared store answers (its watch is connected)",
+                                value=int(records.reflector.connected))
+        yield GaugeMetricFamily("meshdns_store_revision", "The store revision this replica has applied",
+                                value=records.revision)
+        yield CounterMetricFamily("meshdns_store_relists", "Full reads of the store after the first (compaction, "
+                                  "reconnection, the periodic safety net)", value=max(0, records.reflector.relists - 1))
+        yield CounterMetricFamily("meshdns_store_repairs", "Changes only a safety-net full read found (a watch "
+                                  "lost them)", value=records.reflector.repairs)
+        yield GaugeMetricFamily("meshdns_replicas", "Live replicas sharing the store", value=len(replicas.peers()))
+        yield GaugeMetricFamily("meshdns_leader", "1 on the replica that runs cluster-wide duties",
+                                value=int(replicas.is_leader))
 
     def _kubernetes(self):
         sources = self.ctx.kubernetes

@@ -1,5 +1,5 @@
-"""/healthz (the process answers), /readyz (which sources have synced, and their errors), and Consul's
-/v1/status/leader and /v1/status/peers."""
+"""/healthz (the process answers), /readyz (which sources have synced, and their errors; the store), and
+Consul's /v1/status/leader and /v1/status/peers."""
 from __future__ import annotations
 
 from aiohttp import web
@@ -29,7 +29,11 @@ async def readyz(request: web.Request) -> web.Response:
         if not st.required:
             sources[name]["required"] = False
         ready = ready and (st.synced or not st.required)
-    return json_response(request, {"ready": ready, "sources": sources}, status=200 if ready else 503)
+    body = {"ready": ready, "sources": sources}
+    if ctx.records is not None:  # ready only after the first full read; a lost store does not unready it
+        body["store"] = ctx.records.status()
+        body["ready"] = ready = ready and ctx.records.ready
+    return json_response(request, body, status=200 if ready else 503)
 
 
 WILDCARDS = ("", "0.0.0.0", "::")
@@ -48,11 +52,14 @@ def own_address(request: web.Request) -> str:
 
 @routes.get("/v1/status/leader")
 async def leader(request: web.Request) -> web.Response:
-    """The replica that runs cluster-wide duties; one server with its own store is its own leader."""
-    return json_response(request, own_address(request))
+    """The replica that runs cluster-wide duties ("" while there is none); one server with its own store is
+    its own leader."""
+    replicas = ctx_of(request).replicas
+    return json_response(request, replicas.leader_address if replicas.clustered else own_address(request))
 
 
 @routes.get("/v1/status/peers")
 async def peers(request: web.Request) -> web.Response:
     """The live replicas; one server with its own store is its only peer."""
-    return json_response(request, [own_address(request)])
+    replicas = ctx_of(request).replicas
+    return json_response(request, replicas.peers() if replicas.clustered else [own_address(request)])

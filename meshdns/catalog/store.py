@@ -101,6 +101,7 @@ class Store:
         # a fast C copy, copying through a mappingproxy is not
         self._raw: dict[str, dict] = {"services": {}, "nodes": {}, "ip_services": {}, "ip_nodes": {}}
         self._indexes: dict[tuple, Revision] = {}   # instance or node identity -> (appeared, last changed)
+        self._at: tuple[int, int] | None = None     # (store revision, the version its changes got)
         self.snapshot = Snapshot(datacenter=datacenter, datacenters=frozenset({datacenter}))
 
     def subscribe(self, listener: Listener) -> None:
@@ -130,6 +131,26 @@ class Store:
         known = self._indexes.get(_identity(entry))
         return known if known is not None else Revision(self.snapshot.version, self.snapshot.version)
 
+    def _version_for(self, revision: int) -> int:
+        """The version of a change read from the shared store at `revision`: the revision itself, so
+        X-Consul-Index is the same on every replica that applied it, unless changes of this replica's own
+        sources (zone files, Kubernetes) went past it; every publish of one revision shares one version."""
+        prev = self.snapshot.version
+        if self._at is not None and self._at[0] == revision and self._at[1] == prev:
+            return prev
+        version = max(revision, prev + 1)
+        self._at = (revision, version)
+        return version
+
+    def rebase(self, version: int) -> None:
+        """At start, before anything was answered: the version becomes exactly `version` (the store revision
+        applied), and no entry's index is above it, so replicas that read the same store and the same zone
+        files start at the same X-Consul-Index whatever their local sources published while starting."""
+        self._indexes = {k: Revision(min(r.create, version), min(r.mod, version)) for k, r in self._indexes.items()}
+        self._at = None
+        self._notify(replace(self.snapshot, version=version), Change(frozenset(), frozenset(), frozenset(),
+                                                                     frozenset()))
+
     def advance(self, version: int) -> None:
         """Move the version up to `version` (a store revision) if it is behind, so that no entry's index is
         ahead of X-Consul-Index and the index never goes back across restarts."""
@@ -137,11 +158,14 @@ class Store:
             self._notify(replace(self.snapshot, version=version), Change(frozenset(), frozenset(), frozenset(),
                                                                          frozenset()))
 
-    def publish(self, source: str, state: SourceState, *,
-                changed: Iterable[ServiceKey] | None = None, version: int | None = None) -> Snapshot:
+    def publish(self, source: str, state: SourceState, *, changed: Iterable[ServiceKey] | None = None,
+                version: int | None = None, revision: int | None = None) -> Snapshot:
         """Replace one source's state; `changed` (service keys) skips the diff when known.
 
-        `version` is for replicas, whose snapshots must carry the primary's version (SOA serial)."""
+        `version` is for replicas, whose snapshots must carry the primary's version (SOA serial).
+        `revision`: the state is the shared store's at that revision (see `_version_for`)."""
+        if revision is not None:
+            version = self._version_for(revision)
         old = self._states.get(source, SourceState())
         self._states[source] = state
         svc_keys = set(changed) if changed is not None else _changed_keys(old.services, state.services)
@@ -151,7 +175,7 @@ class Store:
         intention_names = _changed_keys(old.intentions, state.intentions)
         query_ids = _changed_keys(old.queries, state.queries)
         if not (svc_keys or node_keys or split_names or zone_names or intention_names or query_ids):
-            if version is not None:
+            if version is not None and revision is None:
                 self.advance(version)
             return self.snapshot
         snap = self._rebuild(svc_keys, node_keys, split_names, zone_names, version, intention_names, query_ids)

@@ -5,7 +5,10 @@ check. A new check's first probe is placed at a random point of its interval
 (jitter), so thousands of checks loaded at start spread out instead of
 stampeding, and at most `concurrency` probes are in flight. A status change
 is reported to the check's owner at once; the owner republishes its catalog
-state, so DNS answers change with the check.
+state, so DNS answers change with the check. A check may be passive: another
+replica runs it, and its state here follows what that replica stored
+(`observe`); it still counts towards DeregisterCriticalServiceAfter, so
+whichever replica leads can reap it.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ class _Check:
     spec: CheckSpec
     state: CheckState
     gen: int = 0
+    active: bool = True   # probed (or its TTL kept) here; passive: another replica runs it
     running: bool = False
     last_run: float | None = None
 
@@ -84,22 +88,57 @@ class HealthRunner:
     def register_owner(self, owner: str, *, on_change: ChangeCallback, on_reap: ReapCallback | None = None) -> None:
         self._owners[owner] = _Owner(on_change, on_reap)
 
-    def add(self, owner: str, key: Hashable, spec: CheckSpec, *, state: CheckState | None = None) -> None:
-        """Start running a check; re-adding the same spec keeps its state, a changed one restarts it."""
+    def add(self, owner: str, key: Hashable, spec: CheckSpec, *, state: CheckState | None = None,
+            active: bool = True) -> None:
+        """Start running a check (or, not `active`, follow it); re-adding the same spec keeps its state, a
+        changed one restarts it."""
         ref = (owner, key)
         old = self._checks.get(ref)
         if old is not None and old.spec == spec and state is None:
+            self.set_active(owner, key, active)
             return
         now = self.clock()
         if state is None:
             state = old.state if old is not None and same_probe(old.spec, spec) else sm.initial(spec.initial, now)
-        check = _Check(owner, key, spec, state, gen=next(self._gens))
+        check = _Check(owner, key, spec, state, gen=next(self._gens), active=active)
         self._checks[ref] = check
-        if spec.kind == "ttl":
-            self._push(now + spec.ttl, check, "ttl")
-        else:
-            self._push(now + self.rng.uniform(0, spec.interval), check, "probe")
+        if active:
+            self._start(check, now)
         self._schedule_reap(check)
+
+    def _start(self, check: _Check, now: float) -> None:
+        if check.spec.kind == "ttl":
+            self._push(now + check.spec.ttl, check, "ttl")
+        else:
+            self._push(now + self.rng.uniform(0, check.spec.interval), check, "probe")
+
+    def set_active(self, owner: str, key: Hashable, active: bool) -> None:
+        """Run the check here from now on (a TTL starts afresh), or stop and follow it; its state stays."""
+        check = self._checks.get((owner, key))
+        if check is None or check.active == active:
+            return
+        check.active = active
+        check.gen = next(self._gens)  # what was scheduled for it no longer applies
+        if active:
+            self._start(check, self.clock())
+
+    def is_active(self, owner: str, key: Hashable) -> bool:
+        check = self._checks.get((owner, key))
+        return check is not None and check.active
+
+    def observe(self, owner: str, key: Hashable, status: Health, output: str) -> None:
+        """A passive check's state, as the replica that runs it stored it."""
+        check = self._checks.get((owner, key))
+        if check is None or check.active:
+            return
+        if (status, output) != (check.state.status, check.state.output):
+            self._set(check, sm.set_status(check.state, status, output, now=self.clock()))
+
+    def overdue(self, owner: str) -> list[Hashable]:
+        """The owner's checks critical for their DeregisterCriticalServiceAfter already (a new leader's)."""
+        now = self.clock()
+        return [c.key for c in self._checks.values() if c.owner == owner
+                and (due := sm.reap_due(c.state, c.spec.deregister_critical_after)) is not None and due <= now]
 
     def remove(self, owner: str, key: Hashable) -> None:
         self._checks.pop((owner, key), None)
@@ -130,6 +169,10 @@ class HealthRunner:
         """(owner, status name) -> number of checks, for metrics."""
         return Counter((c.owner, c.state.status.api_name) for c in self._checks.values())
 
+    def active_counts(self) -> Counter:
+        """owner -> number of checks run here (not followed from another replica)."""
+        return Counter(c.owner for c in self._checks.values() if c.active)
+
     def __len__(self) -> int:
         return len(self._checks)
 
@@ -142,7 +185,7 @@ class HealthRunner:
     def update_ttl(self, owner: str, key: Hashable, status: Health, output: str) -> None:
         """pass/warn/fail/update: set the status and restart the TTL."""
         c = self._checks.get((owner, key))
-        if c is None or c.spec.kind != "ttl":
+        if c is None or c.spec.kind != "ttl" or not c.active:
             raise KeyError(key)
         now = self.clock()
         c.gen = next(self._gens)
@@ -165,7 +208,8 @@ class HealthRunner:
         old = check.state
         check.state = new
         if new.status is not old.status:
-            log.info("check %s/%s is now %s", check.owner, check.key, new.status.api_name)
+            if check.active:  # a followed check is logged by the replica that runs it
+                log.info("check %s/%s is now %s", check.owner, check.key, new.status.api_name)
             self._schedule_reap(check)
         if new.status is not old.status or new.output != old.output:
             owner = self._owners.get(check.owner)
@@ -205,7 +249,7 @@ class HealthRunner:
             if when is not None and when <= now + 1e-6:
                 self._reap(check)
             return
-        if due.gen != check.gen:
+        if due.gen != check.gen or not check.active:
             return
         if due.what == "ttl":
             self._set(check, sm.set_status(check.state, Health.CRITICAL, "TTL expired", now=now))
@@ -232,7 +276,7 @@ class HealthRunner:
                 else:
                     result, output = await probe_tcp(check.spec)
                 self.probes_run += 1
-            if self._checks.get((check.owner, check.key)) is not check:
+            if self._checks.get((check.owner, check.key)) is not check or not check.active:
                 return
             spec = check.spec
             self._set(check, sm.observe(check.state, result, self.clip(output),

@@ -1,25 +1,19 @@
-"""Splits written through the API (Consul's `service-splitter` config entries), kept durably.
+"""Splits written through the API (Consul's `service-splitter` config entries), kept in the shared store.
 
 A write is validated against the catalog as it is now (weights sum to 100,
-targets exist, no split targets another split), committed to SQLite, and only
-then published, so an invalid or failed write leaves the old split in force.
-Its revision is its record's mod revision: every PUT is a new write, and the
-newest write of a name wins over zone files and Kubernetes annotations too.
+targets exist, no split targets another split), then stored (see
+stored_entries: an invalid or failed write leaves the old split in force).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from ..catalog import validate
 from ..catalog.model import Split, SourceState
-from ..catalog.store import Store
 from ..catalog.validate import FieldError
 from ..health.spec import get_field
-from .registrations import NotFound
-from .sqlite_store import RecordStore, Write
-from .status import SourceStatus
+from .stored_entries import StoredEntries
 
 log = logging.getLogger("meshdns.sources.config")
 
@@ -76,29 +70,19 @@ def splitter_json(split: Split) -> dict:
                        for t in split.targets]}
 
 
-class ConfigEntries:
+class ConfigEntries(StoredEntries[Split]):
     name = SOURCE
+    kind = KIND
 
-    def __init__(self, store: Store, db: RecordStore):
-        self.store = store
-        self.db = db
-        self.splits: dict[str, Split] = {}
+    @property
+    def splits(self) -> dict[str, Split]:
+        return self.entries
 
-    def load(self) -> None:
-        for name, record in self.db.load(KIND).items():
-            try:
-                self.splits[name] = self._revised(parse_splitter(record["entry"],
-                                                                 datacenter=self.store.snapshot.datacenter))
-            except (FieldError, KeyError, TypeError, ValueError) as exc:
-                log.error("stored service-splitter %r is unreadable and was skipped: %s", name, exc)
-        self._publish()
+    def parse_record(self, key: str, record: Any) -> Split:
+        return parse_splitter(record["entry"], datacenter=self.store.snapshot.datacenter)
 
-    def _revised(self, split: Split) -> Split:
-        revision = self.db.revision_of(KIND, split.name)
-        return replace(split, revision=revision.mod, create_revision=revision.create)
-
-    def _publish(self) -> None:
-        self.store.publish(SOURCE, SourceState(splits=dict(self.splits)))
+    def state(self) -> SourceState:
+        return SourceState(splits=dict(self.entries))
 
     def check_against_catalog(self, split: Split) -> None:
         """Targets must exist in their datacenter (ours, or a peer's imported copy); no target may be a
@@ -119,32 +103,12 @@ class ConfigEntries:
 
     async def put(self, body: Any, *, authorize: Callable[[str], None] | None = None) -> Split:
         """Parse, let `authorize(name)` refuse (ACL: the name as parsed, however the key was spelled),
-        check against the catalog, write, publish."""
+        check against the catalog, store."""
         split = parse_splitter(body, datacenter=self.store.snapshot.datacenter)
         if authorize is not None:
             authorize(split.name)
         self.check_against_catalog(split)
-        record = {"entry": splitter_json(split)}
-
-        def apply() -> None:
-            self.splits[split.name] = self._revised(split)
-            self._publish()
-
-        await self.db.commit([Write(KIND, split.name, record)], apply=apply)
+        stored = await self.store_entry(split.name, {"entry": splitter_json(split)}, split)
         log.info("service-splitter %s set: %s", split.name,
                  ", ".join(f"{t.service}{':' + t.tag if t.tag else ''}={t.weight:g}" for t in split.targets))
-        return self.splits[split.name]
-
-    async def delete(self, name: str) -> None:
-        name = name.lower()
-        if name not in self.splits:
-            raise NotFound(f"service-splitter {name!r} was not set through the API")
-
-        def apply() -> None:
-            self.splits.pop(name, None)
-            self._publish()
-
-        await self.db.commit([Write(KIND, name, None)], apply=apply)
-
-    def status(self) -> SourceStatus:
-        return SourceStatus(synced=True)
+        return stored

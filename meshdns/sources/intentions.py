@@ -1,25 +1,21 @@
-"""Intentions written through the API (Consul's `service-intentions` config entries), kept durably.
+"""Intentions written through the API (Consul's `service-intentions` config entries), kept in the shared store.
 
-A write is validated, committed to SQLite, and only then published, so an
-invalid or failed write leaves the old entry in force. Zone files can hold
-`[[intention]]` tables too; per destination the newest write wins.
+A write is validated, then stored (see stored_entries: an invalid or failed
+write leaves the old entry in force). Zone files can hold `[[intention]]`
+tables too; per destination the newest write wins.
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from ..catalog import validate
 from ..catalog.intentions import WILDCARD
 from ..catalog.model import Intention, SourceState
-from ..catalog.store import Store
 from ..catalog.validate import FieldError
 from ..health.spec import get_field
-from .registrations import NotFound
-from .sqlite_store import RecordStore, Write
-from .status import SourceStatus
+from .stored_entries import StoredEntries
 
 log = logging.getLogger("meshdns.sources.intentions")
 
@@ -72,56 +68,26 @@ def intentions_json(entry: Intention) -> dict:
                          "Type": "consul"} for s in entry.sources]}
 
 
-class IntentionEntries:
+class IntentionEntries(StoredEntries[Intention]):
     name = SOURCE
+    kind = KIND
 
-    def __init__(self, store: Store, db: RecordStore):
-        self.store = store
-        self.db = db
-        self.intentions: dict[str, Intention] = {}
+    @property
+    def intentions(self) -> dict[str, Intention]:
+        return self.entries
 
-    def load(self) -> None:
-        for name, record in self.db.load(KIND).items():
-            try:
-                self.intentions[name] = self._revised(parse_intentions(record["entry"]))
-            except (FieldError, KeyError, TypeError, ValueError) as exc:
-                log.error("stored service-intentions %r is unreadable and was skipped: %s", name, exc)
-        self._publish()
+    def parse_record(self, key: str, record: Any) -> Intention:
+        return parse_intentions(record["entry"])
 
-    def _revised(self, entry: Intention) -> Intention:
-        """Its revisions are its record's: every PUT is a new write (last write wins against zone files)."""
-        revision = self.db.revision_of(KIND, entry.name)
-        return replace(entry, revision=revision.mod, create_revision=revision.create)
-
-    def _publish(self) -> None:
-        self.store.publish(SOURCE, SourceState(intentions=dict(self.intentions)))
+    def state(self) -> SourceState:
+        return SourceState(intentions=dict(self.entries))
 
     async def put(self, body: Any, *, authorize: Callable[[str], None] | None = None) -> Intention:
-        """Parse, let `authorize(name)` refuse (ACL: the destination as parsed), write, publish."""
+        """Parse, let `authorize(name)` refuse (ACL: the destination as parsed), store."""
         entry = parse_intentions(body)
         if authorize is not None:
             authorize(entry.name)
-        record = {"entry": intentions_json(entry)}
-
-        def apply() -> None:
-            self.intentions[entry.name] = self._revised(entry)
-            self._publish()
-
-        await self.db.commit([Write(KIND, entry.name, record)], apply=apply)
+        stored = await self.store_entry(entry.name, {"entry": intentions_json(entry)}, entry)
         log.info("service-intentions %s set: %s", entry.name,
                  ", ".join(f"{s.name}={s.action}" for s in entry.sources) or "no sources")
-        return self.intentions[entry.name]
-
-    async def delete(self, name: str) -> None:
-        name = name.lower()
-        if name not in self.intentions:
-            raise NotFound(f"service-intentions {name!r} was not set through the API")
-
-        def apply() -> None:
-            self.intentions.pop(name, None)
-            self._publish()
-
-        await self.db.commit([Write(KIND, name, None)], apply=apply)
-
-    def status(self) -> SourceStatus:
-        return SourceStatus(synced=True)
+        return stored

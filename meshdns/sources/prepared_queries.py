@@ -1,8 +1,9 @@
-"""Prepared queries (Consul's `/v1/query`), kept durably and published into the catalog.
+"""Prepared queries (Consul's `/v1/query`), kept in the shared store and published into the catalog.
 
 A body is parsed into a PreparedQuery (every error a FieldError naming the JSON
-field), committed to SQLite as kind "query", and only then published, so a
-refused or failed write changes nothing.
+field), then stored as kind "query"; every replica (this one included)
+publishes the stored record, so a refused or failed write changes nothing. A
+query's CreateIndex and ModifyIndex are its record's create and mod revision.
 """
 from __future__ import annotations
 
@@ -13,15 +14,15 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
 from ..catalog import validate
-from ..catalog.model import PreparedQuery, SourceState
+from ..catalog.model import PreparedQuery, Revision, SourceState
 from ..catalog.queries import ANY_VARIABLE, VARIABLE
 from ..catalog.store import Store
 from ..catalog.validate import FieldError
 from ..config import ConfigError, parse_duration
 from ..health.spec import get_field
+from ..store.records import Records, Write
 from .registrations import NotFound
-from .sqlite_store import RecordStore, Write
-from .status import SourceStatus
+from .stored_entries import StoredEntries
 
 log = logging.getLogger("meshdns.sources.queries")
 
@@ -173,27 +174,26 @@ def service_written(q: PreparedQuery) -> str:
     return q.service.split("${", 1)[0] if q.template else q.service
 
 
-class PreparedQueries:
+class PreparedQueries(StoredEntries[PreparedQuery]):
     name = SOURCE
+    kind = KIND
 
-    def __init__(self, store: Store, db: RecordStore, *, new_id: Callable[[], str] = lambda: str(uuid.uuid4())):
-        self.store = store
-        self.db = db
+    def __init__(self, store: Store, db: Records, *, new_id: Callable[[], str] = lambda: str(uuid.uuid4())):
+        super().__init__(store, db)
         self.new_id = new_id
-        self.queries: dict[str, PreparedQuery] = {}
 
-    def load(self) -> None:
-        for qid, record in self.db.load(KIND).items():
-            try:
-                q = parse_query(record, query_id=qid)
-                self.queries[qid] = replace(q, create_index=int(record["CreateIndex"]),
-                                            modify_index=int(record["ModifyIndex"]))
-            except (FieldError, KeyError, TypeError, ValueError) as exc:
-                log.error("stored prepared query %r is unreadable and was skipped: %s", qid, exc)
-        self._publish()
+    @property
+    def queries(self) -> dict[str, PreparedQuery]:
+        return self.entries
 
-    def _publish(self) -> None:
-        self.store.publish(SOURCE, SourceState(queries=dict(self.queries)))
+    def parse_record(self, key: str, record: Any) -> PreparedQuery:
+        return parse_query(record, query_id=key)
+
+    def revised(self, entry: PreparedQuery, revision: Revision) -> PreparedQuery:
+        return replace(entry, create_index=revision.create, modify_index=revision.mod)
+
+    def state(self) -> SourceState:
+        return SourceState(queries=dict(self.entries))
 
     def get(self, qid: str) -> PreparedQuery:
         q = self.queries.get(qid)
@@ -208,20 +208,15 @@ class PreparedQueries:
             if other.id != q.id and other.name == q.name and (other.name or other.template):
                 raise FieldError("Name", f"{q.name!r} is already the name of prepared query {other.id}")
 
-    async def _write(self, q: PreparedQuery) -> None:
-        def apply() -> None:
-            self.queries[q.id] = q
-            self._publish()
-
-        await self.db.commit([Write(KIND, q.id, query_json(q))], apply=apply)
+    async def _write(self, q: PreparedQuery) -> PreparedQuery:
+        """Store it; the query as stored (its indexes are its record's revisions)."""
+        return await self.store_entry(q.id, query_json(q), q)
 
     async def create(self, body: Any, *, authorize: Callable[[list[str]], None]) -> PreparedQuery:
         q = parse_query(body, query_id=self.new_id())
         authorize([service_written(q)])
         self._check_name(q)
-        index = self.store.snapshot.version + 1
-        q = replace(q, create_index=index, modify_index=index)
-        await self._write(q)
+        q = await self._write(q)
         log.info("prepared query %s (%s) created for service %s", q.id, q.name or "unnamed", q.service)
         return q
 
@@ -233,19 +228,10 @@ class PreparedQueries:
         q = parse_query(body, query_id=qid)
         authorize([service_written(old), service_written(q)])
         self._check_name(q)
-        q = replace(q, create_index=old.create_index, modify_index=self.store.snapshot.version + 1)
-        await self._write(q)
-        return q
+        return await self._write(q)
 
     async def delete(self, qid: str, *, authorize: Callable[[list[str]], None]) -> None:
         old = self.get(qid)
         authorize([service_written(old)])
+        await self.db.commit([Write(KIND, qid, None)])
 
-        def apply() -> None:
-            self.queries.pop(qid, None)
-            self._publish()
-
-        await self.db.commit([Write(KIND, qid, None)], apply=apply)
-
-    def status(self) -> SourceStatus:
-        return SourceStatus(synced=True)

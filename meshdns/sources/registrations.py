@@ -1,9 +1,12 @@
-"""VM registrations as a catalog source: agent and catalog API writes, durable in SQLite.
+"""VM registrations as a catalog source: agent and catalog API writes, kept in the shared store.
 
-Every write is a list of Changes. The same list is written to disk (one
-transaction) and, once committed, applied to memory and published, so what
-DNS answers is exactly what survives a kill -9. Instance health is the worst
-of the instance's checks and its node's checks; maintenance mode hides it.
+Every write is a list of Changes, written as one transaction. Memory is a
+view of the store: each revision's changed records (this replica's writes
+and every other replica's) are applied incrementally and published, so what
+DNS answers is exactly what the store holds. Instance health is the worst of
+the instance's checks and its node's checks, as stored: the replica that owns
+a check runs it and stores each change of status or output. Maintenance mode
+hides an instance.
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ from ..catalog.validate import FieldError
 from ..health import state as sm
 from ..health.runner import HealthRunner, same_probe
 from ..health.state import CheckState
+from ..store.records import Record, Records, Write
+from ..store.replicas import SingleReplica
 from .registration_model import (SOURCE, CatalogRegistration, CheckReg, NodeReg, ServiceReg, load_check,
                                  load_node, load_service)
-from .sqlite_store import RecordStore, Write
 from .status import SourceStatus
 
 log = logging.getLogger("meshdns.sources.registrations")
@@ -30,6 +34,9 @@ SKey = tuple[str, str, str]   # (datacenter, lower node, service id)
 CKey = tuple[str, str, str]   # (datacenter, lower node, check id)
 
 NODE, SERVICE, CHECK, CHECK_STATUS = "node", "service", "check", "check-status"
+CHECK_TTL = "check-ttl"   # a TTL update received by a replica that does not run the check, for its owner
+KINDS = (NODE, SERVICE, CHECK, CHECK_STATUS, CHECK_TTL)
+_LOADERS = {NODE: load_node, SERVICE: load_service, CHECK: load_check}
 
 
 class NotFound(LookupError):
@@ -43,23 +50,27 @@ class Change:
     value: Any = None         # the record, or None to delete
 
 
-AGENT = "agent"  # on disk, agent registrations name no node: they follow meshdns's node across renames
+AGENT = "agent"  # in the store, agent registrations name no node: they follow meshdns's node across renames
 
 
 class Registrations:
     name = SOURCE
 
-    def __init__(self, store: Store, db: RecordStore, runner: HealthRunner, *, agent_node: NodeReg,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, store: Store, db: Records, runner: HealthRunner, *, agent_node: NodeReg,
+                 replicas=None, clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.db = db
         self.runner = runner
+        self.replicas = replicas or SingleReplica("local")
         self.agent_node = agent_node
         self.datacenter = agent_node.datacenter
         self.clock = clock
         self.nodes: dict[NodeKey, NodeReg] = {}
         self.services: dict[SKey, ServiceReg] = {}
         self.checks: dict[CKey, CheckReg] = {}
+        self._keys: dict[tuple[str, str], tuple] = {}          # (kind, key in the store) -> key
+        self._statuses: dict[str, CheckState] = {}               # check's key in the store -> stored state
+        self._orphans: dict[tuple[str, tuple], Change] = {}      # stored, but its node or service is not
         self._by_name: dict[ServiceKey, set[SKey]] = {}
         self._node_services: dict[NodeKey, set[SKey]] = {}
         self._owned_checks: dict[tuple[str, str, str], set[CKey]] = {}  # (dc, node, service id or "")
@@ -67,14 +78,16 @@ class Registrations:
         self._dirty: set[ServiceKey] = set()
         self._nodes_dirty = True
         self._node_objs: dict[NodeKey, Node] = {}
-        self._publish_scheduled = False
         self._reaping: set[asyncio.Task] = set()
-        self._quiet: CKey | None = None  # a check whose status change is already on disk
+        self._quiet: CKey | None = None  # a check whose status change is already stored
         self.errors: dict[str, str] = {}
         self.synced = False
         runner.register_owner(SOURCE, on_change=self._check_changed, on_reap=self._reap)
+        db.subscribe(KINDS, self._on_records)
+        self.replicas.on_members(self._members_changed)
+        self.replicas.on_leader(self._leader_changed)
 
-    # -- disk form ------------------------------------------------------------
+    # -- stored form ----------------------------------------------------------
 
     def _disk_key(self, key: tuple) -> str:
         if len(key) == 3 and key[:2] == self.agent_node.key:
@@ -108,38 +121,134 @@ class Registrations:
             return None
         return Revision(definition.create, max(definition.mod, status.mod if status is not None else 0))
 
-    # -- loading --------------------------------------------------------------
+    # -- applying the store's changes ----------------------------------------------
 
-    def load(self) -> None:
-        """Read every record from disk, drop what no longer fits together, publish."""
+    def _on_records(self, records: list[Record]) -> None:
+        """One revision's changed records: statuses, removals (children first), puts (parents first)."""
         now = self.clock()
-        loaded: list[tuple[str, Change]] = []  # (key on disk, change)
-        for kind, loader in ((NODE, load_node), (SERVICE, load_service), (CHECK, load_check)):
-            for disk_key, rec in self.db.load(kind).items():
-                try:
-                    if isinstance(rec, dict) and rec.get("Agent"):
-                        rec = {**rec, "Datacenter": self.agent_node.datacenter, "Node": self.agent_node.name}
-                    value = loader(rec)
-                except (FieldError, KeyError, TypeError) as exc:
-                    self.errors[f"{kind}/{disk_key}"] = f"stored {kind} {disk_key!r} is invalid, skipped: {exc}"
-                    log.error("%s", self.errors[f"{kind}/{disk_key}"])
-                    continue
-                loaded.append((disk_key, Change(kind, value.key, value)))
-        nodes = {c.key for _, c in loaded if c.kind == NODE} | {self.agent_node.key}
-        services = {c.key for _, c in loaded if c.kind == SERVICE and c.key[:2] in nodes}
-        statuses = self.db.load(CHECK_STATUS)
-        for disk_key, c in loaded:
-            orphan = (c.kind == SERVICE and c.key not in services) or (
-                c.kind == CHECK and (c.key[:2] not in nodes or
-                                     (c.value.service_id and (*c.key[:2], c.value.service_id) not in services)))
-            if orphan:  # its node or service went away in a write that raced it; kept on disk, not served
-                self.errors[f"{c.kind}/{disk_key}"] = f"stored {c.kind} {disk_key!r} has no node or service"
-                continue
-            self._apply(c, initial=self._stored_state(statuses.get(disk_key), now) if c.kind == CHECK else None)
-        self.synced = True
+        by_kind: dict[str, list[Record]] = {kind: [] for kind in KINDS}
+        for r in records:
+            by_kind[r.kind].append(r)
+        for r in by_kind[CHECK_STATUS]:
+            self._apply_status(r, now)
+        gone: set[tuple] = set()
+        for kind in (CHECK, SERVICE, NODE):
+            for r in by_kind[kind]:
+                if r.value is None:
+                    key = self._remove_record(kind, r.key)
+                    if key is not None:
+                        gone.add(key)
+        for kind in (NODE, SERVICE, CHECK):
+            for r in by_kind[kind]:
+                if r.value is not None:
+                    self._put_record(kind, r.key, r.value)
+        self._settle_orphans(gone)
+        if self.synced:  # a TTL update stored before this replica read the store is history
+            for r in by_kind[CHECK_TTL]:
+                self._apply_heartbeat(r)
+        else:
+            self.synced = True
+            log.info("registrations loaded: %d services, %d checks, %d nodes from %s",
+                     len(self.services), len(self.checks), len(self.nodes), self.db)
         self.publish()
-        log.info("registrations loaded: %d services, %d checks, %d nodes from %s",
-                 len(self.services), len(self.checks), len(self.nodes), self.db.path)
+
+    def _put_record(self, kind: str, disk_key: str, rec: Any) -> None:
+        where = f"{kind}/{disk_key}"
+        try:
+            if isinstance(rec, dict) and rec.get("Agent"):
+                rec = {**rec, "Datacenter": self.agent_node.datacenter, "Node": self.agent_node.name}
+            value = _LOADERS[kind](rec)
+        except (FieldError, KeyError, TypeError, AttributeError) as exc:
+            self._remove_record(kind, disk_key)
+            self.errors[where] = f"stored {kind} {disk_key!r} is invalid, skipped: {exc}"
+            log.error("%s", self.errors[where])
+            return
+        self.errors.pop(where, None)
+        old = self._keys.get((kind, disk_key))
+        if old is not None and old != value.key:
+            self._remove_record(kind, disk_key)
+        self._keys[(kind, disk_key)] = value.key
+        change = Change(kind, value.key, value)
+        if self._fits(change):
+            self._orphans.pop((kind, value.key), None)
+            self._apply(change, initial=self._stored_initial(value.key) if kind == CHECK else None)
+        else:
+            self._orphan(change)
+
+    def _remove_record(self, kind: str, disk_key: str) -> tuple | None:
+        key = self._keys.pop((kind, disk_key), None)
+        self.errors.pop(f"{kind}/{disk_key}", None)
+        if key is None:
+            return None
+        self._orphans.pop((kind, key), None)
+        self._apply(Change(kind, key))
+        return key
+
+    def _fits(self, change: Change) -> bool:
+        """A service needs its node, a check its node and (if it names one) its service."""
+        if change.kind == NODE:
+            return True
+        node_ok = change.key[:2] in self.nodes or change.key[:2] == self.agent_node.key
+        if change.kind == SERVICE or not node_ok:
+            return node_ok
+        sid = change.value.service_id
+        return not sid or (*change.key[:2], sid) in self.services
+
+    def _orphan(self, change: Change) -> None:
+        """Kept in the store, not served: its node or service went away in a write that raced it."""
+        if change.key in (self.services if change.kind == SERVICE else self.checks):
+            self._apply(Change(change.kind, change.key))
+        self._orphans[(change.kind, change.key)] = change
+        disk_key = self._disk_key(change.key)
+        self.errors[f"{change.kind}/{disk_key}"] = f"stored {change.kind} {disk_key!r} has no node or service"
+
+    def _settle_orphans(self, gone: set[tuple]) -> None:
+        """Hide what lost its node or service in this batch; serve orphans whose parents arrived."""
+        for key in gone:
+            if len(key) == 2:
+                for skey in list(self._node_services.get(key, ())):
+                    self._orphan(Change(SERVICE, skey, self.services[skey]))
+                for ckey in [k for k in self.checks if k[:2] == key]:
+                    self._orphan(Change(CHECK, ckey, self.checks[ckey]))
+            else:
+                for ckey in list(self._owned_checks.get(key, ())):
+                    self._orphan(Change(CHECK, ckey, self.checks[ckey]))
+        for kind in (SERVICE, CHECK):
+            for (k, key), change in list(self._orphans.items()):
+                if k == kind and self._fits(change):
+                    del self._orphans[(k, key)]
+                    self.errors.pop(f"{kind}/{self._disk_key(key)}", None)
+                    self._apply(change, initial=self._stored_initial(key) if kind == CHECK else None)
+
+    def _apply_status(self, r: Record, now: float) -> None:
+        state = self._stored_state(r.value, now) if r.value is not None else None
+        if state is None:
+            self._statuses.pop(r.key, None)
+        else:
+            self._statuses[r.key] = state
+        key = self._keys.get((CHECK, r.key))
+        check = self.checks.get(key) if key is not None else None
+        if check is None:
+            return
+        if state is not None and check.spec is not None:
+            self.runner.observe(SOURCE, key, state.status, state.output)  # followed here, run elsewhere
+        self._mark_affected(check)
+
+    def _apply_heartbeat(self, r: Record) -> None:
+        """A TTL update another replica received: the owner restarts the TTL with it."""
+        key = self._keys.get((CHECK, r.key))
+        check = self.checks.get(key) if key is not None else None
+        if check is None or r.value is None or not self.runner.is_active(SOURCE, key) or check.spec.kind != "ttl":
+            return
+        state = self._stored_state(r.value, self.clock())
+        if state is not None:
+            self.runner.update_ttl(SOURCE, key, state.status, state.output)
+
+    def _stored_initial(self, key: CKey) -> CheckState | None:
+        """The stored state a check the runner does not know yet starts from."""
+        if self.runner.state(SOURCE, key) is not None:
+            return None
+        return self._statuses.get(self._disk_key(key))
 
     @staticmethod
     def _stored_state(rec: Any, now: float) -> CheckState | None:
@@ -150,8 +259,6 @@ class Registrations:
         except ValueError:
             return None
         return sm.initial(status, now, str(rec.get("Output") or ""))
-
-    # -- applying changes (memory) -----------------------------------------------
 
     def _apply(self, change: Change, *, initial: CheckState | None = None) -> None:
         if change.kind == NODE:
@@ -191,7 +298,7 @@ class Registrations:
         self.checks[key] = check
         self._owned_checks.setdefault((*key[:2], check.service_id), set()).add(key)
         if check.spec is not None:
-            self.runner.add(SOURCE, key, check.spec, state=initial)
+            self.runner.add(SOURCE, key, check.spec, state=initial, active=self._owns(key))
         else:
             self.runner.remove(SOURCE, key)
         self._mark_affected(check)
@@ -206,13 +313,38 @@ class Registrations:
             for skey in self._node_services.get(node_key, ()):
                 self._dirty.add(self.services[skey].service_key)
 
-    # -- health -------------------------------------------------------------
+    # -- health: which replica runs which check --------------------------------------
+
+    def _owns(self, key: CKey) -> bool:
+        return self.replicas.owns(self._disk_key(key))
+
+    def _members_changed(self) -> None:
+        """The live replicas changed: run the checks now ours, follow the others (their state stays)."""
+        for key, check in self.checks.items():
+            if check.spec is None:
+                continue
+            mine = self._owns(key)
+            if mine != self.runner.is_active(SOURCE, key):
+                self.runner.set_active(SOURCE, key, mine)
+                if not mine:
+                    self.db.cancel_soon(CHECK_STATUS, self._disk_key(key))
+            state = self.runner.state(SOURCE, key) if mine else None
+            stored = self.check_state(check)
+            if state is not None and (state.status, state.output) != (stored.status, stored.output):
+                self._store_status(key, state)   # a result not stored yet (e.g. made while cut off)
+
+    def _leader_changed(self) -> None:
+        """A new leader reaps what waited for one."""
+        if self.replicas.is_leader:
+            for key in self.runner.overdue(SOURCE):
+                self._reap(key)
 
     def check_state(self, check: CheckReg) -> CheckState:
+        """What is stored for the check (its owner stores every change), else its initial status."""
         if check.spec is not None:
-            st = self.runner.state(SOURCE, check.key)
-            if st is not None:
-                return st
+            stored = self._statuses.get(self._disk_key(check.key))
+            if stored is not None:
+                return stored
         return CheckState(status=check.status, output=check.output)
 
     def checks_of(self, dc: str, node: str, service_id: str = "") -> list[CheckReg]:
@@ -230,17 +362,21 @@ class Registrations:
         return worst
 
     def _check_changed(self, key: CKey, old: CheckState, new: CheckState) -> None:
-        check = self.checks.get(key)
-        if check is None or old.status is new.status:
+        """A check run here changed status or output: store it; DNS follows once it is stored."""
+        if key not in self.checks or key == self._quiet or not self.runner.is_active(SOURCE, key):
             return
-        if key != self._quiet:
-            self.db.commit_soon([self._status_write(key, new)])
-        self._mark_affected(check)
-        self._schedule_publish()
+        self._store_status(key, new)
+
+    def _store_status(self, key: CKey, state: CheckState) -> None:
+        """Fenced by this replica's membership as it is now: if that ends before the write, the write is
+        dropped (a replica cut off from the others must not overwrite what their owner stores since)."""
+        fence = self.replicas.fence()
+        if fence is not None:
+            self.db.commit_soon([self._status_write(key, state)], fence=fence)
 
     def _reap(self, key: CKey) -> None:
         check = self.checks.get(key)
-        if check is None or not check.service_id:
+        if check is None or not check.service_id or not self.replicas.is_leader:
             return
         skey = (*key[:2], check.service_id)
         if skey not in self.services:
@@ -261,14 +397,8 @@ class Registrations:
 
     # -- publishing -----------------------------------------------------------
 
-    def _schedule_publish(self) -> None:
-        if not self._publish_scheduled:
-            self._publish_scheduled = True
-            asyncio.get_running_loop().call_soon(self.publish)
-
     def publish(self) -> None:
-        """Rebuild the dirty service keys and hand the whole state to the store."""
-        self._publish_scheduled = False
+        """Rebuild the dirty service keys and hand the whole state to the store, at the applied revision."""
         dirty, self._dirty = self._dirty, set()
         for skey in dirty:
             members = sorted(self._by_name.get(skey, ()))
@@ -284,18 +414,14 @@ class Registrations:
             self._node_objs = objs
             self._nodes_dirty = False
         self.store.publish(SOURCE, SourceState(services=dict(self._instances), nodes=self._node_objs),
-                           changed=dirty)
+                           changed=dirty, revision=self.db.revision)
 
     # -- writes ---------------------------------------------------------------
 
     async def _commit(self, changes: list[Change], extra: Iterable[Write] = ()) -> None:
+        """One transaction; memory and DNS show it (through the store's view) before this returns."""
         extra = list(extra) + self._status_resets(changes)
-
-        def apply() -> None:
-            for c in changes:
-                self._apply(c)
-            self.publish()
-        await self.db.commit([self._write(c) for c in changes] + list(extra), apply)
+        await self.db.commit([self._write(c) for c in changes] + extra)
 
     def _status_resets(self, changes: list[Change]) -> list[Write]:
         """A new check, or one that now probes something else, starts from its initial status after a
@@ -310,7 +436,8 @@ class Registrations:
 
     def _check_removals(self, keys: Iterable[CKey]) -> tuple[list[Change], list[Write]]:
         keys = list(keys)
-        return [Change(CHECK, k) for k in keys], [self._status_write(k, None) for k in keys]
+        return [Change(CHECK, k) for k in keys], [w for k in keys for w in (
+            self._status_write(k, None), Write(CHECK_TTL, self._disk_key(k), None))]
 
     def agent_key(self, service_id: str) -> SKey:
         return (*self.agent_node.key, service_id)
@@ -359,30 +486,33 @@ class Registrations:
         log.info("deregistered check %s", key[2])
 
     async def update_ttl(self, key: CKey, status: Health, output: str) -> None:
-        """pass/warn/fail/update; a status change is on disk before this returns."""
+        """pass/warn/fail/update, through any replica; a new status or output is stored before this returns.
+
+        The replica that runs the check restarts its TTL; another stores the update for it (and the new
+        status, so every replica shows it at once)."""
         output = self.runner.clip(output)
         check = self.checks.get(key)
         if check is None:
             raise NotFound(f"unknown check ID {key[2]!r}")
         if check.spec is None or check.spec.kind != "ttl":
             raise FieldError("CheckID", f"check {key[2]!r} is not a TTL check")
-        current = self.runner.state(SOURCE, key)
-        if current is not None and current.status is status:
-            self.runner.update_ttl(SOURCE, key, status, output)  # a heartbeat: nothing new to keep on disk
+        stored = self.check_state(check)
+        new = CheckState(status=status, output=output)
+        changed = (stored.status, stored.output) != (status, output)
+        if not self.runner.is_active(SOURCE, key):
+            update = {"Status": status.api_name, "Output": output}
+            await self.db.commit([Write(CHECK_TTL, self._disk_key(key), update)]
+                                 + ([self._status_write(key, new)] if changed else []))
             return
-
-        def apply() -> None:
-            if self.checks.get(key) is not check:
-                return  # replaced or removed while this was being written
-            self._quiet = key  # already written: _check_changed must not queue the same row behind later ones
-            try:
-                self.runner.update_ttl(SOURCE, key, status, output)
-            finally:
-                self._quiet = None
-            if self._dirty:
-                self.publish()  # DNS answers change before the caller gets its 200
-        # a status change is on disk before memory and DNS show it: a refused write changes nothing
-        await self.db.commit([self._status_write(key, CheckState(status=status, output=output))], apply)
+        if changed:  # stored first: a refused write changes nothing, here or in DNS
+            await self.db.commit([self._status_write(key, new)])
+        if self.checks.get(key) is not check or not self.runner.is_active(SOURCE, key):
+            return  # replaced, removed or handed over while this was being written
+        self._quiet = key  # already stored: _check_changed must not queue the same value again
+        try:
+            self.runner.update_ttl(SOURCE, key, status, output)
+        finally:
+            self._quiet = None
 
     async def catalog_register(self, reg: CatalogRegistration) -> None:
         node_key = reg.node.key

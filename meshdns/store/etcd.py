@@ -370,6 +370,7 @@ class _EtcdWatch:
         self._call = None
         self._member: _Member | None = None
         self._pending: collections.deque[Batch] = collections.deque()
+        self._requesting = False
 
     async def start(self) -> None:
         metadata = await self._kv._metadata()
@@ -416,7 +417,23 @@ class _EtcdWatch:
                                    f"{reply.cancel_reason or 'no reason given'}")
         return reply
 
+    async def request_progress(self) -> None:
+        """One request at a time on the stream (concurrent writes break it); a caller that finds one on its
+        way returns: the answer to that one, or to its own next try, will do."""
+        if self._call is None or self._requesting:
+            return
+        self._requesting = True
+        try:
+            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            raise StoreUnavailable(f"{self._kv}: progress request failed: {exc}") from None
+        finally:
+            self._requesting = False
+
     def _queue(self, reply) -> None:
+        if not reply.events and not reply.created:   # a progress notification: current up to its revision
+            self._pending.append(Batch(reply.header.revision, ()))
+            return
         events: list[Event] = []
         for i, e in enumerate(reply.events):
             events.append(Event(DELETE, KeyValue(e.kv.key, b"", 0, e.kv.mod_revision, 0))

@@ -98,6 +98,10 @@ class Watch(Protocol):
     async def __anext__(self) -> Batch: ...
     async def aclose(self) -> None: ...
 
+    async def request_progress(self) -> None:
+        """Have an empty batch at the store's revision now follow everything before it (etcd's progress
+        notification): a watcher learns it is current even when nothing under its prefix changed."""
+
 
 class KV(Protocol):
     backend: str  # "etcd" or "sqlite"

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-from ..sources.kubernetes.watch import Backoff
+from ..sources.backoff import Backoff
 from .kv import DELETE, KV, PUT, Batch, Compacted, Event, KeyValue, StoreError, Watch
 
 log = logging.getLogger("meshdns.store.reflector")
@@ -48,6 +48,17 @@ class Reflector:
         self.reconnects = 0
         self._must_list = True
         self._resync_due = asyncio.Event()
+        self._watch: Watch | None = None
+
+    async def request_progress(self) -> None:
+        """Ask the watch for an (empty) batch at the store's revision now: `revision` catches up with it
+        even when nothing under the prefix changed. Nothing happens while the watch is down."""
+        watch = self._watch
+        if watch is not None:
+            try:
+                await watch.request_progress()
+            except StoreError as exc:
+                log.info("%s: progress request failed: %s", self.kv, exc)
 
     def resync(self) -> None:
         """Compare the mirror with a fresh list now (the periodic safety net calls this)."""
@@ -64,9 +75,11 @@ class Reflector:
                     watch = await self.kv.watch(self.prefix, self.revision + 1)
                     self._set_connected(True)
                     self._backoff.reset()
+                    self._watch = watch
                     try:
                         await self._follow(watch)
                     finally:
+                        self._watch = None
                         await watch.aclose()
                 except Compacted as exc:
                     log.info("%s: history compacted at %s; listing %r again", self.kv, exc.revision, self.prefix)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..sources.sqlite_store import diagnose
+from .disk import diagnose
 from .kv import (DELETE, PUT, Batch, Compacted, Compare, Event, InvalidRequest, KeyValue, Op, Put,
                  StoreError, StoreUnavailable, check_ops, prefix_end)
 
@@ -84,6 +84,7 @@ class SqliteKV:
         self._retain = retain
         self._loop = asyncio.get_running_loop()
         self._subscribers: set[_Subscriber] = set()
+        self._published = self._revision   # the last revision handed to the watches (the loop's view)
         self._leases: dict[int, tuple[int, asyncio.TimerHandle]] = {}
         for lease, ttl in self._db.execute("SELECT id, ttl FROM leases"):
             self._arm(lease, ttl)
@@ -157,6 +158,7 @@ class SqliteKV:
         return sub
 
     def _publish(self, batch: Batch) -> None:
+        self._published = max(self._published, batch.revision)
         for sub in list(self._subscribers):
             events = tuple(e for e in batch.events if sub.start <= e.kv.key < sub.end)
             if not events:
@@ -211,6 +213,28 @@ class SqliteKV:
 
     async def compact(self, revision: int) -> None:
         await self._submit(lambda: self._compact(revision))
+
+    @property
+    def fresh(self) -> bool:
+        """Nothing was ever written (or only an import at revision 1)."""
+        return self._revision <= 1
+
+    async def restore(self, entries: Sequence[KeyValue], revision: int) -> bool:
+        """Load `entries`, revisions as given, into a store that was never written, now at `revision` (history
+        before it is gone); False, and nothing done, when the store was written before."""
+        restored = await self._submit(lambda: self._restore(entries, revision))
+        self._published = max(self._published, self._revision)
+        return restored
+
+    def _restore(self, entries: Sequence[KeyValue], revision: int) -> bool:
+        if self._revision > 1 or self._db.execute("SELECT 1 FROM kv LIMIT 1").fetchone() is not None:
+            return False
+        revision = max([revision, 1] + [kv.mod_revision for kv in entries])
+        self._db.executemany("INSERT INTO kv VALUES (?, ?, ?, ?, ?, 0)",
+                             [(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in entries])
+        self._db.execute("UPDATE meta SET value = ? WHERE name IN ('revision', 'compacted')", (revision,))
+        self._revision = self._compacted = revision
+        return True
 
     def _arm(self, lease: int, ttl: int) -> None:
         old = self._leases.get(lease)
@@ -449,6 +473,13 @@ class _Watch:
             if batch.revision >= self._next:
                 self._next = batch.revision + 1
                 return batch
+
+    async def request_progress(self) -> None:
+        """An empty batch at the last revision published to the watches, behind what they were handed (the
+        writer thread's revision may be ahead of that: its batches are on their way to the loop)."""
+        if self._sub is not None and not self._sub.overflowed:
+            self._sub.batches.append(Batch(self._kv._published, ()))
+            self._sub.wakeup.set()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -167,8 +167,9 @@ class Foreign(Exception):
 
 class ReverseSync:
     def __init__(self, source: Any, store: Store, *, domain: str, local_datacenter: str, only_passing: bool,
-                 resync_interval: float | None = None):
+                 resync_interval: float | None = None, leader: Callable[[], bool] = lambda: True):
         self.source = source
+        self.leader = leader   # replicas sharing a store: only the elected one writes
         self.cluster = source.cluster
         self.store = store
         self.domain = domain
@@ -224,15 +225,23 @@ class ReverseSync:
     def _on_snapshot(self, _snapshot: Snapshot) -> None:
         self._dirty.set()
 
+    def wake(self) -> None:
+        """Leadership changed: sync (after a relist) if this replica now leads, else stop writing."""
+        self._dirty.set()
+
     # -- the thread ----------------------------------------------------------------
 
     def _main(self) -> None:
         self._dirty.set()
         next_resync = 0.0
         while not self._stop.is_set():
-            self._dirty.wait(max(0.0, next_resync - time.monotonic()))
+            self._dirty.wait(max(0.0, next_resync - time.monotonic()) if self.leader() else None)
             if self._stop.is_set():
                 break
+            if not self.leader():
+                self._dirty.clear()
+                next_resync = 0.0  # what another leader wrote meanwhile is learnt again when this one leads
+                continue
             self._stop.wait(0.05)  # let a burst of catalog changes settle into one pass
             self._dirty.clear()
             try:

@@ -72,6 +72,7 @@ class KubernetesSource:
         self._published = False
         # status, read by /readyz and /metrics
         self.synced = False
+        self._ready = False   # synced, and the splits read then have their revisions
         self.listed_kinds: set[str] = set()
         self.watching: dict[str, bool] = {r.kind: False for r in KINDS}
         self.events = 0
@@ -111,12 +112,15 @@ class KubernetesSource:
                 "services": len(self._catalog), "nodes": len(self._catalog_nodes), "problems": {**self.problems, **self._split_problems}}
 
     def readiness(self) -> SourceStatus:
-        """For /readyz: synced once is ready; a lost connection is reported, not made fatal (stale beats empty)."""
+        """For /readyz: synced once (and its splits' revisions recorded) is ready; a lost connection is
+        reported, not made fatal (stale beats empty)."""
         errors = {**self.problems, **self._split_problems}
         if not self.connected and self.last_error:
             errors["api"] = self.last_error
         age = self.last_event_age
-        return SourceStatus(synced=self.synced, errors=errors,
+        if self.synced and not self._ready:   # the first time only: a later annotation never unreadies us
+            self._ready = self.split_revisions is None or not self.split_revisions.pending(self.name)
+        return SourceStatus(synced=self._ready, errors=errors,
                             details={"connected": self.connected,
                                      "last_event_age": None if age is None else round(age, 3)})
 
