@@ -3,6 +3,7 @@ import socket
 
 import dns.message
 import dns.query
+import dns.rcode
 import pytest
 
 from harness import ServerProcess, api, query, wait_until
@@ -192,3 +193,39 @@ def test_graph_names_targets_by_service_and_rates_by_minutes_counted():
     ]
     assert {n["name"]: n["kind"] for n in found["nodes"]} == {
         "10.0.7.0/24": "client", "api.dc2": "service", "ledger": "service", "pay": "split", "web": "service"}
+
+
+def test_edges_denied_by_intention_views_are_marked(start_server, tmp_path):
+    """With intention views on, the queries DNS answered as denied show as denied edges; others do not."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "estate.toml").write_text(ZONE + '''
+[[service]]
+name = "db"
+address = "10.3.0.1"
+port = 5432
+
+[[service]]
+name = "reports"
+address = "127.0.0.22"
+port = 80
+
+[[intention]]
+name = "db"
+sources = [ { name = "web", action = "deny" }, { name = "*", action = "allow" } ]
+''')
+    srv = start_server({"dns": {"enforce_intentions": True}}, zones=zones)
+    assert query(srv.dns_port, "db.service.consul", source="127.0.0.21").rcode() == dns.rcode.NXDOMAIN   # web
+    assert query(srv.dns_port, "db.service.consul", source="127.0.0.22").answer                         # reports
+    assert query(srv.dns_port, "db.service.consul", source="127.0.0.41").answer                         # no service
+    assert query(srv.dns_port, "billing.service.consul", source="127.0.0.21").answer
+    marked = {(e["source"], e["target"]): e["denied"] for e in topology(srv.http)["edges"]}
+    assert marked == {("web", "db"): True, ("reports", "db"): False, ("127.0.0.0/24", "db"): False,
+                      ("web", "billing"): False}
+
+
+def test_without_intention_views_no_edge_is_denied(start_server, zones, tmp_path):
+    (zones / "views.toml").write_text('[[intention]]\nname = "billing"\nsources = [ { name = "web", action = "deny" } ]\n')
+    srv = start_server(zones=zones)
+    assert query(srv.dns_port, "billing.service.consul", source="127.0.0.21").answer   # answered: views are off
+    assert [e["denied"] for e in topology(srv.http)["edges"]] == [False]

@@ -17,6 +17,7 @@ from typing import Callable, Mapping
 from aiohttp import web
 
 from ..catalog.identity import Identities
+from ..catalog.intentions import intention_allows
 from ..catalog.snapshot import Snapshot
 from ..catalog.validate import FieldError
 from ..config import ConfigError, parse_duration
@@ -58,11 +59,14 @@ def target_of(qname: str, snap: Snapshot, domains: tuple[str, ...]) -> str | Non
 
 def graph(counts: Mapping[tuple[str, str], int], snap: Snapshot, identities: Identities, *,
           domains: tuple[str, ...], minutes: int,
-          denied: Callable[[str, str], bool] = lambda source, target: False) -> dict:
+          allows: Callable[[frozenset[str], str], bool] | None = None) -> dict:
     """Nodes (services, splits, client networks) and edges (client -> name asked for, with counts);
-    `other`: the queries for names that are no service or split of the catalog."""
+    `other`: the queries for names that are no service or split of the catalog. With `allows`
+    (intention views on DNS: the client's services, the destination), an edge whose queries DNS
+    answered as denied is marked `denied`."""
     targets: dict[str, str | None] = {}
     edges: Counter = Counter()
+    denied: set[tuple[str, str]] = set()
     addresses: dict[str, set[str]] = {}
     other = 0
     for (address, qname), n in counts.items():
@@ -72,9 +76,13 @@ def graph(counts: Mapping[tuple[str, str], int], snap: Snapshot, identities: Ide
         if target is None:
             other += n
             continue
-        for source in identities(snap, address).names:
+        client = identities(snap, address)
+        refused = allows is not None and "." not in target and not allows(frozenset(client.services), target)
+        for source in client.names:
             edges[(source, target)] += n
             addresses.setdefault(source, set()).add(address)
+            if refused:
+                denied.add((source, target))
     kinds: dict[str, str] = {}
     for source, target in edges:
         kinds[target] = "split" if target in snap.splits else "service"
@@ -85,7 +93,7 @@ def graph(counts: Mapping[tuple[str, str], int], snap: Snapshot, identities: Ide
         "nodes": [{"name": name, "kind": kind, "addresses": len(addresses.get(name, ()))}
                   for name, kind in sorted(kinds.items())],
         "edges": [{"source": source, "target": target, "count": n, "rate_per_min": round(n / minutes, 2),
-                   "denied": denied(source, target)}
+                   "denied": (source, target) in denied}
                   for (source, target), n in sorted(edges.items(), key=lambda e: (-e[1], e[0]))],
     }
 
@@ -106,5 +114,11 @@ async def topology(request: web.Request) -> web.Response:
     if counter is None:
         return json_response(request, {**body, "minutes": 0, "dropped": 0, "other": 0, "nodes": [], "edges": []})
     counts, dropped, covered = counter.window(minutes)
-    found = graph(counts, ctx.store.snapshot, request.app[IDENTITIES], domains=ctx.cfg.domains, minutes=covered)
+    snap, dns_cfg = ctx.store.snapshot, ctx.cfg.dns
+
+    def allows(services: frozenset[str], target: str) -> bool:
+        return intention_allows(snap.intentions, services, target, default=dns_cfg.intentions_default)
+
+    found = graph(counts, snap, request.app[IDENTITIES], domains=ctx.cfg.domains, minutes=covered,
+                  allows=allows if dns_cfg.enforce_intentions else None)
     return json_response(request, {**body, "minutes": covered, "dropped": dropped, **found})
