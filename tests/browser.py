@@ -90,14 +90,15 @@ def chromium():
 class Estate:
     """A meshdns on a zones dir holding a 90/10 billing split, with the new side registered over the API."""
 
-    def __init__(self, tmp_path: Path, *, zone_text: str = ESTATE, extra_zones: dict[str, str] | None = None):
+    def __init__(self, tmp_path: Path, *, zone_text: str = ESTATE, extra_zones: dict[str, str] | None = None,
+                 config: str = CONFIG):
         self.zones = tmp_path / "zones"
         self.zones.mkdir()
         (self.zones / "estate.toml").write_text(zone_text)
         for name, text in (extra_zones or {}).items():
             (self.zones / name).write_text(text)
         self.config = tmp_path / "meshdns.toml"
-        self.config.write_text(CONFIG)
+        self.config.write_text(config)
         self.server = ServerProcess("--config", str(self.config), "--zones", str(self.zones),
                                     "--data-dir", str(tmp_path / "data"))
 

@@ -3,14 +3,13 @@
 Every test also proves the page asked no host but meshdns and logged no console error
 (the `tab` fixture checks both when the test ends).
 """
-import json
 import re
 from dataclasses import dataclass, field
 
 import pytest
 from playwright.sync_api import expect
 
-from browser import V2_CHECK, Estate, Recorder, chromium
+from browser import CONFIG, V2_CHECK, Estate, Recorder, chromium
 from harness import api, metric_samples, query
 
 expect.set_options(timeout=20_000)   # a loaded 2-core machine; every wait ends as soon as the page is right
@@ -196,18 +195,26 @@ def test_topology_shows_who_resolved_whom_from_bound_source_addresses(tab, estat
     expect(page.locator(".toolbar")).to_contain_text("Last 1m")
 
 
-def test_denied_edges_are_marked(tab, estate):
-    """Until intention views exist no edge is denied; the page's marking is shown on a served answer."""
+def test_denied_edges_are_marked(browser, tmp_path):
+    """With intention views on, a client DNS refused shows as a denied edge; an allowed one does not."""
+    views = ('[[service]]\nname = "db"\naddress = "10.3.0.1"\nport = 5432\n\n'
+             '[[intention]]\nname = "db"\nsources = [ { name = "web", action = "deny" } ]\n')
+    estate = Estate(tmp_path, extra_zones={"views.toml": views},
+                    config=CONFIG.replace("rng_seed = 7", "rng_seed = 7\nenforce_intentions = true")).start()
+    tab = open_tab(browser, estate.base)
     page = tab.page
-    body = {"window": "15m", "minutes": 15, "generated": "2025-01-01T00:00:00Z", "enabled": True, "dropped": 0,
-            "nodes": [{"name": "web", "kind": "service", "addresses": 1},
-                      {"name": "db", "kind": "service", "addresses": 0}],
-            "edges": [{"source": "web", "target": "db", "count": 30, "rate_per_min": 2, "denied": True}]}
-    page.route("**/v1/meshdns/topology?*", lambda route: route.fulfill(
-        status=200, content_type="application/json", body=json.dumps(body)))
-    tab.goto("/ui/#/topology")
-    expect(page.locator("svg.graph .edge.denied .rate")).to_have_text("2/min denied")
-    expect(page.locator("table.edges tr.denied")).to_have_text("webdb302denied")
+    try:
+        estate.register({"Name": "web", "Address": "127.0.0.21", "Port": 80})
+        for _ in range(3):
+            assert query(estate.server.dns_port, "db.service.consul", source="127.0.0.21").rcode() == 3  # NXDOMAIN
+            assert query(estate.server.dns_port, "db.service.consul", source="127.0.0.12").answer
+        tab.goto("/ui/#/topology")
+        expect(page.locator("svg.graph .edge.denied .rate")).to_have_count(1)
+        expect(page.locator("table.edges tr.denied")).to_have_text(re.compile(r"^webdb3.*denied$"))
+        expect(page.locator("table.edges tbody tr:not(.denied)")).to_have_text(re.compile(r"^127\.0\.0\.0/24db3.*no$"))
+    finally:
+        close_tab(tab)
+        estate.stop()
 
 
 def test_sources_peers_and_datacenters(tab):
