@@ -17,6 +17,9 @@ def start_server(tmp_path):
     started = []
 
     def start(overrides=None, *, zones=None):
+        if any(s._thread.is_alive() for s in started) and "data_dir" not in (overrides or {}):
+            # one store per data dir and process: a server beside a running one gets its own
+            overrides = {**(overrides or {}), "data_dir": str(tmp_path / f"data-{len(started)}")}
         srv = ServerThread(make_config(tmp_path, overrides, zones=zones)).start()
         started.append(srv)
         return srv
