@@ -520,17 +520,21 @@ def _parse_locality(raw: Any, index: int) -> tuple[str, str]:
     return str(network), zone
 
 
-def _read_token(path: str, *, key: str) -> str:
+def read_secret(path: str, *, key: str) -> str:
+    """A token or password kept in a file (often a mounted Secret): one line, a trailing newline not part
+    of it. The one reader of secret files (ACL tokens, peers' tokens, the store's password)."""
     try:
         with open(Path(path).expanduser(), encoding="utf-8") as fh:
-            token = fh.read().rstrip("\r\n")
+            secret = fh.read().rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
-    if not token.strip() or "\n" in token:
+    if not secret.strip():
+        raise ConfigError(f"{key}: {path} is empty")
+    if "\n" in secret:
         raise ConfigError(f"{key}: {path} must hold one token on one line")
-    return token
+    return secret
 
 
 def _peer_url(value: str, *, key: str) -> str:
@@ -580,7 +584,7 @@ def _parse_peer(raw: Any, index: int) -> PeerConfig:
         datacenter=datacenter,
         url=_peer_url(url, key=t.key("url")),
         token_file=token_file,
-        token=_read_token(token_file, key=t.key("token_file")) if token_file else "",
+        token=read_secret(token_file, key=t.key("token_file")) if token_file else "",
         services=tuple(s.lower() for s in services),
         wait=t.duration("wait", d.wait),
         timeout=t.duration("timeout", d.timeout),
@@ -857,14 +861,7 @@ def read_secret_files(cfg: Config) -> Config:
     tokens = []
     for i, token in enumerate(cfg.acl_tokens):
         if token.secret_file:
-            key = f"acl.tokens[{i}].secret_file"
-            try:
-                secret = Path(token.secret_file).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc)
-                raise ConfigError(f"{key}: cannot read {token.secret_file}: {reason}") from None
-            if not secret:
-                raise ConfigError(f"{key}: {token.secret_file} is empty")
+            secret = read_secret(token.secret_file, key=f"acl.tokens[{i}].secret_file")
             token = replace(token, secret=secret)
         tokens.append(token)
     return replace(cfg, acl_tokens=tuple(tokens))

@@ -54,8 +54,12 @@ def test_token_file_is_read_stripped_and_never_shown(tmp_path):
     assert "0f3c-secret" not in repr(cfg)
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
-    with pytest.raises(ConfigError, match=re.escape("peer[0].token_file: ") + ".*one token on one line"):
+    with pytest.raises(ConfigError, match=re.escape(f"peer[0].token_file: {empty} is empty")):
         parse_config({"peer": [{"datacenter": "dc2", "url": URL, "token_file": str(empty)}]})
+    two = tmp_path / "two.token"
+    two.write_text("one\ntwo\n")
+    with pytest.raises(ConfigError, match=re.escape("peer[0].token_file: ") + ".*one token on one line"):
+        parse_config({"peer": [{"datacenter": "dc2", "url": URL, "token_file": str(two)}]})
 
 
 def test_defaults():

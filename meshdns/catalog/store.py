@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
-from .model import Instance, Node, NodeKey, Revision, ServiceKey, SourceState
+from .model import Instance, Node, Revision, ServiceKey, SourceState
 from .snapshot import Snapshot, ZoneIndex
 
 log = logging.getLogger("meshdns.catalog")

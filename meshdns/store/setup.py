@@ -4,9 +4,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from pathlib import Path
 
-from ..config import Config, ConfigError, StoreConfig
+from ..config import Config, ConfigError, StoreConfig, read_secret
 from .kv import KV
 from .legacy import import_legacy
 from .records import Records
@@ -19,13 +18,7 @@ def open_kv(store: StoreConfig, data_dir: str) -> KV:
         from .sqlite import SqliteKV
         return SqliteKV(data_dir)
     from .etcd import EtcdKV
-    password = None
-    if store.password_file:
-        try:
-            password = Path(store.password_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise ConfigError(f"store.password_file: cannot read {store.password_file}: {reason}") from None
+    password = read_secret(store.password_file, key="store.password_file") if store.password_file else None
     try:
         return EtcdKV(store.endpoints, timeout=store.timeout, username=store.username or None, password=password,
                       ca_file=store.ca_file or None, cert_file=store.cert_file or None,
