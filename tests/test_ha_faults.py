@@ -102,6 +102,9 @@ def test_no_acknowledged_registration_is_lost_when_etcd_members_and_the_leader_d
           f"{len(load.refused)} refused with 503, 0 lost on {len(rs.procs)} replicas")
 
 
+OUTAGE = 30  # seconds every etcd member stays down (the scenario)
+
+
 def test_every_etcd_member_down_dns_answers_writes_get_503_and_all_recovers(etcd_own, replica_sets):
     rs = replica_sets(etcd_own).start_all()
     r0 = rs.procs[0]
@@ -110,6 +113,7 @@ def test_every_etcd_member_down_dns_answers_writes_get_503_and_all_recovers(etcd
     wait_until(lambda: all(agent_services(p) for p in rs.procs), 30, what="registered everywhere")
     for i in range(3):
         etcd_own.kill(i)
+    down_since = time.monotonic()
     for proc in rs.procs:
         wait_until(lambda: api(proc.http, "GET", "/readyz").json()["store"]["connected"] is False, 60, 0.1,
                    what="/readyz reports the store disconnected")
@@ -125,6 +129,10 @@ def test_every_etcd_member_down_dns_answers_writes_get_503_and_all_recovers(etcd
         assert took < 2 * 3 + 5, took                                       # within the (2 s) timeout, generously
         assert api(proc.http, "GET", "/v1/catalog/service/web").headers["X-Consul-KnownLeader"] == "false"
         assert sorted(api(proc.http, "GET", "/v1/agent/services").json()) == ["web-1"]
+    while time.monotonic() - down_since < OUTAGE:   # the whole outage: every replica keeps answering DNS
+        for proc in rs.procs:
+            assert rrset_values(query(proc.dns_port, "web.service.consul")) == ["127.4.0.1"]
+        time.sleep(1)
     for i in range(3):
         etcd_own.restart(i)
     etcd_own.wait_healthy()
