@@ -119,7 +119,9 @@ class KubernetesSource:
             errors["api"] = self.last_error
         age = self.last_event_age
         if self.synced and not self._ready:   # the first time only: a later annotation never unreadies us
-            self._ready = self.split_revisions is None or not self.split_revisions.pending(self.name)
+            # recorded and served: a recorded split is published by the remap it schedules
+            self._ready = (self.split_revisions is None or not self.split_revisions.pending(self.name)) \
+                and not self._dirty
         return SourceStatus(synced=self._ready, errors=errors,
                             details={"connected": self.connected,
                                      "last_event_age": None if age is None else round(age, 3)})
