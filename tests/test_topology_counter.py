@@ -122,3 +122,22 @@ def test_a_workers_buckets_are_added_once_each_minute():
     reported = merged(reported, worker.export(), keep_minutes=15)
     assert sorted(reported) == [121]
     assert primary.window(15)[0] == {}
+
+
+def test_tallies_of_two_reply_entries_for_one_name_add_up_and_start_again_each_minute():
+    """As the DNS path counts: each reply-cache entry (one name, one client class) holds its own tally."""
+    clock = Clock()
+    c = counter(clock, max_keys=3)
+    recursive, plain = {}, {}
+    for tally, address in ((recursive, "10.0.0.1"), (plain, "10.0.0.1"), (plain, "10.0.0.2"), (plain, "10.0.0.2")):
+        try:
+            tally[address] += 1
+        except KeyError:
+            c.first(tally, address, "x.")
+    c.first({}, "10.0.0.3", "y.")   # a fourth pair: over the cap
+    assert c.window(1)[:2] == ({("10.0.0.1", "x."): 2, ("10.0.0.2", "x."): 2}, 1)
+    clock.advance(60)
+    assert (recursive, plain) == ({}, {})       # sealed into minute 100, counting afresh
+    c.first(plain, "10.0.0.2", "x.")
+    assert c.window(1)[0] == {("10.0.0.2", "x."): 1}
+    assert c.window(2)[0] == {("10.0.0.1", "x."): 2, ("10.0.0.2", "x."): 3}

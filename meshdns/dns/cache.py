@@ -122,7 +122,7 @@ class Entry:
     """The replies to one exact query from one client class."""
 
     __slots__ = ("compiled", "query", "answers", "counts", "ra", "limit", "our_payload", "set_tc", "version",
-                 "replies", "fixed", "size", "stamp")
+                 "replies", "fixed", "size", "stamp", "tally")
 
     def __init__(self, compiled: Compiled, query: Query, answers: Answers, counts: Counts, *, ra: bool, limit: int,
                  our_payload: int, set_tc: bool, key_size: int):
@@ -132,6 +132,7 @@ class Entry:
         self.replies: list = [None] * compiled.variants
         self.fixed = compiled.fixed
         self.size = key_size + ENTRY_OVERHEAD + compiled.variants * (compiled.records_size + key_size)
+        self.tally: dict[str, int] | None = None if counts.topology is None else {}  # answers by client address
 
     def body(self, snap: Snapshot, rng: random.Random, who: str) -> bytes | None:
         """The reply after its ID for a client at `who`, counted; None when the catalog changed what it was
@@ -155,8 +156,12 @@ class Entry:
         c = self.compiled
         counts = self.counts
         counts.queries[c.count_key] += 1
-        if counts.topology is not None:
-            counts.topology.count(who, self.query.qname_lower)
+        tally = self.tally
+        if tally is not None:
+            try:
+                tally[who] += 1
+            except KeyError:
+                counts.topology.first(tally, who, self.query.qname_lower)
         if self.fixed:   # what choose gives, without the call
             g, v, order = 0, 0, c.choices.orders[0][0] if c.groups else ()
         else:

@@ -1,12 +1,15 @@
 """Who asked for which name, counted per minute, for the topology view.
 
-Answering a query costs one dictionary increment: the key is the client's
-source address and the question name the answer was built for, both objects
-the DNS path already holds. Which services a client is, and which service a
-name means, is worked out only when the topology is read
-(api/topology.py), so the hot path never looks at the catalog for it.
+Answering a query costs one dictionary increment: each reply-cache entry
+(one name, one client class) holds a tally of its answers by the client's
+source address, and the DNS path adds one to it (dns/cache.Entry.draw). The
+counter keeps the tallies that counted something this minute and folds them
+into (address, name) counts when the minute is sealed or read. Which services
+a client is, and which service a name means, is worked out only when the
+topology is read (api/topology.py), so the hot path never looks at the
+catalog for it.
 
-Counts go into the bucket of the current minute; `roll` seals it when the
+Counts go into the tallies of the current minute; `roll` seals them when the
 minute is over (the primary's `run` wakes at each minute boundary, workers
 roll before they send their buckets) and forgets minutes older than the
 longest window. A bucket holds at most `max_keys` distinct (address, name)
@@ -19,8 +22,10 @@ import asyncio
 from collections import Counter
 from typing import Callable, Iterable, Mapping
 
-# minute number -> (counts by (address, name), queries dropped over the cap)
-Buckets = Mapping[int, tuple[dict[tuple[str, str], int], int]]
+Counts = dict[str, dict[str, int]]   # address -> name -> queries
+Tally = dict[str, int]               # one name's queries by address, this minute
+# minute number -> (counts, queries dropped over the cap)
+Buckets = Mapping[int, tuple[Counts, int]]
 
 
 class TopologyCounter:
@@ -30,31 +35,54 @@ class TopologyCounter:
         self.max_keys = max_keys
         self.keep_minutes = keep_minutes
         self.first_minute = self.minute = int(clock() // 60)
-        self.current: dict[tuple[str, str], int] = {}
+        self.live: list[tuple[str, Tally]] = []  # (name, tally) for the tallies counting this minute
+        self.pairs = 0  # distinct (address, name) pairs in the live tallies
         self.dropped = 0
-        self.sealed: dict[int, tuple[dict[tuple[str, str], int], int]] = {}
+        self.sealed: dict[int, tuple[Counts, int]] = {}
         self.peers = peers  # the worker processes' buckets
         self._exported = self.minute - 1  # the newest sealed minute export() has handed out
+        self._tallies: dict[str, Tally] = {}  # count()'s own, by name
 
     def count(self, address: str, name: str) -> None:
-        key = (address, name)
-        counts = self.current
+        """One query for `name` from `address`, for callers without a tally of their own."""
+        tally = self._tallies.get(name)
+        if tally is None:
+            tally = self._tallies[name] = {}
         try:
-            counts[key] += 1
+            tally[address] += 1
         except KeyError:
-            if len(counts) < self.max_keys:
-                counts[key] = 1
-            else:
-                self.dropped += 1
+            self.first(tally, address, name)
+
+    def first(self, tally: Tally, address: str, name: str) -> None:
+        """The first query this minute from `address` into `tally` (`name`'s): held while there is room,
+        else only counted as dropped."""
+        if self.pairs >= self.max_keys:
+            self.dropped += 1
+            return
+        if not tally:
+            self.live.append((name, tally))
+        tally[address] = 1
+        self.pairs += 1
+
+    def current(self) -> Counts:
+        """The current minute's counts so far."""
+        out: Counts = {}
+        for name, tally in self.live:
+            for address, n in tally.items():
+                names = out.setdefault(address, {})
+                names[name] = names.get(name, 0) + n
+        return out
 
     def roll(self) -> None:
         """Seal the current minute once the clock is past it; forget minutes beyond the window."""
         minute = int(self.clock() // 60)
         if minute <= self.minute:
             return
-        if self.current or self.dropped:
-            self.sealed[self.minute] = (self.current, self.dropped)
-        self.current, self.dropped, self.minute = {}, 0, minute
+        if self.live or self.dropped:
+            self.sealed[self.minute] = (self.current(), self.dropped)
+        for _, tally in self.live:
+            tally.clear()   # the entries holding them count the new minute from nothing
+        self.live, self._tallies, self.pairs, self.dropped, self.minute = [], {}, 0, 0, minute
         for old in [m for m in self.sealed if m <= minute - self.keep_minutes]:
             del self.sealed[old]
 
@@ -64,12 +92,12 @@ class TopologyCounter:
             await asyncio.sleep(max(0.01, (self.minute + 1) * 60 - self.clock()))
             self.roll()
 
-    def buckets(self) -> dict[int, tuple[dict[tuple[str, str], int], int]]:
+    def buckets(self) -> dict[int, tuple[Counts, int]]:
         """Every minute this process still holds, the current one included."""
         self.roll()
-        return {**self.sealed, self.minute: (self.current, self.dropped)}
+        return {**self.sealed, self.minute: (self.current(), self.dropped)}
 
-    def export(self) -> dict[int, tuple[dict[tuple[str, str], int], int]]:
+    def export(self) -> dict[int, tuple[Counts, int]]:
         """For a worker's report: the minutes sealed since the last report, and the current one."""
         out = {m: b for m, b in self.buckets().items() if m > self._exported}
         self._exported = self.minute - 1
@@ -88,7 +116,9 @@ class TopologyCounter:
         for buckets in (self.buckets(), *(self.peers() if self.peers is not None else ())):
             for minute, (part, lost) in buckets.items():
                 if since < minute <= self.minute:
-                    counts.update(part)
+                    for address, names in part.items():
+                        for name, n in names.items():
+                            counts[address, name] += n
                     dropped += lost
         return counts, dropped, min(minutes, self.minute - self.first_minute + 1)
 
