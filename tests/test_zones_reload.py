@@ -77,6 +77,37 @@ def test_bad_master_file_line(start_server, zones):
     assert rrset_values(query(srv.dns_port, "www.lab.test")) == ["10.9.9.9"]
 
 
+def test_a_zone_file_still_being_read_does_not_hold_up_answers(start_server, zones, tmp_path):
+    """Changed files are read beside the DNS loop. While a zone file's $INCLUDE cannot be read yet (a FIFO no
+    one has written: a slow disk or a large file, made deterministic), every name keeps answering; the new
+    records are served once the file has been read."""
+    srv = start_server(zones=zones)
+    fifo = tmp_path / "hosts.inc"
+    os.mkfifo(fifo)
+    write(zones / "lab.test.zone", f"$ORIGIN lab.test.\n@ 60 IN SOA ns hostmaster 1 2 3 4 5\n$INCLUDE {fifo}\n")
+    writer = None
+
+    def reader_waiting():   # opening a FIFO to write without blocking works once a reader has it open
+        nonlocal writer
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_until(reader_waiting)
+        for _ in range(5):
+            assert answers(srv.dns_port) == ["10.1.1.1"]
+        assert query(srv.dns_port, "www.lab.test").rcode() == 5   # not ours (REFUSED) before it is read
+        os.write(writer, b"www 60 IN A 10.9.9.9\n")
+    finally:
+        if writer is not None:
+            os.close(writer)   # end of file: the reader finishes
+    wait_until(lambda: rrset_values(query(srv.dns_port, "www.lab.test")) == ["10.9.9.9"])
+    assert str(zones / "lab.test.zone") not in srv.app.zones.errors
+
+
 def test_unknown_node_and_split_loop_rejected(start_server, zones):
     srv = start_server(zones=zones)
     write(zones / "more.toml", '[[service]]\nname = "x"\nnode = "ghost"\nport = 1\n')

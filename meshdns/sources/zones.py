@@ -82,21 +82,34 @@ class ZonesSource:
 
     def reload(self, *, force: bool = False) -> bool:
         """Re-read changed files and publish. True when the catalog changed."""
+        return self._apply(*self._read(force=force), force=force)
+
+    def _read(self, *, force: bool) -> tuple[dict[Path, tuple[int, int]], dict[Path, _Parsed | str]]:
+        """Stat every file and parse the changed ones (content, or the error naming file:line). It writes
+        nothing, so `run` does it in a thread: a large or slow file does not hold up answers."""
         files = self._scan()
-        changed = force or set(files) != set(self._files)
+        read: dict[Path, _Parsed | str] = {}
         for path, stamp in files.items():
             known = self._files.get(path)
             if known is not None and known.stamp == stamp and not force and \
                     known.included_stamps == tuple(_stamp(p) for p in known.included):
                 continue
             try:
-                self._files[path] = self._parse(path, stamp)
+                read[path] = self._parse(path, stamp)
             except ZoneFileError as exc:
-                self._failed(path, str(exc), keep=known)
-                continue
+                read[path] = str(exc)
             except (OSError, UnicodeDecodeError) as exc:
-                self._failed(path, f"{path}:1: cannot read: {exc}", keep=known)
+                read[path] = f"{path}:1: cannot read: {exc}"
+        return files, read
+
+    def _apply(self, files: dict[Path, tuple[int, int]], read: dict[Path, _Parsed | str], *, force: bool) -> bool:
+        """What `_read` found, into the catalog (on the event loop)."""
+        changed = force or set(files) != set(self._files)
+        for path, parsed in read.items():
+            if isinstance(parsed, str):
+                self._failed(path, parsed, keep=self._files.get(path))
                 continue
+            self._files[path] = parsed
             if self.errors.pop(str(path), None):
                 log.info("zone file %s is good again", path)
             changed = True
@@ -227,7 +240,8 @@ class ZonesSource:
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                self.reload()
+                files, read = await asyncio.to_thread(self._read, force=False)
+                self._apply(files, read, force=False)
             except Exception:
                 log.exception("reloading %s failed; what was loaded before is still served", self.directory)
 
