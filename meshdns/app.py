@@ -115,7 +115,9 @@ def make_handler(cfg: Config, store: Store, *, workers: WorkerPool | None = None
     handler = DnsHandler(store, resolver_options(cfg), udp_payload=cfg.dns.udp_payload,
                          enable_truncate=cfg.dns.enable_truncate, forwarder=forwarder, rng=rng,
                          classifier=classifier(cfg), rate_limiter=rrl,
-                         topology=topology, peers=workers.stats if workers is not None else None)
+                         topology=topology, peers=workers.stats if workers is not None else None,
+                         max_answers=cfg.dns.max_plans, reply_budget=cfg.dns.reply_cache_mb << 20,
+                         max_classes=cfg.dns.max_client_classes)
     return handler, forwarder
 
 

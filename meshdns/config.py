@@ -122,6 +122,9 @@ class DnsConfig:
     same_zone_min: int = 1            # ... at least this many
     enforce_intentions: bool = False  # a name the client may not reach is answered as one that does not exist
     intentions_default: str = "allow"  # no entry, or no source of it matching the client
+    reply_cache_mb: int = 16          # rendered replies kept per client class and transport (0: none kept)
+    max_client_classes: int = 256     # client classes with replies kept; beyond: the oldest goes
+    max_plans: int = 200_000          # compiled answer plans kept (name, type, class)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +381,9 @@ def _parse_dns(t: _Table) -> DnsConfig:
         enforce_intentions=t.get("enforce_intentions", bool, d.enforce_intentions),
         intentions_default=_choice(t.get("intentions_default", str, d.intentions_default), ("allow", "deny"),
                                    key=t.key("intentions_default")),
+        reply_cache_mb=t.get("reply_cache_mb", int, d.reply_cache_mb),
+        max_client_classes=t.get("max_client_classes", int, d.max_client_classes),
+        max_plans=t.get("max_plans", int, d.max_plans),
     )
     t.done()
     return cfg
@@ -697,6 +703,9 @@ def _check_dns(r: _Rules, dns: DnsConfig) -> None:
     r.at_least("dns.tcp_max_connections", dns.tcp_max_connections, 1)
     r.at_least("dns.workers", dns.workers, 1)
     r.at_least("dns.rrl_responses_per_second", dns.rrl_responses_per_second, 0)
+    r.at_least("dns.reply_cache_mb", dns.reply_cache_mb, 0)
+    r.at_least("dns.max_client_classes", dns.max_client_classes, 1)
+    r.at_least("dns.max_plans", dns.max_plans, 0)
     if dns.busy_poll > 0.01:
         r.fail("dns.busy_poll", "at most 10ms (it holds the event loop while it polls)")
     r.ttl("dns.node_ttl", dns.node_ttl)

@@ -255,7 +255,7 @@ async def _worker(cfg: Config, port: int, inbox, outbox, index: int) -> None:
         except TimeoutError:
             pass
         try:
-            outbox.send(("stats", (handler.stats, forwarder.counts() if forwarder is not None else None)))
+            outbox.send(("stats", (handler.counted(), forwarder.counts() if forwarder is not None else None)))
             if handler.topology is not None:
                 outbox.send(("topology", handler.topology.export()))
         except (OSError, EOFError):

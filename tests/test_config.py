@@ -31,6 +31,9 @@ def test_defaults():
     ({"kubernetes": [{"watch_idle_timeout": "soon"}]}, "kubernetes[0].watch_idle_timeout"),
     ({"acl": {"tokens": [{"write": ["x"]}]}}, "acl.tokens[0].secret"),
     ({"dns": {"a_record_limit": -1}}, "dns.a_record_limit"),
+    ({"dns": {"max_client_classes": 0}}, "dns.max_client_classes: must be at least 1"),
+    ({"dns": {"reply_cache_mb": -1}}, "dns.reply_cache_mb: must be at least 0"),
+    ({"dns": {"max_plans": "many"}}, "dns.max_plans"),
     ({"dns": {"busy_poll": "1s"}}, "dns.busy_poll: at most 10ms"),
     ({"dns": {"busy_poll": "fast"}}, "dns.busy_poll"),
     # every value in range, every combination consistent (config.validate)

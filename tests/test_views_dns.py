@@ -279,3 +279,24 @@ def test_the_class_table_is_bounded():
             reply = dns.message.from_wire(handler.handle(wire, (f"10.1.{n}.7", 53), tcp=False))
             assert rrset_values(reply) == [f"10.9.{n}.1"]
             assert handler.classes <= 2
+
+
+def test_the_reply_cache_limits_are_config_keys_and_its_size_is_a_metric(start_server, tmp_path):
+    """`[dns] max_client_classes = 1`: clients of two zones take turns in the one class kept, and each still
+    gets its own zone's answer; `reply_cache_mb = 0` keeps no reply at all. /metrics shows both."""
+    def gauges(base):
+        return (counters(base, "meshdns_reply_cache_classes")[()], counters(base, "meshdns_reply_cache_bytes")[()])
+
+    one = start_server({**VIEWS, "dns": {**VIEWS["dns"], "max_client_classes": 1}}, zones=tmp_path / "one")
+    estate(one.http)
+    for _ in range(3):
+        assert addresses(one.dns_port, "db.service.consul", API_A) == ("NOERROR", [DB_A1, DB_A2])
+        assert addresses(one.dns_port, "db.service.consul", API_B) == ("NOERROR", [DB_B1])
+    classes, kept = gauges(one.http)
+    assert classes == 1 and kept > 0
+
+    none = start_server({**VIEWS, "dns": {**VIEWS["dns"], "reply_cache_mb": 0}}, zones=tmp_path / "none")
+    estate(none.http)
+    for _ in range(3):
+        assert addresses(none.dns_port, "db.service.consul", API_B) == ("NOERROR", [DB_B1])
+    assert gauges(none.http) == (1, 0)

@@ -77,6 +77,10 @@ class MeshdnsCollector(Collector):
         for (source, destination), n in sorted(stats.denied.items()):
             denied.add_metric([source, destination], n)
         yield denied
+        yield GaugeMetricFamily("meshdns_reply_cache_bytes", "Rendered replies kept for answering again "
+                                "(every client class, transport and process)", value=stats.reply_bytes)
+        yield GaugeMetricFamily("meshdns_reply_cache_classes", "Client classes with replies kept "
+                                "(summed over processes)", value=stats.classes)
 
     def _forwarding(self):
         fwd = self.ctx.handler.forwarder

@@ -80,9 +80,16 @@ class DnsHandler:
         self._classified = store.snapshot   # the snapshot _clients holds classes for
         self._last_error_log = -1e9
 
+    def counted(self) -> DnsStats:
+        """This process's counters, with the size of its reply cache now."""
+        out = self.stats.copy()
+        out.classes = len(self._slots)
+        out.reply_bytes = sum(table.size for slot in self._slots.values() for table in slot.tables)
+        return out
+
     def totals(self) -> DnsStats:
         """This process's counters plus its workers'."""
-        total = self.stats.copy()
+        total = self.counted()
         for other in self.peers() if self.peers is not None else ():
             total.add(other)
         return total

@@ -19,6 +19,8 @@ class DnsStats:
     denied: Counter = field(default_factory=Counter)    # names hidden by intentions: (source, destination) -> n
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
+    reply_bytes: int = 0   # gauges, filled in by DnsHandler.counted(): rendered replies kept...
+    classes: int = 0       # ... and the client classes holding them
 
     def observe(self, seconds: float) -> None:
         self.latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -32,6 +34,8 @@ class DnsStats:
         self.denied.update(other.denied)
         self.latency = [a + b for a, b in zip(self.latency, other.latency)]
         self.latency_sum += other.latency_sum
+        self.reply_bytes += other.reply_bytes
+        self.classes += other.classes
 
     def copy(self) -> "DnsStats":
         out = DnsStats()
