@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 from .locality import instance_zone, node_zone
 from .snapshot import Snapshot
+from .validate import source_address
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -40,24 +41,13 @@ def parse_localities(entries: Iterable[tuple[str, str]]) -> tuple[Locality, ...]
     return tuple(Locality(ipaddress.ip_network(cidr, strict=False), zone) for cidr, zone in entries)
 
 
-def _address(source_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The source as the catalog writes addresses (an IPv4-mapped IPv6 source is its IPv4)."""
-    try:
-        ip = ipaddress.ip_address(source_ip)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 def classify(snap: Snapshot, source_ip: str, *, localities: Sequence[Locality]) -> ClientClass:
     """The client class of `source_ip` in this snapshot (our datacenter's instances and nodes).
 
     zone: the first zone among the instances at that address (in service name order),
     else among the nodes there, else the first [[locality]] containing it.
     """
-    ip = _address(source_ip)
+    ip = source_address(source_ip)
     if ip is None:
         return NOBODY
     key, dc = str(ip), snap.datacenter

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from .snapshot import Snapshot
+from .validate import source_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +29,9 @@ class ClientIdentity:
 
 
 def canonical(address: str) -> str:
-    """The address as the catalog writes it: zone index dropped, IPv4-mapped IPv6 as IPv4."""
-    text = address.split("%", 1)[0]
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return address
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
+    """The address as the catalog writes it (validate.source_address); a string that is no address stays."""
+    ip = source_address(address)
+    return address if ip is None else str(ip)
 
 
 def network_of(address: str) -> str:

@@ -55,17 +55,24 @@ def ip_address(value: Any, field: str) -> str:
         raise FieldError(field, f"{value!r} is not an IP address") from None
 
 
-def client_ip(text: str) -> str:
-    """The address a client connects from, as a registration stores it: no zone index, IPv4-mapped IPv6
-    written as IPv4; "" when it is no IP. The server (peer address) and `meshdns register` (local address)
-    both use this, so the ID the client prints is the one the server stores."""
+def source_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client's address as the catalog writes addresses: no zone index, IPv4-mapped IPv6 as IPv4; None
+    when it is no IP. The one rule for every place that matches a source against the catalog or a CIDR."""
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
-        return ""
+        return None
     if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
+        return ip.ipv4_mapped
+    return ip
+
+
+def client_ip(text: str) -> str:
+    """The address a client connects from, as a registration stores it ("" when it is no IP). The server
+    (peer address) and `meshdns register` (local address) both use this, so the ID the client prints is
+    the one the server stores."""
+    ip = source_address(text)
+    return "" if ip is None else str(ip)
 
 
 def address(value: Any, field: str) -> str:

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 from ..catalog.client_class import ClientClass as Identified, Locality, classify
 from ..catalog.intentions import decisive_identities, named_sources
 from ..catalog.snapshot import Snapshot
+from ..catalog.validate import source_address
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +60,8 @@ class RecursionPolicy:
         self._nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
 
     def allows(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in n for n in self._nets)
+        addr = source_address(ip)
+        return addr is not None and any(addr in n for n in self._nets)
 
 
 class Classifier:

@@ -12,6 +12,8 @@ from typing import Callable
 
 from cachetools import LRUCache
 
+from ..catalog.validate import source_address
+
 
 class RateLimiter:
     def __init__(self, *, rate: int, exempt: tuple[str, ...], clock: Callable[[], float], slip: int = 2,
@@ -31,12 +33,9 @@ class RateLimiter:
     def _prefix_of(self, ip: str) -> str | None:
         prefix = self._prefix.get(ip, "")
         if prefix == "":
-            try:
-                addr = ipaddress.ip_address(ip.split("%", 1)[0])
-            except ValueError:
+            addr = source_address(ip)
+            if addr is None:
                 return None
-            if addr.version == 6 and addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped
             if any(addr in n for n in self._exempt):
                 prefix = None
             else:
